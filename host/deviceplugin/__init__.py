@@ -1,0 +1,46 @@
+"""The device-plugin framework: the Python counterpart of Intel's ``pkg/deviceplugin``.
+
+A plugin author writes a :class:`Scanner` that builds a :class:`DeviceTree` and calls
+``notifier.notify(tree)``; a :class:`Manager` serves one gRPC server per device type,
+registers each with kubelet and keeps them registered.
+"""
+
+from __future__ import annotations
+
+from host._api import api_pb2 as pluginapi
+from host.deviceplugin._types import (
+    HEALTHY,
+    UNHEALTHY,
+    Allocator,
+    ContainerPreStarter,
+    DeviceInfo,
+    DeviceSpec,
+    DeviceTree,
+    Mount,
+    NUMANode,
+    Notifier,
+    PostAllocator,
+    PreferredAllocator,
+    Scanner,
+    TopologyInfo,
+    UseDefaultMethodError,
+)
+
+__all__ = [
+    "HEALTHY",
+    "UNHEALTHY",
+    "Allocator",
+    "ContainerPreStarter",
+    "DeviceInfo",
+    "DeviceSpec",
+    "DeviceTree",
+    "Mount",
+    "NUMANode",
+    "Notifier",
+    "PostAllocator",
+    "PreferredAllocator",
+    "Scanner",
+    "TopologyInfo",
+    "UseDefaultMethodError",
+    "pluginapi",
+]

@@ -1,0 +1,53 @@
+"""Kubelet's extended-resource-name rules, so a bad name fails here and not at Register."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["resource_name_error", "validate_resource_name"]
+
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+
+
+def resource_name_error(name: str) -> str | None:
+    """Return why kubelet would reject ``name`` as an extended resource name, or None.
+
+    Mirrors ``v1helper.IsExtendedResourceName``: not a native resource (has a ``/``
+    and no ``kubernetes.io/``), not ``requests.``-prefixed, and ``requests.<name>``
+    a qualified name (lower-case DNS-1123 prefix of at most 253 characters, name
+    part of at most 63 characters).
+    """
+    if "/" not in name:
+        return "it has no '/' separating a domain from the name (e.g. 'example.com/gpu')"
+    if "kubernetes.io/" in name:
+        return "names under kubernetes.io/ are reserved for Kubernetes"
+    if name.startswith("requests."):
+        return "it must not start with 'requests.'"
+    parts = ("requests." + name).split("/")
+    if len(parts) != 2:
+        return "it must contain exactly one '/'"
+    prefix, short = parts
+    if len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix):
+        return (
+            "its domain must be a lower-case DNS subdomain "
+            "(letters a-z, digits, '-' and '.', at most 244 characters)"
+        )
+    if not short:
+        return "the part after '/' is empty"
+    if len(short) > 63:
+        return f"the part after '/' is {len(short)} characters long, at most 63 are allowed"
+    if not _QUALIFIED_NAME.fullmatch(short):
+        return (
+            "the part after '/' must start and end with a letter or digit and contain "
+            "only letters, digits, '-', '_' and '.'"
+        )
+    return None
+
+
+def validate_resource_name(name: str) -> str:
+    """Return ``name`` unchanged, or raise ValueError saying why kubelet would reject it."""
+    reason = resource_name_error(name)
+    if reason is not None:
+        raise ValueError(f"invalid resource name {name!r}: {reason}")
+    return name
