@@ -8,6 +8,7 @@ registers each with kubelet and keeps them registered.
 from __future__ import annotations
 
 from host._api import api_pb2 as pluginapi
+from host.deviceplugin._manager import DEFAULT_CDI_DIR, DEFAULT_PLUGIN_DIR, Manager, ResourceStatus
 from host.deviceplugin._types import (
     HEALTHY,
     UNHEALTHY,
@@ -17,16 +18,19 @@ from host.deviceplugin._types import (
     DeviceSpec,
     DeviceTree,
     Mount,
-    NUMANode,
     Notifier,
+    NUMANode,
     PostAllocator,
     PreferredAllocator,
     Scanner,
     TopologyInfo,
     UseDefaultMethodError,
 )
+from host.deviceplugin._watcher import PluginDirWatcher
 
 __all__ = [
+    "DEFAULT_CDI_DIR",
+    "DEFAULT_PLUGIN_DIR",
     "HEALTHY",
     "UNHEALTHY",
     "Allocator",
@@ -34,11 +38,14 @@ __all__ = [
     "DeviceInfo",
     "DeviceSpec",
     "DeviceTree",
+    "Manager",
     "Mount",
     "NUMANode",
     "Notifier",
+    "PluginDirWatcher",
     "PostAllocator",
     "PreferredAllocator",
+    "ResourceStatus",
     "Scanner",
     "TopologyInfo",
     "UseDefaultMethodError",

@@ -24,7 +24,7 @@ async def call_plugin_method(method: Callable[..., T | Awaitable[T]], *args: Any
     """
     result = method(*args)
     if inspect.isawaitable(result):
-        return await result  # type: ignore[no-any-return]
+        return await result
     return result
 
 

@@ -91,7 +91,9 @@ class DeviceInfo:
 
     def __post_init__(self) -> None:
         if self.state not in (HEALTHY, UNHEALTHY):
-            raise ValueError(f"device state must be {HEALTHY!r} or {UNHEALTHY!r}, got {self.state!r}")
+            raise ValueError(
+                f"device state must be {HEALTHY!r} or {UNHEALTHY!r}, got {self.state!r}"
+            )
         set_ = object.__setattr__
         set_(self, "nodes", _frozen_copy(self.nodes, pluginapi.DeviceSpec))
         set_(self, "mounts", _frozen_copy(self.mounts, pluginapi.Mount))

@@ -1,0 +1,269 @@
+"""One resource's socket and gRPC server, kept registered with kubelet.
+
+The lifecycle, as kubelet (1.25+) requires it: serve on the socket first, then
+register (kubelet dials back and calls GetDevicePluginOptions while Register is
+still outstanding); when kubelet restarts (``kubelet.sock`` re-created, our socket
+unlinked) re-create the socket and register again; when kubelet is absent, retry
+with capped exponential backoff and jitter, woken at once by the watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import random
+import socket
+import stat
+from pathlib import Path
+
+import grpc
+
+from host._api import api_pb2 as pluginapi
+from host._api import api_pb2_grpc
+from host.deviceplugin._service import DevicePluginService
+from host.deviceplugin._watcher import (
+    PluginDirWatcher,
+    SocketIdentity,
+    WatchEvent,
+    WatchEventKind,
+    socket_identity,
+)
+
+__all__ = ["API_VERSION", "Backoff", "ResourceEndpoint", "SocketInUseError"]
+
+log = logging.getLogger("host.deviceplugin.endpoint")
+
+API_VERSION = "v1beta1"
+REGISTER_TIMEOUT = 15.0
+"""Kubelet dials back for up to 10 s inside Register; allow for that plus the options call."""
+SERVER_STOP_GRACE = 0.2
+
+
+class SocketInUseError(RuntimeError):
+    """The socket path is served by another live process (or is not a socket at all)."""
+
+
+class Backoff:
+    """Capped exponential backoff with +-20 % jitter."""
+
+    def __init__(self, initial: float = 0.5, cap: float = 30.0) -> None:
+        self.initial = initial
+        self.cap = cap
+        self._next = initial
+
+    def next(self) -> float:
+        """Return the next delay and double the one after it (up to the cap)."""
+        delay = self._next
+        self._next = min(self._next * 2, self.cap)
+        return delay * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        """Start again from the initial delay."""
+        self._next = self.initial
+
+
+async def _socket_is_live(path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket at ``path``."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, str(path)), 1.0)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except TimeoutError:
+        return True  # a listener with a full backlog is still somebody's listener
+    except OSError as exc:
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    else:
+        return True
+    finally:
+        sock.close()
+
+
+class ResourceEndpoint:
+    """Serves one :class:`DevicePluginService` on its socket and keeps it registered."""
+
+    def __init__(
+        self,
+        service: DevicePluginService,
+        socket_path: Path,
+        watcher: PluginDirWatcher,
+        *,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.service = service
+        self.socket_path = socket_path
+        self.watcher = watcher
+        self._backoff = backoff or Backoff()
+        self._server: grpc.aio.Server | None = None
+        self._socket_id: SocketIdentity | None = None
+        self._registered_with: SocketIdentity | None = None
+        self._need_register = True
+        self._wake = asyncio.Event()
+        self._last_problem: str | None = None
+        self.registrations = 0
+        service_streams_cb = self._on_streams_changed
+        service._on_streams_changed = service_streams_cb
+
+    @property
+    def registered(self) -> bool:
+        """Whether the last Register call succeeded and kubelet has not gone since."""
+        return self._registered_with is not None and not self._need_register
+
+    @property
+    def ready(self) -> bool:
+        """Registered and kubelet is listening to our device list."""
+        return self.registered and self.service.stream_count > 0
+
+    # -- events ---------------------------------------------------------------------
+
+    def _on_watch_event(self, event: WatchEvent) -> None:
+        if event.kind is WatchEventKind.KUBELET_STARTED:
+            if self._registered_with != self.watcher.kubelet_identity():
+                self._need_register = True
+        elif event.kind is WatchEventKind.SOCKET_REMOVED and event.name != self.socket_path.name:
+            return
+        self._wake.set()
+
+    def _on_streams_changed(self, count: int) -> None:
+        if count == 0 and self._registered_with is not None:
+            # Kubelet never re-opens ListAndWatch on its own: without a stream our
+            # devices are lost to it until we register again.
+            log.info("%s: kubelet closed its device list stream", self.service.resource_name)
+            self._need_register = True
+            self._wake.set()
+
+    # -- main loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve and stay registered until cancelled; then stop and remove the socket."""
+        unsubscribe = self.watcher.subscribe(self._on_watch_event)
+        try:
+            await self._maintain()
+        finally:
+            unsubscribe()
+            self.service.close()
+            await self._stop_server()
+
+    async def _maintain(self) -> None:
+        while True:
+            self._wake.clear()
+            delay: float | None = None
+            if not self._socket_ok():
+                try:
+                    await self._start_server()
+                except (SocketInUseError, OSError) as exc:
+                    self._problem(str(exc))
+                    delay = self._backoff.next()
+            if delay is None and self._need_register:
+                if await self._register():
+                    self._backoff.reset()
+                else:
+                    delay = self._backoff.next()
+            if delay is None:
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _socket_ok(self) -> bool:
+        return self._server is not None and socket_identity(self.socket_path) == self._socket_id
+
+    def _problem(self, message: str) -> None:
+        # Log once per state change, not once per retry.
+        if message != self._last_problem:
+            log.warning("%s: %s", self.service.resource_name, message)
+            self._last_problem = message
+
+    async def _start_server(self) -> None:
+        await self._stop_server()
+        path = self.socket_path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise SocketInUseError(
+                    f"{path} exists and is not a socket; refusing to replace it "
+                    "(remove it or choose another plugin directory)"
+                )
+            if await _socket_is_live(path):
+                raise SocketInUseError(
+                    f"socket {path} is already in use by another process; "
+                    "not taking it over (will retry)"
+                )
+            path.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        server = grpc.aio.server(
+            options=[
+                # GetPreferredAllocation carries every available ID: allow big requests.
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        api_pb2_grpc.add_DevicePluginServicer_to_server(self.service, server)
+        server.add_insecure_port(f"unix:{path}")
+        await server.start()
+        self._server = server
+        self._socket_id = socket_identity(path)
+        self._registered_with = None
+        self._need_register = True
+        log.debug("%s: serving on %s", self.service.resource_name, path)
+
+    async def _stop_server(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await server.stop(SERVER_STOP_GRACE)
+        # Only ever unlink the socket we created: kubelet or another instance may
+        # have put a new file at the path since.
+        if self._socket_id is not None and socket_identity(self.socket_path) == self._socket_id:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+        self._socket_id = None
+
+    async def _register(self) -> bool:
+        kubelet_socket = self.watcher.kubelet_socket
+        kubelet_id = self.watcher.kubelet_identity()
+        if kubelet_id is None:
+            self._problem(f"waiting for kubelet: no socket at {kubelet_socket}")
+            return False
+        request = pluginapi.RegisterRequest(
+            version=API_VERSION,
+            endpoint=self._endpoint_name(),
+            resource_name=self.service.resource_name,
+            options=self.service.options,
+        )
+        self._need_register = False
+        try:
+            async with grpc.aio.insecure_channel(f"unix://{kubelet_socket}") as channel:
+                stub = api_pb2_grpc.RegistrationStub(channel)
+                await stub.Register(request, timeout=REGISTER_TIMEOUT)
+        except grpc.aio.AioRpcError as err:
+            self._need_register = True
+            self._problem(
+                f"registration with kubelet at {kubelet_socket} failed: "
+                f"{err.code().name}: {err.details()}"
+            )
+            return False
+        self._registered_with = kubelet_id
+        self.registrations += 1
+        self._last_problem = None
+        log.info(
+            "%s: registered with kubelet (socket %s)",
+            self.service.resource_name,
+            self.socket_path.name,
+        )
+        return True
+
+    def _endpoint_name(self) -> str:
+        # kubelet joins the endpoint with its device-plugin directory.
+        try:
+            return str(self.socket_path.relative_to(self.watcher.plugin_dir))
+        except ValueError:
+            return self.socket_path.name

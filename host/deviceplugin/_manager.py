@@ -1,0 +1,353 @@
+"""The Manager: runs a scanner and serves one resource per device type it reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from host.deviceplugin._cdi import CdiSpecWriter, qualified_name
+from host.deviceplugin._endpoint import Backoff, ResourceEndpoint
+from host.deviceplugin._names import resource_name_error
+from host.deviceplugin._scanning import run_scan
+from host.deviceplugin._service import DevicePluginService, PostAllocateHook
+from host.deviceplugin._types import HEALTHY, DeviceInfo, DeviceTree, Scanner
+from host.deviceplugin._watcher import PluginDirWatcher
+
+__all__ = [
+    "DEFAULT_CDI_DIR",
+    "DEFAULT_PLUGIN_DIR",
+    "Manager",
+    "ResourceStatus",
+]
+
+log = logging.getLogger("host.deviceplugin.manager")
+
+DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins/"
+"""Where kubelet looks for device-plugin sockets (hard-coded in kubelet)."""
+DEFAULT_CDI_DIR = "/var/run/cdi"
+"""Where container runtimes look for CDI spec files."""
+
+Snapshot = dict[str, dict[str, DeviceInfo]]
+
+
+@dataclass(frozen=True)
+class ResourceStatus:
+    """What one resource looks like from the plugin's side."""
+
+    resource_name: str
+    socket_path: Path
+    devices: int
+    healthy: int
+    registered: bool
+    ready: bool
+    registrations: int
+
+
+class _ManagerNotifier:
+    """The Notifier handed to the scanner: freezes each tree and hands it to the loop."""
+
+    def __init__(self, manager: Manager) -> None:
+        self._manager = manager
+
+    def notify(self, tree: DeviceTree) -> None:
+        """Publish ``tree``; callable from any thread, never blocks the scanner."""
+        if not isinstance(tree, DeviceTree):
+            raise TypeError(f"notify() expects a DeviceTree, got {type(tree).__name__}")
+        # Freeze now: the scanner may go on mutating its tree after notify returns.
+        frozen: Snapshot = {dev_type: dict(tree[dev_type]) for dev_type in tree}
+        self._manager._submit(frozen)
+
+
+class Manager:
+    """Serves every device type a scanner reports as a kubelet device plugin.
+
+    The Python counterpart of Intel's ``dpapi.NewManager(namespace, plugin).Run()``::
+
+        Manager("color.example.com", ColorScanner()).run()
+
+    Each device type ``T`` becomes resource ``<namespace>/T`` served by its own gRPC
+    server on ``<plugin_dir>/<namespace>-T.sock``, registered with kubelet and
+    re-registered whenever kubelet restarts.
+    """
+
+    def __init__(
+        self,
+        namespace: str,
+        scanner: Scanner,
+        *,
+        plugin_dir: str | os.PathLike[str] = DEFAULT_PLUGIN_DIR,
+        kubelet_socket: str | os.PathLike[str] | None = None,
+        cdi_dir: str | os.PathLike[str] = DEFAULT_CDI_DIR,
+        watcher: PluginDirWatcher | None = None,
+        post_allocators: Sequence[PostAllocateHook] = (),
+        plugin_name: str | None = None,
+        scan_backoff: tuple[float, float] = (1.0, 60.0),
+        register_backoff: tuple[float, float] = (0.5, 30.0),
+    ) -> None:
+        self.plugin_name = plugin_name or namespace
+        reason = resource_name_error(f"{namespace}/x")
+        if reason is not None:
+            raise ValueError(
+                f"plugin {self.plugin_name!r}: namespace {namespace!r} cannot form resource "
+                f"names: {reason}"
+            )
+        if not callable(getattr(scanner, "scan", None)):
+            raise TypeError(
+                f"plugin {self.plugin_name!r}: scanner {scanner!r} has no scan(notifier) method"
+            )
+        self.namespace = namespace
+        self.scanner = scanner
+        self.plugin_dir = Path(plugin_dir)
+        self.kubelet_socket = (
+            Path(kubelet_socket) if kubelet_socket is not None else self.plugin_dir / "kubelet.sock"
+        )
+        self.cdi_dir = Path(cdi_dir)
+        self._watcher = watcher or PluginDirWatcher(self.plugin_dir, self.kubelet_socket)
+        self._post_allocators = tuple(post_allocators)
+        self._scan_backoff = scan_backoff
+        self._register_backoff = register_backoff
+        self._cdi = CdiSpecWriter(self.cdi_dir)
+        self._tree: Snapshot = {}
+        self._services: dict[str, DevicePluginService] = {}
+        self._endpoints: dict[str, ResourceEndpoint] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._invalid_types: set[str] = set()
+        self._scan_failed = False
+        self._pending: Snapshot | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._notifier = _ManagerNotifier(self)
+
+    # -- public -----------------------------------------------------------------------
+
+    @property
+    def notifier(self) -> _ManagerNotifier:
+        """The Notifier the scanner receives."""
+        return self._notifier
+
+    @property
+    def resources(self) -> Mapping[str, ResourceStatus]:
+        """The status of every resource being served, by resource name."""
+        out = {}
+        for dev_type, endpoint in self._endpoints.items():
+            service = endpoint.service
+            devices = self._tree.get(dev_type, {})
+            healthy = sum(d.state == HEALTHY for d in devices.values())
+            out[service.resource_name] = ResourceStatus(
+                resource_name=service.resource_name,
+                socket_path=endpoint.socket_path,
+                devices=len(devices),
+                healthy=0 if self._scan_failed else healthy,
+                registered=endpoint.registered,
+                ready=endpoint.ready,
+                registrations=endpoint.registrations,
+            )
+        return out
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop cleanly (blocking)."""
+        asyncio.run(_serve_until_signalled(self.serve()))
+
+    async def serve(self) -> None:
+        """Scan and serve until cancelled; cancellation stops every server cleanly."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.plugin_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        scan_task = asyncio.create_task(self._supervise_scan(), name=f"scan {self.namespace}")
+        try:
+            await asyncio.Future()  # until cancelled
+        finally:
+            scan_task.cancel()
+            self._loop_thread = None
+            await self._stop_all()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scan_task
+
+    # -- scanning ---------------------------------------------------------------------
+
+    async def _supervise_scan(self) -> None:
+        backoff = Backoff(*self._scan_backoff)
+        while True:
+            try:
+                await run_scan(self.scanner, self._notifier)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                delay = backoff.next()
+                log.exception(
+                    "plugin %r: scanner failed; its devices are Unhealthy until it notifies "
+                    "again; restarting it in %.1f s",
+                    self.plugin_name,
+                    delay,
+                )
+                self._set_scan_failed(True)
+                await asyncio.sleep(delay)
+                continue
+            log.info(
+                "plugin %r: scanner returned; serving the last devices it reported",
+                self.plugin_name,
+            )
+            return
+
+    def _set_scan_failed(self, failed: bool) -> None:
+        if failed == self._scan_failed:
+            return
+        self._scan_failed = failed
+        for service in self._services.values():
+            service.update(all_unhealthy=failed)
+
+    def _submit(self, tree: Snapshot) -> None:
+        loop, loop_thread = self._loop, self._loop_thread
+        if loop is None or loop_thread is None:
+            return  # not serving (yet, or any more): nothing to publish to
+        first = self._pending is None
+        self._pending = tree
+        if not first:
+            return  # an apply is already scheduled; it will take the newest tree
+        if threading.get_ident() == loop_thread:
+            loop.call_soon(self._apply_pending)
+        else:
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody listens
+                loop.call_soon_threadsafe(self._apply_pending)
+
+    def _apply_pending(self) -> None:
+        tree, self._pending = self._pending, None
+        if tree is None or self._loop_thread is None:
+            return
+        self._set_scan_failed(False)
+        old = self._tree
+        self._tree = tree
+        for dev_type, devices in tree.items():
+            if dev_type not in old:
+                self._add_type(dev_type, devices)
+            elif old[dev_type] != devices:
+                self._update_type(dev_type, devices, old[dev_type])
+        for dev_type in old.keys() - tree.keys():
+            self._remove_type(dev_type, old[dev_type])
+
+    # -- resources --------------------------------------------------------------------
+
+    def _add_type(self, dev_type: str, devices: dict[str, DeviceInfo]) -> None:
+        resource_name = f"{self.namespace}/{dev_type}"
+        reason = resource_name_error(resource_name)
+        if reason is not None:
+            if dev_type not in self._invalid_types:
+                self._invalid_types.add(dev_type)
+                log.error(
+                    "plugin %r: device type %r gives invalid resource name %r: %s; "
+                    "not serving it (the other types are served)",
+                    self.plugin_name,
+                    dev_type,
+                    resource_name,
+                    reason,
+                )
+            return
+        self._sync_cdi(dev_type, devices, {})
+        service = DevicePluginService(
+            resource_name,
+            self.scanner,
+            post_allocators=self._post_allocators,
+            cdi_name=qualified_name,
+        )
+        service.update(devices, all_unhealthy=self._scan_failed)
+        endpoint = ResourceEndpoint(
+            service,
+            self.plugin_dir / f"{self.namespace}-{dev_type}.sock",
+            self._watcher,
+            backoff=Backoff(*self._register_backoff),
+        )
+        self._services[dev_type] = service
+        self._endpoints[dev_type] = endpoint
+        task = asyncio.get_running_loop().create_task(endpoint.run(), name=f"serve {resource_name}")
+        task.add_done_callback(functools.partial(_log_task_end, resource_name=resource_name))
+        self._tasks[dev_type] = task
+        log.info(
+            "plugin %r: serving %s (%d devices)", self.plugin_name, resource_name, len(devices)
+        )
+
+    def _update_type(
+        self, dev_type: str, devices: dict[str, DeviceInfo], old: dict[str, DeviceInfo]
+    ) -> None:
+        service = self._services.get(dev_type)
+        if service is None:
+            return  # an invalid type: never served
+        self._sync_cdi(dev_type, devices, old)
+        service.update(devices)
+
+    def _remove_type(self, dev_type: str, old: dict[str, DeviceInfo]) -> None:
+        self._invalid_types.discard(dev_type)
+        self._services.pop(dev_type, None)
+        self._endpoints.pop(dev_type, None)
+        task = self._tasks.pop(dev_type, None)
+        if task is not None:
+            task.cancel()
+            log.info(
+                "plugin %r: %s/%s is gone; stopping it", self.plugin_name, self.namespace, dev_type
+            )
+        self._sync_cdi(dev_type, {}, old)
+
+    def _sync_cdi(
+        self, dev_type: str, devices: Mapping[str, DeviceInfo], old: Mapping[str, DeviceInfo]
+    ) -> None:
+        """Write the CDI specs of new or changed devices, release those of gone ones."""
+        for dev_id in devices.keys() | old.keys():
+            new_info, old_info = devices.get(dev_id), old.get(dev_id)
+            spec = new_info.cdi_spec if new_info is not None else None
+            if old_info is not None and old_info.cdi_spec == spec:
+                continue
+            owner = (dev_type, dev_id)
+            if spec is None:
+                self._cdi.release(owner)
+                continue
+            try:
+                self._cdi.acquire(owner, spec)
+            except OSError as exc:
+                log.error(
+                    "plugin %r: cannot write the CDI spec of %s/%s: %s",
+                    self.plugin_name,
+                    dev_type,
+                    dev_id,
+                    exc,
+                )
+
+    async def _stop_all(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._services.clear()
+        self._endpoints.clear()
+        self._cdi.remove_all()
+
+
+def _log_task_end(task: asyncio.Task[None], resource_name: str) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("%s: server task failed", resource_name, exc_info=exc)
+
+
+async def _serve_until_signalled(coro: Any) -> None:
+    """Run ``coro`` as a task; SIGTERM and SIGINT cancel it (a clean stop)."""
+    loop = asyncio.get_running_loop()
+    task: asyncio.Task[None] = asyncio.ensure_future(coro)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
