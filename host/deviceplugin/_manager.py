@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from host.deviceplugin._cdi import CdiSpecWriter, qualified_name
+from host.deviceplugin._cdi import DEFAULT_CDI_DIR, CdiSpecWriter, qualified_name
 from host.deviceplugin._endpoint import Backoff, ResourceEndpoint
 from host.deviceplugin._names import resource_name_error
 from host.deviceplugin._scanning import run_scan
@@ -33,8 +33,6 @@ log = logging.getLogger("host.deviceplugin.manager")
 
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins/"
 """Where kubelet looks for device-plugin sockets (hard-coded in kubelet)."""
-DEFAULT_CDI_DIR = "/var/run/cdi"
-"""Where container runtimes look for CDI spec files."""
 
 Snapshot = dict[str, dict[str, DeviceInfo]]
 
