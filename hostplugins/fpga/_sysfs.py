@@ -1,0 +1,57 @@
+"""Small sysfs readers the FPGA scanner shares: attributes, natural order, NUMA nodes."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from host.deviceplugin import pluginapi
+
+__all__ = ["natural_key", "numa_ids", "read_attr", "topology_of"]
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[str | int, ...]:
+    """Sort key that orders ``dfl-port.2`` before ``dfl-port.10``."""
+    return tuple(int(part) if part.isdigit() else part for part in _DIGITS.split(name))
+
+
+def read_attr(path: Path) -> str | None:
+    """Return a sysfs attribute's content, stripped, or None when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+
+
+def numa_ids(device_dir: Path, sysfs_root: Path) -> set[int]:
+    """Return the NUMA nodes of the sysfs device ``device_dir`` (a port, an FME).
+
+    Walks up from the device's real path while under ``<sysfs_root>/devices`` and stops
+    at the first level that reports ``local_cpulist`` or a ``numa_node`` (``-1`` means
+    none), like the framework's lookup from a device node. Starting from the sysfs
+    directory the scanner already has also works in fake trees, whose device nodes
+    are regular files.
+    """
+    devices = os.path.join(os.path.realpath(sysfs_root), "devices") + os.sep
+    level = os.path.realpath(device_dir)
+    while level.startswith(devices):
+        cpus = read_attr(Path(level, "local_cpulist")) or ""
+        numas = read_attr(Path(level, "numa_node")) or ""
+        if numas == "-1":
+            numas = ""
+        if cpus or numas:
+            return {int(n) for n in numas.split(",") if n.strip().isdigit()}
+        level = os.path.dirname(level)
+    return set()
+
+
+def topology_of(ids: Iterable[int]) -> pluginapi.TopologyInfo | None:
+    """Return a TopologyInfo with NUMA nodes ``ids`` (sorted), or None when there are none."""
+    nodes = sorted(set(ids))
+    if not nodes:
+        return None
+    return pluginapi.TopologyInfo(nodes=[pluginapi.NUMANode(ID=i) for i in nodes])

@@ -1,0 +1,52 @@
+"""Small sysfs readers the GPU scanner shares: attributes, natural order, NUMA topology."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from host.deviceplugin import pluginapi
+
+__all__ = ["natural_key", "numa_topology", "read_attr"]
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[str | int, ...]:
+    """Sort key that orders ``card2`` before ``card10`` (plain sorting would not)."""
+    return tuple(int(part) if part.isdigit() else part for part in _DIGITS.split(name))
+
+
+def read_attr(path: Path) -> str | None:
+    """Return a sysfs attribute's content, stripped, or None when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+
+
+def numa_topology(device_dir: Path, sysfs_root: Path) -> pluginapi.TopologyInfo | None:
+    """Return the NUMA nodes of the sysfs device ``device_dir`` (e.g. a PCI function), or None.
+
+    Walks up from the device's real path while under ``<sysfs_root>/devices`` and stops
+    at the first level that reports ``local_cpulist`` or a ``numa_node`` (``-1`` means
+    none), as the framework's topology lookup does from a device node. The scanner
+    already knows the device's sysfs directory, so it starts there instead of going
+    through ``/sys/dev/char/M:m``; that also works in fake trees, whose device nodes
+    are regular files.
+    """
+    devices = os.path.join(os.path.realpath(sysfs_root), "devices") + os.sep
+    level = os.path.realpath(device_dir)
+    while level.startswith(devices):
+        cpus = read_attr(Path(level, "local_cpulist")) or ""
+        numas = read_attr(Path(level, "numa_node")) or ""
+        if numas == "-1":
+            numas = ""
+        if cpus or numas:
+            ids = sorted({int(n) for n in numas.split(",") if n.strip().isdigit()})
+            if not ids:
+                return None
+            return pluginapi.TopologyInfo(nodes=[pluginapi.NUMANode(ID=i) for i in ids])
+        level = os.path.dirname(level)
+    return None
