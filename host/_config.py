@@ -1,14 +1,46 @@
-"""Plugin options and per-plugin configuration records."""
+"""Plugin options, per-plugin configuration, and the host's settings.
+
+Settings come from four places; a later one wins: defaults, the ``--config`` TOML
+file, ``DEVPLUGIN_*`` environment variables, the command line. Every mistake a
+person can make here raises :class:`ConfigError` with one line saying what to fix.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["ConfigError", "Option", "PluginConfig"]
+__all__ = [
+    "DEFAULT_CDI_DIR",
+    "DEFAULT_PLUGIN_DIR",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "ConfigError",
+    "ConfigFile",
+    "HostSettings",
+    "Option",
+    "OptionSetting",
+    "PluginConfig",
+    "parse_set_item",
+    "read_config_file",
+    "resolve_plugin_options",
+    "resolve_settings",
+    "split_names",
+]
+
+DEFAULT_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins/")
+DEFAULT_CDI_DIR = Path("/var/run/cdi")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+_OPTION_NAME = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_]*")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 class ConfigError(Exception):
@@ -19,19 +51,145 @@ class ConfigError(Exception):
     """
 
 
+def _parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (true/false, yes/no, on/off, 1/0), got {text!r}")
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+
+
+def split_names(values: Iterable[str]) -> tuple[str, ...]:
+    """Split comma- or space-separated names (``--enable a,b --enable c``) into a tuple."""
+    return tuple(name for value in values for name in re.split(r"[,\s]+", value) if name)
+
+
 @dataclass(frozen=True)
 class Option:
     """One option a plugin accepts, set with ``--set PLUGIN.NAME=VALUE`` or the config file.
 
-    ``type`` parses a string value (from the command line or environment); when omitted
-    it follows the default's type (bool, int, float, str, list of str).
+    Without ``type`` the value follows the default's type (bool, int, float, str, list
+    of str): strings from the command line or environment are parsed, config-file
+    values are checked; a list option takes a comma-separated string and its value is
+    a tuple of str. A ``type`` callable receives the raw value (a string, or the value
+    as the TOML file has it) and returns the converted one, raising ValueError (or
+    :class:`ConfigError`, with the plugin's own message) when it is invalid. ``choices``
+    limits the accepted values (each item, for a list option)::
+
+        Option("shared-dev-num", default=1, help="containers sharing one device")
+        Option("policy", default="none", choices=["none", "balanced", "packed"])
     """
 
     name: str
     default: Any = None
     help: str = ""
-    type: Callable[[str], Any] | None = None
+    type: Callable[[Any], Any] | None = None
     choices: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _OPTION_NAME.fullmatch(self.name):
+            raise ValueError(f"option name must be letters, digits, '-' and '_', got {self.name!r}")
+        if isinstance(self.default, list):
+            object.__setattr__(self, "default", tuple(self.default))
+        if self.choices is not None:
+            choices = tuple(self.choices)
+            if not choices or not all(isinstance(choice, str) for choice in choices):
+                raise ValueError(f"option {self.name}: choices must be non-empty strings")
+            object.__setattr__(self, "choices", choices)
+            if self.default is not None:
+                self._check_choices(self.default)
+
+    @property
+    def type_name(self) -> str:
+        """The value type as shown to people: bool, int, float, str, list, or the type's name."""
+        kind = self._kind() if self.type is None or self.default is None else _kind_of(self.default)
+        if kind is tuple:
+            return "list"
+        return getattr(kind, "__name__", repr(kind))
+
+    def convert(self, value: Any) -> Any:
+        """Return ``value`` as this option's type, or raise ValueError saying what was expected.
+
+        Strings (command line, environment, or a quoted TOML value) are parsed; other
+        values (TOML integers, booleans, arrays) are checked against the type.
+        """
+        kind = self._kind()
+        result: Any
+        if self.type is not None:
+            try:
+                result = self.type(value)
+            except ConfigError:
+                raise
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"invalid value {value!r}: {exc}") from None
+        elif isinstance(value, str):
+            result = self._parse(kind, value)
+        elif kind in (bool, int) and type(value) is kind:  # not bool for int: TOML keeps them apart
+            result = value
+        elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            result = float(value)
+        elif kind is tuple and isinstance(value, list | tuple):
+            if not all(isinstance(item, str) for item in value):
+                raise ValueError(f"expected a list of strings, got {value!r}")
+            result = tuple(value)
+        else:
+            raise ValueError(f"expected {_EXPECTED[kind]}, got {value!r}")
+        self._check_choices(result)
+        return result
+
+    def _kind(self) -> Callable[[Any], Any]:
+        return self.type if self.type is not None else _kind_of(self.default)
+
+    @staticmethod
+    def _parse(kind: Callable[[Any], Any], text: str) -> Any:
+        if kind is bool:
+            return _parse_bool(text)
+        if kind is int:
+            return _parse_int(text)
+        if kind is float:
+            return _parse_float(text)
+        if kind is tuple:
+            return split_names([text])
+        return text
+
+    def _check_choices(self, value: Any) -> None:
+        if self.choices is None:
+            return
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if item not in self.choices:
+                raise ValueError(f"expected one of {', '.join(self.choices)}; got {item!r}")
+
+
+def _kind_of(default: Any) -> type:
+    for kind in (bool, int, float, tuple):  # bool first: it is an int subclass
+        if isinstance(default, kind):
+            return kind
+    return str
+
+
+_EXPECTED: dict[Callable[[Any], Any], str] = {
+    bool: "a boolean (true/false)",
+    int: "an integer",
+    float: "a number",
+    tuple: "a list of strings",
+    str: "a string",
+}
 
 
 @dataclass(frozen=True)
@@ -42,3 +200,193 @@ class PluginConfig:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     sysfs_root: Path = Path("/sys")
     devfs_root: Path = Path("/dev")
+
+
+@dataclass(frozen=True)
+class OptionSetting:
+    """One ``PLUGIN.KEY = VALUE`` setting, with where it came from for error messages."""
+
+    plugin: str
+    key: str
+    value: Any
+    source: str
+
+
+def parse_set_item(text: str, source: str = "--set") -> OptionSetting:
+    """Parse ``PLUGIN.KEY=VALUE`` (the value stays a string, parsed later by its Option)."""
+    target, equals, value = text.partition("=")
+    plugin, dot, key = target.strip().partition(".")
+    if not equals or not dot or not plugin or not key:
+        raise ConfigError(
+            f"{source} expects PLUGIN.KEY=VALUE (e.g. gpu.shared-dev-num=2), got {text!r}"
+        )
+    return OptionSetting(plugin, key.strip(), value, source)
+
+
+def resolve_plugin_options(
+    plugin: str, declared: Sequence[Option], settings: Iterable[OptionSetting]
+) -> Mapping[str, Any]:
+    """Return ``plugin``'s option values: defaults, then each of its settings in order.
+
+    Raises ConfigError for an option the plugin does not declare (listing those it
+    does) or a value its Option rejects.
+    """
+    by_name = {option.name: option for option in declared}
+    values = {option.name: option.default for option in declared}
+    for setting in settings:
+        if setting.plugin != plugin:
+            continue
+        option = by_name.get(setting.key)
+        if option is None:
+            known = ", ".join(sorted(by_name)) if by_name else "it has no options"
+            raise ConfigError(
+                f"plugin {plugin!r} has no option {setting.key!r} (from {setting.source}); "
+                f"its options: {known}"
+            )
+        try:
+            values[option.name] = option.convert(setting.value)
+        except ConfigError as exc:  # the plugin's own message, from its Option.type
+            raise ConfigError(f"{exc} (from {setting.source})") from None
+        except ValueError as exc:
+            raise ConfigError(
+                f"plugin {plugin!r}: option {option.name} (from {setting.source}): {exc}"
+            ) from None
+    return MappingProxyType(values)
+
+
+# Host settings in the config file: TOML key -> (field name, kind). A kind of "names"
+# takes a list of strings or one comma-separated string.
+_FILE_SETTINGS: dict[str, tuple[str, str]] = {
+    "enable": ("enable", "names"),
+    "disable": ("disable", "names"),
+    "plugin-module": ("plugin_modules", "paths"),
+    "plugin-dir": ("plugin_dir", "path"),
+    "kubelet-socket": ("kubelet_socket", "path"),
+    "cdi-dir": ("cdi_dir", "path"),
+    "sysfs-root": ("sysfs_root", "path"),
+    "devfs-root": ("devfs_root", "path"),
+    "log-level": ("log_level", "level"),
+    "log-format": ("log_format", "format"),
+}
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed ``--config`` file: host settings by field name, option settings in order."""
+
+    path: Path | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    options: tuple[OptionSetting, ...] = ()
+
+
+def read_config_file(path: str | Path) -> ConfigFile:
+    """Read and check a TOML config file; any problem is a ConfigError naming the file.
+
+    Top-level keys are the host's settings (``enable = ["gpu"]``, ``plugin-dir = ...``);
+    the ``[plugins.NAME]`` tables hold each plugin's options::
+
+        enable = ["gpu", "fpga"]
+        [plugins.gpu]
+        shared-dev-num = 2
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {_reason(exc)}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+    settings: dict[str, Any] = {}
+    options: list[OptionSetting] = []
+    for key, value in data.items():
+        if key == "plugins":
+            options.extend(_file_plugin_tables(path, value))
+            continue
+        if key not in _FILE_SETTINGS:
+            known = ", ".join(sorted([*_FILE_SETTINGS, "plugins"]))
+            raise ConfigError(
+                f"config file {path}: unknown setting {key!r}; known settings: {known}"
+            )
+        name, kind = _FILE_SETTINGS[key]
+        settings[name] = _file_value(path, key, kind, value)
+    return ConfigFile(path, MappingProxyType(settings), tuple(options))
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def _file_plugin_tables(path: Path, value: Any) -> list[OptionSetting]:
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ConfigError(
+            f"config file {path}: 'plugins' must hold one table per plugin, e.g. [plugins.gpu]"
+        )
+    return [
+        OptionSetting(plugin, key, item, f"config file {path}")
+        for plugin, table in value.items()
+        for key, item in table.items()
+    ]
+
+
+def _file_value(path: Path, key: str, kind: str, value: Any) -> Any:
+    if kind == "names" and isinstance(value, str):
+        return split_names([value])
+    if kind in ("names", "paths"):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"config file {path}: {key} must be a list of strings, got {value!r}")
+        return split_names(value) if kind == "names" else tuple(Path(item) for item in value)
+    if not isinstance(value, str):
+        raise ConfigError(f"config file {path}: {key} must be a string, got {value!r}")
+    if kind == "path":
+        return Path(value)
+    allowed = LOG_LEVELS if kind == "level" else LOG_FORMATS
+    if value.lower() not in allowed:
+        raise ConfigError(
+            f"config file {path}: {key} must be one of {', '.join(allowed)}, got {value!r}"
+        )
+    return value.lower()
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """The host's resolved settings, whichever source each came from."""
+
+    enable: tuple[str, ...] = ()
+    disable: tuple[str, ...] = ()
+    plugin_modules: tuple[Path, ...] = ()
+    options: tuple[OptionSetting, ...] = ()
+    plugin_dir: Path = DEFAULT_PLUGIN_DIR
+    kubelet_socket: Path | None = None
+    cdi_dir: Path = DEFAULT_CDI_DIR
+    sysfs_root: Path = Path("/sys")
+    devfs_root: Path = Path("/dev")
+    log_level: str = "info"
+    log_format: str = "text"
+
+
+def resolve_settings(
+    given: Mapping[str, Any],
+    config: ConfigFile | None = None,
+    options: Sequence[OptionSetting] = (),
+) -> HostSettings:
+    """Merge the host's settings from every source into one HostSettings.
+
+    ``given`` (command line or environment; None = not given) wins over the config
+    file, which wins over the defaults. Option settings are applied in order: the
+    config file's first, then ``options``.
+    """
+    config = config or ConfigFile()
+    values: dict[str, Any] = {}
+    for name in HostSettings.__dataclass_fields__:
+        if name == "options":
+            continue
+        value = given.get(name)
+        if value is None or (isinstance(value, tuple) and not value):
+            value = config.settings.get(name)
+        if value is not None:
+            values[name] = value
+    return HostSettings(**values, options=(*config.options, *options))

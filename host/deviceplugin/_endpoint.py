@@ -102,12 +102,14 @@ class ResourceEndpoint:
         self._server: grpc.aio.Server | None = None
         self._socket_id: SocketIdentity | None = None
         self._registered_with: SocketIdentity | None = None
+        self._registering_with: SocketIdentity | None = None
         self._need_register = True
         self._wake = asyncio.Event()
         self._last_problem: str | None = None
         self.registrations = 0
-        service_streams_cb = self._on_streams_changed
-        service._on_streams_changed = service_streams_cb
+        # Streams opened before this sequence number belong to an older registration.
+        self._stream_floor = 0
+        service.on_stream_closed = self._on_stream_closed
 
     @property
     def registered(self) -> bool:
@@ -117,25 +119,29 @@ class ResourceEndpoint:
     @property
     def ready(self) -> bool:
         """Registered and kubelet is listening to our device list."""
-        return self.registered and self.service.stream_count > 0
+        return self.registered and self.service.has_stream_since(self._stream_floor)
 
     # -- events ---------------------------------------------------------------------
 
     def _on_watch_event(self, event: WatchEvent) -> None:
         if event.kind is WatchEventKind.KUBELET_STARTED:
-            if self._registered_with != self.watcher.kubelet_identity():
+            # A registration with this very kubelet done or in flight needs no other.
+            if self._registering_with != self.watcher.kubelet_identity():
                 self._need_register = True
         elif event.kind is WatchEventKind.SOCKET_REMOVED and event.name != self.socket_path.name:
             return
         self._wake.set()
 
-    def _on_streams_changed(self, count: int) -> None:
-        if count == 0 and self._registered_with is not None:
-            # Kubelet never re-opens ListAndWatch on its own: without a stream our
-            # devices are lost to it until we register again.
-            log.info("%s: kubelet closed its device list stream", self.service.resource_name)
-            self._need_register = True
-            self._wake.set()
+    def _on_stream_closed(self, seq: int) -> None:
+        if self._registered_with is None or seq < self._stream_floor:
+            return  # a stream of an earlier registration or server
+        if self.service.has_stream_since(self._stream_floor):
+            return
+        # Kubelet never re-opens ListAndWatch on its own: without a stream our
+        # devices are lost to it until we register again.
+        log.info("%s: kubelet closed its device list stream", self.service.resource_name)
+        self._need_register = True
+        self._wake.set()
 
     # -- main loop ------------------------------------------------------------------
 
@@ -211,7 +217,7 @@ class ResourceEndpoint:
         await server.start()
         self._server = server
         self._socket_id = socket_identity(path)
-        self._registered_with = None
+        self._registered_with = self._registering_with = None
         self._need_register = True
         log.debug("%s: serving on %s", self.service.resource_name, path)
 
@@ -240,12 +246,15 @@ class ResourceEndpoint:
             options=self.service.options,
         )
         self._need_register = False
+        self._registering_with = kubelet_id
+        self._stream_floor = self.service.next_stream_seq
         try:
             async with grpc.aio.insecure_channel(f"unix://{kubelet_socket}") as channel:
                 stub = api_pb2_grpc.RegistrationStub(channel)
                 await stub.Register(request, timeout=REGISTER_TIMEOUT)
         except grpc.aio.AioRpcError as err:
             self._need_register = True
+            self._registering_with = None
             self._problem(
                 f"registration with kubelet at {kubelet_socket} failed: "
                 f"{err.code().name}: {err.details()}"

@@ -48,7 +48,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         *,
         post_allocators: Sequence[PostAllocateHook] = (),
         cdi_name: Callable[[Mapping[str, Any]], str] | None = None,
-        on_streams_changed: Callable[[int], None] | None = None,
+        on_stream_closed: Callable[[int], None] | None = None,
     ) -> None:
         self.resource_name = resource_name
         self._allocate = getattr(scanner, "allocate", None)
@@ -57,7 +57,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         self._pre_start = getattr(scanner, "pre_start_container", None)
         self._post_allocators = tuple(post_allocators)
         self._cdi_name = cdi_name
-        self._on_streams_changed = on_streams_changed
+        self.on_stream_closed = on_stream_closed
         self.options = pluginapi.DevicePluginOptions(
             pre_start_required=callable(self._pre_start),
             get_preferred_allocation_available=callable(self._preferred),
@@ -66,7 +66,8 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         self._all_unhealthy = False
         self._snapshot = pluginapi.ListAndWatchResponse()
         self._version = 0
-        self._streams: set[asyncio.Event] = set()
+        self._streams: dict[asyncio.Event, int] = {}
+        self._stream_seq = 0
         self._closed = False
 
     # -- state ----------------------------------------------------------------------
@@ -80,6 +81,15 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
     def stream_count(self) -> int:
         """How many ListAndWatch streams are open (kubelet keeps exactly one)."""
         return len(self._streams)
+
+    @property
+    def next_stream_seq(self) -> int:
+        """The sequence number the next ListAndWatch stream will get."""
+        return self._stream_seq
+
+    def has_stream_since(self, seq: int) -> bool:
+        """Whether a stream opened at or after sequence number ``seq`` is still open."""
+        return any(opened >= seq for opened in self._streams.values())
 
     @property
     def snapshot(self) -> pluginapi.ListAndWatchResponse:
@@ -138,8 +148,9 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
     ) -> AsyncIterator[pluginapi.ListAndWatchResponse]:
         """Send the full device list now and after every change, until the server stops."""
         wake = asyncio.Event()
-        self._streams.add(wake)
-        self._streams_changed()
+        seq = self._stream_seq
+        self._stream_seq += 1
+        self._streams[wake] = seq
         try:
             sent = -1
             while not self._closed:
@@ -150,12 +161,9 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                     await wake.wait()
                     wake.clear()
         finally:
-            self._streams.discard(wake)
-            self._streams_changed()
-
-    def _streams_changed(self) -> None:
-        if self._on_streams_changed is not None and not self._closed:
-            self._on_streams_changed(len(self._streams))
+            del self._streams[wake]
+            if self.on_stream_closed is not None and not self._closed:
+                self.on_stream_closed(seq)
 
     async def Allocate(
         self, request: pluginapi.AllocateRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -21,8 +21,13 @@ __all__ = ["PluginDirWatcher", "SocketIdentity", "WatchEvent", "WatchEventKind",
 
 log = logging.getLogger("host.deviceplugin.watcher")
 
-SocketIdentity = tuple[int, int, int]
-"""(device, inode, ctime in ns) of a socket file: a re-created socket gets a new identity."""
+SocketIdentity = tuple[int, int]
+"""(device, inode) of a socket file.
+
+Not proof of a new kubelet on its own (a re-created socket may reuse the inode, and
+ctime moves with a chmod), which is why a closed ListAndWatch stream also triggers
+registration: a kubelet that died took our stream with it.
+"""
 
 
 def socket_identity(path: str | os.PathLike[str]) -> SocketIdentity | None:
@@ -33,7 +38,7 @@ def socket_identity(path: str | os.PathLike[str]) -> SocketIdentity | None:
         return None
     if not stat.S_ISSOCK(st.st_mode):
         return None
-    return (st.st_dev, st.st_ino, st.st_ctime_ns)
+    return (st.st_dev, st.st_ino)
 
 
 class WatchEventKind(enum.Enum):

@@ -1,0 +1,331 @@
+"""The host runtime: every plugin's Managers as tasks of one event loop, one-shot scans, logging.
+
+``run`` wires each :class:`~host._loader.ScannerRecord` to a
+:class:`~host.deviceplugin.Manager` sharing one plugin-directory watcher and every
+plugin's ``devplugin_post_allocate`` hook, then serves them all until SIGTERM or
+SIGINT. ``scan`` runs each scanner until its first notification, without kubelet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import re
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+if TYPE_CHECKING:
+    from host._loader import PostAllocateHook, ScannerRecord
+    from host.deviceplugin._types import DeviceInfo, DeviceTree
+
+__all__ = [
+    "JsonFormatter",
+    "ScanOutcome",
+    "Servable",
+    "build_managers",
+    "configure_logging",
+    "device_json",
+    "run_host",
+    "scan_all",
+    "scan_report",
+    "serve_all",
+]
+
+log = logging.getLogger("host")
+
+# -- logging ---------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and ``exc_info`` if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as a single line of JSON."""
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to whatever ``sys.stderr`` is at the time of each record.
+
+    Test runners swap ``sys.stderr`` per test; a handler bound to one stream would
+    outlive it.
+    """
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+def configure_logging(level: str = "info", fmt: str = "text") -> None:
+    """Send the host's and the plugins' logs to stderr at ``level``, as text or JSON lines.
+
+    Calling it again replaces the handler it installed before.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StderrHandler):
+            root.removeHandler(handler)
+    handler = _StderrHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+# -- scan: each scanner until its first tree -------------------------------------------
+
+Snapshot = Mapping[str, Mapping[str, "DeviceInfo"]]
+
+
+class _FirstTreeNotifier:
+    """Keeps the first tree a scanner publishes; ``notify`` may come from the scan's thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self.tree: Snapshot | None = None
+        self.error: str | None = None
+        self.notified = asyncio.Event()
+
+    def notify(self, tree: DeviceTree) -> None:
+        """Record ``tree`` if it is the first; later trees are ignored."""
+        from host.deviceplugin._types import DeviceTree
+
+        if not isinstance(tree, DeviceTree):
+            raise TypeError(f"notify() expects a DeviceTree, got {type(tree).__name__}")
+        # Copied now: the scanner may go on changing its tree after notify returns.
+        snapshot = {dev_type: dict(tree[dev_type]) for dev_type in tree}
+        with self._lock:
+            if self.tree is not None:
+                return
+            self.tree = snapshot
+        # The loop is closed once scan_all has returned; nobody is waiting then.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self.notified.set)
+
+
+@dataclass(frozen=True)
+class ScanOutcome:
+    """What one scanner reported first, or why it reported nothing."""
+
+    record: ScannerRecord
+    tree: Snapshot | None = None
+    error: str | None = None
+
+
+async def scan_all(scanners: Sequence[ScannerRecord], seconds: float) -> list[ScanOutcome]:
+    """Run every scanner at once until each has notified once, failed, or ``seconds`` passed."""
+    return list(await asyncio.gather(*(_scan_once(record, seconds) for record in scanners)))
+
+
+async def _scan_once(record: ScannerRecord, seconds: float) -> ScanOutcome:
+    from host.deviceplugin._scanning import run_scan
+
+    notifier = _FirstTreeNotifier(asyncio.get_running_loop())
+    scan = asyncio.create_task(run_scan(record.scanner, notifier), name=f"scan {record.namespace}")
+    notified = asyncio.create_task(notifier.notified.wait())
+    try:
+        await asyncio.wait({scan, notified}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        scan.cancel()
+        notified.cancel()
+        await asyncio.gather(scan, notified, return_exceptions=True)
+    if notifier.tree is not None:
+        return ScanOutcome(record, tree=notifier.tree)
+    if not scan.done() or scan.cancelled():
+        return ScanOutcome(record, error=f"no devices reported within {seconds:g} s")
+    exc = scan.exception()
+    if exc is not None:
+        log.debug("scanner of plugin %r failed", record.plugin, exc_info=exc)
+        return ScanOutcome(record, error=f"scan raised {type(exc).__name__}: {exc}")
+    return ScanOutcome(record, error="scan returned without calling notify")
+
+
+def device_json(dev_id: str, info: DeviceInfo) -> dict[str, Any]:
+    """One device as ``scan --json`` prints it: id, health, nodes, topology, and extras if set."""
+    device: dict[str, Any] = {
+        "id": dev_id,
+        "health": info.state,
+        "nodes": [node.host_path for node in info.nodes],
+        "topology": list(info.numa_nodes),
+    }
+    if info.mounts:
+        device["mounts"] = [
+            {
+                "host_path": mount.host_path,
+                "container_path": mount.container_path,
+                "read_only": mount.read_only,
+            }
+            for mount in info.mounts
+        ]
+    if info.envs:
+        device["envs"] = dict(info.envs)
+    if info.annotations:
+        device["annotations"] = dict(info.annotations)
+    if info.cdi_spec is not None:
+        from host.deviceplugin._cdi import qualified_name
+
+        device["cdi"] = qualified_name(info.cdi_spec)
+    return device
+
+
+def scan_report(outcomes: Sequence[ScanOutcome]) -> dict[str, list[dict[str, Any]]]:
+    """Map each resource name ``namespace/type`` to its devices, sorted by name and ID."""
+    report: dict[str, list[dict[str, Any]]] = {}
+    for outcome in outcomes:
+        for dev_type, devices in (outcome.tree or {}).items():
+            report[f"{outcome.record.namespace}/{dev_type}"] = [
+                device_json(dev_id, devices[dev_id]) for dev_id in sorted(devices, key=_natural)
+            ]
+    return dict(sorted(report.items()))
+
+
+def _natural(text: str) -> list[Any]:
+    """Sort key putting ``card2`` before ``card10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+# -- run: every Manager in one loop ----------------------------------------------------
+
+
+class Servable(Protocol):
+    """Anything served until cancelled, as :meth:`host.deviceplugin.Manager.serve` is."""
+
+    async def serve(self) -> None:
+        """Serve until cancelled."""
+
+
+def build_managers(
+    scanners: Sequence[ScannerRecord],
+    post_allocators: Sequence[PostAllocateHook] = (),
+    *,
+    plugin_dir: Path,
+    kubelet_socket: Path | None = None,
+    cdi_dir: Path,
+) -> list[tuple[str, Servable]]:
+    """Build one Manager per scanner, labelled ``plugin namespace``.
+
+    All share one plugin-directory watcher (one inotify watch for the process) and
+    every plugin's post-allocate hook. Call it with the event loop running.
+    """
+    from host.deviceplugin import Manager, PluginDirWatcher
+
+    watcher = PluginDirWatcher(plugin_dir, kubelet_socket)
+    return [
+        (
+            f"plugin {record.plugin!r} namespace {record.namespace}",
+            Manager(
+                record.namespace,
+                record.scanner,
+                plugin_dir=plugin_dir,
+                kubelet_socket=kubelet_socket,
+                cdi_dir=cdi_dir,
+                watcher=watcher,
+                post_allocators=post_allocators,
+                plugin_name=record.plugin,
+            ),
+        )
+        for record in scanners
+    ]
+
+
+async def serve_all(servers: Sequence[tuple[str, Servable]], stop: asyncio.Event) -> int:
+    """Serve every server as its own task until ``stop`` is set; return the exit status.
+
+    A server that crashes is logged and the rest go on. Returns 0 when stopped,
+    1 when every server has ended by itself. Either way, the servers still running
+    are cancelled and awaited, so they clean up before this returns.
+    """
+    tasks: dict[asyncio.Task[Any], str] = {
+        asyncio.create_task(server.serve(), name=f"serve {label}"): label
+        for label, server in servers
+    }
+    stopping = asyncio.create_task(stop.wait(), name="wait for stop")
+    running = set(tasks)
+    try:
+        while running:
+            done, _ = await asyncio.wait(running | {stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping in done:
+                log.info("stopping %d manager(s)", len(running))
+                return 0
+            for task in done:
+                running.discard(task)
+                if task.cancelled():
+                    log.error("%s was cancelled; the other plugins go on", tasks[task])
+                elif task.exception() is not None:
+                    log.error(
+                        "%s crashed; the other plugins go on",
+                        tasks[task],
+                        exc_info=task.exception(),
+                    )
+                else:
+                    log.warning("%s stopped serving", tasks[task])
+        log.error("every manager has stopped; exiting")
+        return 1
+    finally:
+        stopping.cancel()
+        for task in running:
+            task.cancel()
+        await asyncio.gather(stopping, *running, return_exceptions=True)
+
+
+def run_host(
+    scanners: Sequence[ScannerRecord],
+    post_allocators: Sequence[PostAllocateHook] = (),
+    *,
+    plugin_dir: Path,
+    kubelet_socket: Path | None = None,
+    cdi_dir: Path,
+) -> int:
+    """Serve every scanner under one event loop until SIGTERM/SIGINT; return the exit status."""
+    if not scanners:
+        log.error("no scanners to run: every enabled plugin failed or none returned a scanner")
+        return 1
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            servers = build_managers(
+                scanners,
+                post_allocators,
+                plugin_dir=plugin_dir,
+                kubelet_socket=kubelet_socket,
+                cdi_dir=cdi_dir,
+            )
+            log.info(
+                "serving %d namespace(s) from %d plugin(s) in %s",
+                len(servers),
+                len({record.plugin for record in scanners}),
+                plugin_dir,
+            )
+            return await serve_all(servers, stop)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(main())

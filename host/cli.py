@@ -1,0 +1,370 @@
+"""The ``devplugin-host`` command: ``plugins``, ``scan`` and ``run``.
+
+Thin on purpose: parse options, resolve settings (:mod:`host._config`), discover and
+activate plugins (:mod:`host._loader`), hand over to the runtime (:mod:`host._host`).
+Heavy modules (grpc, the plugins) are imported only by the command that needs them,
+so ``devplugin-host --version`` and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from host import __version__
+from host._config import (
+    DEFAULT_CDI_DIR,
+    DEFAULT_PLUGIN_DIR,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    ConfigError,
+    HostSettings,
+    OptionSetting,
+    parse_set_item,
+    read_config_file,
+    resolve_settings,
+    split_names,
+)
+
+if TYPE_CHECKING:
+    from host._loader import Activation, PluginRecord
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("host")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _UsageError(click.ClickException):
+    """A person's mistake: one line on stderr, exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+
+@contextmanager
+def _config_errors() -> Iterator[None]:
+    try:
+        yield
+    except ConfigError as exc:
+        raise _UsageError(str(exc)) from None
+
+
+def _option(*decls: str, envvar: str, **kwargs: Any) -> Callable[[F], F]:
+    return click.option(*decls, envvar=envvar, show_envvar=True, **kwargs)
+
+
+_logging_option_level = _option(
+    "--log-level",
+    envvar="DEVPLUGIN_LOG_LEVEL",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    show_default="info",
+    help="Least severe level logged (plugins included).",
+)
+_logging_option_format = _option(
+    "--log-format",
+    envvar="DEVPLUGIN_LOG_FORMAT",
+    type=click.Choice(LOG_FORMATS),
+    show_default="text",
+    help="json: one JSON object per line.",
+)
+
+
+def _selection_options(command: F) -> F:
+    decorators = [
+        _option(
+            "--enable",
+            envvar="DEVPLUGIN_ENABLE",
+            multiple=True,
+            metavar="NAMES",
+            help="Only these plugins (comma-separated, repeatable). Default: every plugin.",
+        ),
+        _option(
+            "--disable",
+            envvar="DEVPLUGIN_DISABLE",
+            multiple=True,
+            metavar="NAMES",
+            help="Never load these plugins (comma-separated, repeatable); wins over --enable.",
+        ),
+        _option(
+            "--plugin-module",
+            "plugin_modules",
+            envvar="DEVPLUGIN_PLUGIN_MODULE",
+            multiple=True,
+            type=click.Path(path_type=Path),
+            metavar="PATH",
+            help="Load a .py file of hook implementations as a plugin named after the file.",
+        ),
+        _option(
+            "--config",
+            envvar="DEVPLUGIN_CONFIG",
+            type=click.Path(path_type=Path),
+            metavar="FILE",
+            help="TOML file: top-level keys are these options without '--' (enable, "
+            "plugin-dir, ...), [plugins.NAME] tables set plugin options. Command line and "
+            "environment win over it.",
+        ),
+        _logging_option_level,
+        _logging_option_format,
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def _set_option(command: F) -> F:
+    return _option(
+        "--set",
+        "set_items",
+        envvar="DEVPLUGIN_SET",
+        multiple=True,
+        metavar="PLUGIN.KEY=VALUE",
+        help="Set a plugin option (repeatable; space-separated in DEVPLUGIN_SET, which "
+        "--set overrides key by key). `devplugin-host plugins` lists the options.",
+    )(command)
+
+
+def _root_options(command: F) -> F:
+    command = _option(
+        "--devfs-root",
+        envvar="DEVPLUGIN_DEVFS_ROOT",
+        type=click.Path(path_type=Path),
+        show_default="/dev",
+        help="Where scanners look for device nodes.",
+    )(command)
+    return _option(
+        "--sysfs-root",
+        envvar="DEVPLUGIN_SYSFS_ROOT",
+        type=click.Path(path_type=Path),
+        show_default="/sys",
+        help="Where scanners look for sysfs.",
+    )(command)
+
+
+def _json_option(command: F) -> F:
+    return _option("--json", "as_json", envvar="DEVPLUGIN_JSON", is_flag=True, help="Print JSON.")(
+        command
+    )
+
+
+def _settings(params: dict[str, Any]) -> HostSettings:
+    """Resolve the command's settings: command line > environment > --config file > defaults."""
+    ctx = click.get_current_context()
+    given = dict(params)
+    for name in ("enable", "disable"):
+        given[name] = split_names(given.get(name) or ())
+    given["plugin_modules"] = tuple(given.get("plugin_modules") or ())
+    config = read_config_file(given["config"]) if given.get("config") else None
+    return resolve_settings(given, config, _set_items(ctx, params.get("set_items") or ()))
+
+
+def _set_items(ctx: click.Context, items: Sequence[str]) -> list[OptionSetting]:
+    # Each --set is its own setting, so DEVPLUGIN_SET and --set merge key by key
+    # (the command line wins) instead of the command line hiding the variable.
+    source = ctx.get_parameter_source("set_items")
+    settings = []
+    if source is ParameterSource.COMMANDLINE:
+        settings += [
+            parse_set_item(item, "DEVPLUGIN_SET")
+            for item in os.environ.get("DEVPLUGIN_SET", "").split()
+        ]
+    label = "DEVPLUGIN_SET" if source is ParameterSource.ENVIRONMENT else "--set"
+    return settings + [parse_set_item(item, label) for item in items]
+
+
+def _discover(settings: HostSettings) -> list[PluginRecord]:
+    from host._host import configure_logging
+    from host._loader import discover_plugins
+
+    configure_logging(settings.log_level, settings.log_format)
+    return discover_plugins(
+        enable=settings.enable, disable=settings.disable, plugin_modules=settings.plugin_modules
+    )
+
+
+def _activate(settings: HostSettings) -> Activation:
+    from host._loader import activate_plugins
+
+    activation = activate_plugins(
+        _discover(settings),
+        settings.options,
+        sysfs_root=settings.sysfs_root,
+        devfs_root=settings.devfs_root,
+    )
+    for plugin in activation.failures:
+        log.error("%s", plugin.describe_failure())
+    return activation
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", "-V", prog_name="devplugin-host")
+def main() -> None:
+    """Host any number of Kubernetes device plugins in one process.
+
+    Plugins are Python packages registered under the `devplugin.scanners` entry
+    point group (or .py files given with --plugin-module). Every option also reads
+    the environment variable shown in its help (DEVPLUGIN_...).
+    """
+
+
+@main.command()
+@_selection_options
+@_json_option
+def plugins(as_json: bool, **params: Any) -> None:
+    """List every discovered plugin: source, version, options, load error.
+
+    Plugins left out with --enable/--disable are listed as disabled and not imported.
+    """
+    with _config_errors():
+        records = _discover(_settings(params))
+    if as_json:
+        click.echo(json.dumps([record.to_json() for record in records], indent=2))
+        return
+    for record in records:
+        state = "" if record.enabled else "  (disabled)"
+        click.echo(f"{record.name}  {record.source}{state}")
+        for option in record.options:
+            click.echo(f"    {option.name} ({option.type_name}, default {option.default!r})")
+            if option.help:
+                click.echo(f"        {option.help}")
+            if option.choices:
+                click.echo(f"        choices: {', '.join(option.choices)}")
+        if record.error:
+            click.echo(f"    error: {record.error}")
+
+
+@main.command(
+    epilog="Exit status: 0 when every scanner reported its devices; 1 when a plugin failed "
+    "to load or a scanner raised, returned without notifying or timed out; 2 for a "
+    "usage or configuration error."
+)
+@_selection_options
+@_set_option
+@_root_options
+@_option(
+    "--timeout",
+    envvar="DEVPLUGIN_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for each scanner's first report.",
+)
+@_json_option
+def scan(timeout: float, as_json: bool, **params: Any) -> None:
+    """Run the enabled scanners until each has reported once, and print their devices.
+
+    No kubelet needed: a dry run for operators and a check of scanners against fake
+    sysfs/devfs trees. --json prints one object mapping each resource name
+    (namespace/type) to its devices.
+    """
+    import asyncio
+
+    from host._host import scan_all, scan_report
+
+    with _config_errors():
+        activation = _activate(_settings(params))
+    outcomes = asyncio.run(scan_all(activation.scanners, timeout))
+    for outcome in outcomes:
+        if outcome.error:
+            log.error(
+                "plugin %r namespace %s: %s",
+                outcome.record.plugin,
+                outcome.record.namespace,
+                outcome.error,
+            )
+    report = scan_report(outcomes)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_table(report)
+        for outcome in outcomes:
+            if outcome.tree is not None and not outcome.tree:
+                click.echo(f"{outcome.record.namespace}: no devices found")
+    if activation.failures or any(outcome.error for outcome in outcomes):
+        raise SystemExit(EXIT_FAILED)
+
+
+def _print_table(report: dict[str, list[dict[str, Any]]]) -> None:
+    rows = [("RESOURCE", "ID", "HEALTH", "NUMA", "NODES")] + [
+        (
+            resource,
+            device["id"],
+            device["health"],
+            ",".join(map(str, device["topology"])) or "-",
+            " ".join(device["nodes"]) or "-",
+        )
+        for resource, devices in report.items()
+        for device in devices
+    ]
+    if len(rows) == 1:
+        return
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[4]]).rstrip())
+
+
+@main.command(
+    epilog="Exit status: 0 after SIGTERM/SIGINT; 1 when there is nothing to serve or every "
+    "manager has stopped; 2 for a usage or configuration error."
+)
+@_selection_options
+@_set_option
+@_root_options
+@_option(
+    "--plugin-dir",
+    envvar="DEVPLUGIN_PLUGIN_DIR",
+    type=click.Path(path_type=Path),
+    show_default=str(DEFAULT_PLUGIN_DIR),
+    help="Where kubelet looks for device-plugin sockets.",
+)
+@_option(
+    "--kubelet-socket",
+    envvar="DEVPLUGIN_KUBELET_SOCKET",
+    type=click.Path(path_type=Path),
+    show_default="PLUGIN_DIR/kubelet.sock",
+    help="Kubelet's registration socket.",
+)
+@_option(
+    "--cdi-dir",
+    envvar="DEVPLUGIN_CDI_DIR",
+    type=click.Path(path_type=Path),
+    show_default=str(DEFAULT_CDI_DIR),
+    help="Where CDI spec files are written.",
+)
+def run(**params: Any) -> None:
+    """Serve every enabled plugin's scanners to kubelet, all in one event loop.
+
+    Each (plugin, namespace) gets its own Manager; a plugin that fails to load or
+    crashes is reported and the others go on. SIGTERM or SIGINT stops every server
+    cleanly (sockets and CDI specs removed).
+    """
+    from host._host import run_host
+
+    with _config_errors():
+        settings = _settings(params)
+        activation = _activate(settings)
+    raise SystemExit(
+        run_host(
+            activation.scanners,
+            activation.post_allocators,
+            plugin_dir=settings.plugin_dir,
+            kubelet_socket=settings.kubelet_socket,
+            cdi_dir=settings.cdi_dir,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,546 @@
+"""A fake kubelet: the client side of Device Plugin API v1beta1, faithful to kubelet.md.
+
+:class:`FakeKubelet` serves ``v1beta1.Registration`` on ``<plugin_dir>/kubelet.sock``
+and talks to registered plugins over real gRPC on their Unix sockets, the way kubelet's
+device manager does: the checks and texts of Register, the dial and
+GetDevicePluginOptions inside Register, ListAndWatch snapshots, stream end without retry,
+the grace period, the restart sequence, and Allocate / GetPreferredAllocation /
+PreStartContainer on demand. It runs in the caller's event loop, so a plugin under test
+may serve from the same loop or from another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Self, get_args
+
+import grpc
+
+from host._api import api_pb2
+from host.testing._kubelet_checkpoint import CHECKPOINT_NAME
+from host.testing._kubelet_endpoint import DIAL_TIMEOUT, PluginEndpoint, go_status_text
+from host.testing._kubelet_manager import DeviceManager, copy_message
+from host.testing._kubelet_types import (
+    Allocation,
+    KubeletError,
+    KubeletMode,
+    Registration,
+    Rejection,
+    ResourceState,
+)
+
+__all__ = ["FakeKubelet"]
+
+_LOG = logging.getLogger("host.testing.kubelet")
+
+KUBELET_SOCKET = "kubelet.sock"
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
+_RECHECK_INTERVAL = 0.05
+
+
+class FakeKubelet:
+    """A kubelet device manager in-process, for testing device plugins over real gRPC.
+
+    ``mode`` picks the kubelet generation (see :data:`KubeletMode`); ``grace_period`` is
+    how long a stopped resource is kept before removal (kubelet: 5 minutes);
+    ``authority`` is the ``:authority`` sent to plugins (None: the socket path, as
+    kubelet < 1.26 did); ``dial_timeout`` bounds the blocking dial (kubelet: 10 s).
+
+    Like kubelet, :meth:`start` unlinks every socket in ``plugin_dir``: start plugins
+    after it (or have them re-create their socket, as they must after a restart).
+
+    Use it as an async context manager, or call :meth:`start` and :meth:`stop`::
+
+        async with FakeKubelet(tmp_dir) as kubelet:
+            ...  # start the plugin; it registers on kubelet.socket_path
+            state = await kubelet.wait_for_resource("example.com/gpu", healthy=2)
+            allocation = await kubelet.allocate_like_kubelet("example.com/gpu", 1)
+    """
+
+    def __init__(
+        self,
+        plugin_dir: str | os.PathLike[str],
+        *,
+        mode: KubeletMode = "1.25",
+        grace_period: float = 300.0,
+        authority: str | None = "localhost",
+        dial_timeout: float = DIAL_TIMEOUT,
+    ) -> None:
+        if mode not in get_args(KubeletMode):
+            raise ValueError(
+                f"FakeKubelet: mode must be one of {get_args(KubeletMode)}, got {mode!r}"
+            )
+        if grace_period < 0 or dial_timeout <= 0:
+            raise ValueError(
+                "FakeKubelet: grace_period must be >= 0 and dial_timeout > 0, "
+                f"got {grace_period!r} and {dial_timeout!r}"
+            )
+        self._dir = os.path.abspath(os.fspath(plugin_dir))
+        self._socket = os.path.join(self._dir, KUBELET_SOCKET)
+        self._mode: KubeletMode = mode
+        self._grace = grace_period
+        self._authority = authority
+        self._dial_timeout = dial_timeout
+        self._server: grpc.aio.Server | None = None
+        self._listen_dir: str | None = None
+        self._dm = DeviceManager(
+            self._dir,
+            mode=mode,
+            grace_period=grace_period,
+            authority=authority,
+            dial_timeout=dial_timeout,
+            notify=self._notify,
+        )
+        self._condition = asyncio.Condition()
+
+    def __repr__(self) -> str:
+        return f"FakeKubelet({self._dir!r}, mode={self._mode!r}): {self._describe()}"
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def plugin_dir(self) -> str:
+        """The device-plugin directory (kubelet: ``/var/lib/kubelet/device-plugins``)."""
+        return self._dir
+
+    @property
+    def socket_path(self) -> str:
+        """Where plugins register: ``<plugin_dir>/kubelet.sock``."""
+        return self._socket
+
+    @property
+    def mode(self) -> KubeletMode:
+        """The kubelet generation reproduced."""
+        return self._mode
+
+    @property
+    def running(self) -> bool:
+        """Whether the registration server is serving."""
+        return self._server is not None
+
+    async def start(self) -> None:
+        """Run kubelet's start sequence (§2.1, §7.1) and serve Registration.
+
+        Creates the plugin directory (0750), restores resources named in the checkpoint
+        as stopped endpoints at 0/0, unlinks every Unix socket directly in the directory
+        (plugin sockets included, as kubelet does; regular files, subdirectories and the
+        checkpoint stay), then serves a fresh ``kubelet.sock``.
+        """
+        if self._server is not None:
+            raise KubeletError(f"FakeKubelet at {self._socket} is already running")
+        if len(os.fsencode(self._socket)) > _SUN_PATH_MAX:
+            raise KubeletError(
+                f"socket path {self._socket!r} is longer than {_SUN_PATH_MAX} bytes, the "
+                "Unix socket limit: use a shorter plugin_dir"
+            )
+        os.makedirs(self._dir, mode=0o750, exist_ok=True)
+        self._dm.restore()
+        self._cleanup_plugin_dir()
+        server = grpc.aio.server()
+        handler = grpc.unary_unary_rpc_method_handler(
+            self._dm.register,
+            request_deserializer=api_pb2.RegisterRequest.FromString,
+            response_serializer=api_pb2.Empty.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("v1beta1.Registration", {"Register": handler})]
+        )
+        try:
+            server.add_insecure_port("unix:" + self._listen_path())
+            await server.start()
+            self._publish_socket()
+        except BaseException:
+            await server.stop(None)
+            self._unpublish_socket()
+            raise
+        self._server = server
+        await self._notify()
+
+    async def stop(self) -> None:
+        """Die like the kubelet process: drop the server and every plugin connection.
+
+        Plugins' ListAndWatch streams end; files stay in place (``kubelet.sock`` remains
+        as a dead socket). The observation API keeps the last state. Idempotent.
+        """
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await server.stop(None)
+        await self._dm.shutdown()
+        self._unpublish_socket()
+        await self._notify()
+
+    async def restart(self) -> None:
+        """Stop, then start a new kubelet process on the same directory (§7.1)."""
+        await self.stop()
+        await self.start()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _listen_path(self) -> str:
+        # Serve on a private path hard-linked to kubelet.sock, so that gRPC's unlink at
+        # stop() leaves kubelet.sock in place like a dying kubelet (no inotify event on
+        # it). The link needs one filesystem: /tmp, else a subdirectory of plugin_dir
+        # (kubelet's cleanup skips subdirectories), else serve kubelet.sock directly.
+        same_fs = os.stat("/tmp").st_dev == os.stat(self._dir).st_dev
+        self._listen_dir = tempfile.mkdtemp(prefix=".fk", dir="/tmp" if same_fs else self._dir)
+        path = os.path.join(self._listen_dir, "k.sock")
+        if len(os.fsencode(path)) > _SUN_PATH_MAX:
+            self._unpublish_socket()
+            return self._socket
+        return path
+
+    def _publish_socket(self) -> None:
+        if self._listen_dir is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._socket)
+            os.link(os.path.join(self._listen_dir, "k.sock"), self._socket)
+
+    def _unpublish_socket(self) -> None:
+        if self._listen_dir is not None:
+            shutil.rmtree(self._listen_dir, ignore_errors=True)
+            self._listen_dir = None
+
+    def _cleanup_plugin_dir(self) -> None:
+        """Unlink every Unix socket directly in the directory (``CleanupPluginDirectory``)."""
+        for entry in os.scandir(self._dir):
+            if entry.name == CHECKPOINT_NAME:
+                continue
+            try:
+                mode = os.stat(entry.path).st_mode  # follows symlinks, like Go's os.Stat
+            except OSError:
+                continue
+            if stat.S_ISSOCK(mode):
+                try:
+                    os.unlink(entry.path)
+                except OSError as err:
+                    _LOG.error("Failed to remove file %s: %s", entry.path, err)
+
+    # -------------------------------------------------------------- observation
+
+    @property
+    def resources(self) -> Mapping[str, ResourceState]:
+        """Resources in the node status, by name (absent until the first ListAndWatch message)."""
+        return {
+            name: book.snapshot(self._dm.registration_count(name))
+            for name, book in sorted(self._dm.books.items())
+            if book.present or book.removed
+        }
+
+    @property
+    def registrations(self) -> Sequence[Registration]:
+        """Accepted registrations, oldest first (kept across restarts)."""
+        return tuple(self._dm.registrations)
+
+    @property
+    def rejected(self) -> Sequence[Rejection]:
+        """Refused registrations with kubelet's reasons, oldest first."""
+        return tuple(self._dm.rejected)
+
+    @property
+    def allocations(self) -> Sequence[Allocation]:
+        """Allocations made by :meth:`allocate_like_kubelet` (or restored from the checkpoint)."""
+        return tuple(self._dm.allocations)
+
+    def _snapshot(self, name: str) -> ResourceState | None:
+        return self.resources.get(name)
+
+    def _describe(self) -> str:
+        parts = [
+            f"{s.name} {s.allocatable}/{s.capacity}"
+            f"{' removed' if s.removed else ' connected' if s.connected else ' stopped'}"
+            for s in self.resources.values()
+        ]
+        return (
+            f"{'running' if self.running else 'stopped'}; resources (allocatable/capacity): "
+            f"{', '.join(parts) or 'none'}; {len(self._dm.registrations)} registrations, "
+            f"{len(self._dm.rejected)} rejected"
+            + (f" (last: {self._dm.rejected[-1].reason})" if self._dm.rejected else "")
+        )
+
+    async def _notify(self) -> None:
+        async with self._condition:
+            self._condition.notify_all()
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109 - a timeout argument reads best in tests
+        *,
+        what: str | None = None,
+    ) -> None:
+        """Wait until ``predicate()`` is true, re-checking it after every state change.
+
+        It is re-checked whenever this kubelet's state changes (a resource, a
+        registration, a rejection, an allocation, start or stop), and at least every
+        50 ms for predicates that read other state (files, logs, the plugin).
+        Raises :class:`TimeoutError` naming ``what`` (default: the predicate) and the
+        current state when ``timeout`` seconds pass first.
+        """
+        try:
+            async with asyncio.timeout(timeout), self._condition:
+                while not predicate():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_RECHECK_INTERVAL):
+                            await self._condition.wait()
+        except TimeoutError:
+            awaited = what or getattr(predicate, "__qualname__", repr(predicate))
+            raise TimeoutError(
+                f"FakeKubelet: timed out after {timeout}s waiting for {awaited}; "
+                f"state: {self._describe()}"
+            ) from None
+
+    async def wait_for_resource(
+        self,
+        name: str,
+        *,
+        count: int | None = None,
+        healthy: int | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109 - as wait_for
+    ) -> ResourceState:
+        """Wait until resource ``name`` is in the node status and return its state.
+
+        The resource must not be removed and, when given, must have capacity ``count``
+        and allocatable ``healthy``.
+        """
+
+        def ready() -> bool:
+            state = self._snapshot(name)
+            return (
+                state is not None
+                and not state.removed
+                and (count is None or state.capacity == count)
+                and (healthy is None or state.allocatable == healthy)
+            )
+
+        await self.wait_for(
+            ready, timeout, what=f"resource {name!r} (capacity={count}, allocatable={healthy})"
+        )
+        state = self._snapshot(name)
+        assert state is not None
+        return state
+
+    async def wait_for_registrations(
+        self,
+        n: int,
+        resource: str | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109 - as wait_for
+    ) -> Sequence[Registration]:
+        """Wait until at least ``n`` registrations (of ``resource``, if given) were accepted."""
+
+        def matching() -> list[Registration]:
+            return [
+                r
+                for r in self._dm.registrations
+                if resource is None or r.request.resource_name == resource
+            ]
+
+        await self.wait_for(
+            lambda: len(matching()) >= n,
+            timeout,
+            what=f"{n} registration(s)" + (f" of {resource!r}" if resource else ""),
+        )
+        return tuple(matching())
+
+    # ---------------------------------------------------------- client helpers
+
+    def _endpoint(self, resource: str) -> PluginEndpoint:
+        book = self._dm.books.get(resource)
+        if book is None or book.endpoint is None:
+            raise KubeletError(f"unknown Device Plugin {resource}")
+        return book.endpoint
+
+    def options(self, resource: str) -> api_pb2.DevicePluginOptions:
+        """Return the cached DevicePluginOptions of the resource's endpoint (a copy)."""
+        endpoint = self._endpoint(resource)
+        if endpoint.options is None:
+            raise KubeletError(
+                f"no options cached for {resource}: endpoint restored from checkpoint"
+            )
+        return copy_message(endpoint.options)
+
+    async def allocate(self, resource: str, device_ids: Iterable[str]) -> api_pb2.AllocateResponse:
+        """Call Allocate with one ContainerAllocateRequest, as kubelet does per container.
+
+        No checks of the IDs (use :meth:`allocate_like_kubelet` for kubelet's choice)
+        and nothing recorded. Raises :class:`grpc.aio.AioRpcError` when the RPC fails and
+        :class:`KubeletError` for an empty ``container_responses``.
+        """
+        request = api_pb2.AllocateRequest(
+            container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=list(device_ids))]
+        )
+        response = await self._endpoint(resource).allocate(request)
+        if not response.container_responses:
+            raise KubeletError(
+                f"no containers return in allocation response AllocateResponse{{{response}}}"
+            )
+        return response
+
+    async def preferred_allocation(
+        self,
+        resource: str,
+        available: Iterable[str],
+        must_include: Iterable[str] = (),
+        *,
+        size: int,
+    ) -> api_pb2.PreferredAllocationResponse:
+        """Call GetPreferredAllocation with one container request.
+
+        Raises :class:`KubeletError` if the plugin did not advertise
+        ``get_preferred_allocation_available`` (kubelet would never call it).
+        """
+        endpoint = self._endpoint(resource)
+        if endpoint.options is None or not endpoint.options.get_preferred_allocation_available:
+            raise KubeletError(
+                f"kubelet would not call GetPreferredAllocation on {resource}: the plugin at "
+                f"{endpoint.socket_path} did not set get_preferred_allocation_available"
+            )
+        request = api_pb2.PreferredAllocationRequest(
+            container_requests=[
+                api_pb2.ContainerPreferredAllocationRequest(
+                    available_deviceIDs=list(available),
+                    must_include_deviceIDs=list(must_include),
+                    allocation_size=size,
+                )
+            ]
+        )
+        return await endpoint.get_preferred_allocation(request)
+
+    async def pre_start(
+        self, resource: str, device_ids: Iterable[str]
+    ) -> api_pb2.PreStartContainerResponse:
+        """Call PreStartContainer with kubelet's 30 s deadline.
+
+        Raises :class:`KubeletError` if the plugin did not advertise ``pre_start_required``.
+        """
+        endpoint = self._endpoint(resource)
+        if endpoint.options is None or not endpoint.options.pre_start_required:
+            raise KubeletError(
+                f"kubelet would not call PreStartContainer on {resource}: the plugin at "
+                f"{endpoint.socket_path} did not set pre_start_required"
+            )
+        request = api_pb2.PreStartContainerRequest(devices_ids=list(device_ids))
+        return await endpoint.pre_start_container(request)
+
+    async def allocate_like_kubelet(
+        self, resource: str, count: int, *, pod_uid: str | None = None, container: str = "main"
+    ) -> Allocation:
+        """Admit one container requesting ``count`` devices, as kubelet does (§4.2, §5).
+
+        Picks healthy devices not yet allocated; asks GetPreferredAllocation first when
+        the plugin offers it (its answer intersected with the candidates, the rest filled
+        in); calls Allocate; records the allocation. Every failure raises
+        :class:`KubeletError` with kubelet's admission text ``Allocate failed due to ...,
+        which is unexpected``.
+        """
+        if count < 1:
+            raise ValueError(f"allocate_like_kubelet: count must be >= 1, got {count}")
+        try:
+            return await self._admit(resource, count, pod_uid or str(uuid.uuid4()), container)
+        except KubeletError as err:
+            raise KubeletError(f"Allocate failed due to {err}, which is unexpected") from err
+
+    async def _admit(self, resource: str, count: int, pod_uid: str, container: str) -> Allocation:
+        book = self._dm.books.get(resource)
+        if book is None or book.healthy is None:
+            raise KubeletError(f"cannot allocate unregistered device {resource}")
+        if not book.healthy:
+            raise KubeletError(
+                f"no healthy devices present; cannot allocate unhealthy devices {resource}"
+            )
+        available = book.healthy - self._dm.in_use(resource)
+        if len(available) < count:
+            raise KubeletError(
+                f"requested number of devices unavailable for {resource}. "
+                f"Requested: {count}, Available: {len(available)}"
+            )
+        endpoint = self._endpoint(resource)
+        preferred: list[str] = []
+        if endpoint.options is not None and endpoint.options.get_preferred_allocation_available:
+            try:
+                answer = await self.preferred_allocation(resource, sorted(available), size=count)
+            except grpc.aio.AioRpcError as err:
+                text = go_status_text(err)
+                raise KubeletError(
+                    f"device plugin GetPreferredAllocation rpc failed with err: {text}"
+                ) from err
+            if answer.container_responses:
+                preferred = list(answer.container_responses[0].deviceIDs)
+        # The lock was released during the RPC: only devices still healthy and free count.
+        candidates = (book.healthy or set()) - self._dm.in_use(resource)
+        chosen = list(dict.fromkeys(d for d in preferred if d in candidates))[:count]
+        chosen += sorted(candidates - set(chosen))[: count - len(chosen)]
+        if len(chosen) < count:
+            raise KubeletError(
+                "unexpectedly allocated less resources than required. "
+                f"Requested: {count}, Got: {len(chosen)}"
+            )
+        reserved = self._dm.reserved.setdefault(resource, set())
+        reserved.update(chosen)
+        try:
+            response = await self.allocate(resource, chosen)
+        except grpc.aio.AioRpcError as err:
+            raise KubeletError(go_status_text(err)) from err
+        finally:
+            reserved.difference_update(chosen)
+        allocation = Allocation(
+            resource=resource,
+            device_ids=tuple(chosen),
+            response=copy_message(response.container_responses[0]),
+            pod_uid=pod_uid,
+            container=container,
+            time=time.monotonic(),
+        )
+        self._dm.allocations.append(allocation)
+        self._dm.write_checkpoint()
+        await self._notify()
+        return allocation
+
+    async def start_container(self, allocation: Allocation) -> None:
+        """Start the allocation's container, calling PreStartContainer first if required.
+
+        Kubelet calls it before every container start with all allocated IDs, only when
+        the plugin set ``pre_start_required`` (§6). Errors raise :class:`KubeletError`
+        with kubelet's text.
+        """
+        endpoint = self._endpoint(allocation.resource)
+        if endpoint.options is None or not endpoint.options.pre_start_required:
+            return
+        try:
+            await self.pre_start(allocation.resource, allocation.device_ids)
+        except grpc.aio.AioRpcError as err:
+            raise KubeletError(
+                f"device plugin PreStartContainer rpc failed with err: {go_status_text(err)}"
+            ) from err
+
+    async def release(self, allocation: Allocation) -> None:
+        """Forget an allocation (its pod terminated), freeing its devices."""
+        try:
+            self._dm.allocations.remove(allocation)
+        except ValueError:
+            raise KubeletError(
+                f"no allocation of {allocation.device_ids} for pod {allocation.pod_uid} "
+                f"container {allocation.container!r}"
+            ) from None
+        self._dm.write_checkpoint()
+        await self._notify()

@@ -1,0 +1,39 @@
+"""Small builders shared by the framework tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import grpc
+
+from host._api import api_pb2_grpc
+from host.testing import FakeKubelet
+
+from host.deviceplugin import HEALTHY, DeviceInfo, DeviceSpec, DeviceTree
+
+
+def node(path: str, perms: str = "rw") -> DeviceSpec:
+    return DeviceSpec(host_path=path, container_path=path, permissions=perms)
+
+
+def info(path: str = "/dev/null", state: str = HEALTHY, **kwargs: object) -> DeviceInfo:
+    return DeviceInfo(state=state, nodes=[node(path)], **kwargs)  # type: ignore[arg-type]
+
+
+def tree_of(types: Mapping[str, Mapping[str, DeviceInfo]]) -> DeviceTree:
+    tree = DeviceTree()
+    for dev_type, devices in types.items():
+        for dev_id, dev_info in devices.items():
+            tree.add_device(dev_type, dev_id, dev_info)
+    return tree
+
+
+@asynccontextmanager
+async def plugin_stub(
+    kubelet: FakeKubelet, resource: str
+) -> AsyncIterator[api_pb2_grpc.DevicePluginAsyncStub]:
+    """A DevicePlugin stub on the socket kubelet knows for ``resource``."""
+    path = kubelet.resources[resource].socket_path
+    async with grpc.aio.insecure_channel(f"unix://{path}") as channel:
+        yield api_pb2_grpc.DevicePluginStub(channel)  # type: ignore[misc]

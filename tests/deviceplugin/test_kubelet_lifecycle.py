@@ -1,0 +1,105 @@
+"""Kubelet restarts, absence, scanner crashes: the manager keeps every resource registered."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host.deviceplugin import UNHEALTHY
+from host.testing import FakeKubelet
+
+from .conftest import QueueScanner, ServeFn
+from .helpers import info, tree_of
+
+pytestmark = pytest.mark.asyncio
+
+
+class TestKubeletRestart:
+    async def test_hundred_restarts_in_a_row(
+        self, kubelet: FakeKubelet, serve: ServeFn, short_dir: Path
+    ) -> None:
+        """After each of 100 restarts, every resource registers again, exactly once."""
+        await serve("ex.com", QueueScanner(tree_of({"a": {"a0": info()}, "b": {"b0": info()}})))
+        await kubelet.wait_for_resource("ex.com/a", count=1, healthy=1)
+        await kubelet.wait_for_resource("ex.com/b", count=1, healthy=1)
+        for round_ in range(1, 101):
+            await kubelet.restart()
+            await kubelet.wait_for(
+                lambda: all(
+                    kubelet.resources[r].registrations == round_ + 1
+                    and kubelet.resources[r].allocatable == 1
+                    for r in ("ex.com/a", "ex.com/b")
+                ),
+                timeout=5,
+            )
+        assert {p.name for p in short_dir.iterdir() if p.is_socket()} == {
+            "kubelet.sock",
+            "ex.com-a.sock",
+            "ex.com-b.sock",
+        }
+
+    async def test_kubelet_started_after_the_manager(self, short_dir: Path, serve: ServeFn) -> None:
+        """A manager started 5 s before kubelet registers as soon as kubelet appears."""
+        await serve("ex.com", QueueScanner(tree_of({"a": {"a0": info()}})))
+        await asyncio.sleep(5)  # the scenario: kubelet absent for 5 s
+        kubelet = FakeKubelet(short_dir)
+        await kubelet.start()
+        try:
+            await kubelet.wait_for_resource("ex.com/a", count=1, timeout=5)
+        finally:
+            await kubelet.stop()
+
+    async def test_kubelet_gone_and_back(self, kubelet: FakeKubelet, serve: ServeFn) -> None:
+        """Kubelet dying closes the stream (readiness drops); its return brings registration."""
+        manager = await serve("ex.com", QueueScanner(tree_of({"a": {"a0": info()}})))
+        await kubelet.wait_for_resource("ex.com/a", count=1)
+        await kubelet.wait_for(lambda: manager.resources["ex.com/a"].ready)
+        await kubelet.stop()
+        await kubelet.wait_for(lambda: not manager.resources["ex.com/a"].ready)
+        await kubelet.restart()
+        await kubelet.wait_for(
+            lambda: kubelet.resources["ex.com/a"].registrations == 2
+            and kubelet.resources["ex.com/a"].allocatable == 1
+        )
+        await kubelet.wait_for(lambda: manager.resources["ex.com/a"].ready)
+
+
+class TestScannerFailure:
+    async def test_raising_scanner_marks_unhealthy_then_recovers(
+        self,
+        kubelet: FakeKubelet,
+        serve: ServeFn,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A crash keeps capacity with allocatable 0; the restarted scan's notify heals it."""
+        caplog.set_level(logging.ERROR)
+        scanner = QueueScanner(tree_of({"a": {"a0": info(), "a1": info()}}))
+        other = QueueScanner(tree_of({"b": {"b0": info()}}))
+        await serve("ex.com", scanner)
+        await serve("other.com", other)
+        await kubelet.wait_for_resource("ex.com/a", count=2, healthy=2)
+        scanner.trees.put_nowait(RuntimeError("scanner bug"))
+        state = await kubelet.wait_for_resource("ex.com/a", count=2, healthy=0)
+        assert state.capacity == 2
+        assert "scanner bug" in caplog.text
+        assert kubelet.resources["other.com/b"].allocatable == 1
+        scanner.trees.put_nowait(tree_of({"a": {"a0": info(), "a1": info()}}))
+        await kubelet.wait_for_resource("ex.com/a", count=2, healthy=2)
+
+    async def test_returning_scanner_keeps_serving(
+        self, kubelet: FakeKubelet, serve: ServeFn
+    ) -> None:
+        """A scanner that notifies once and returns keeps its devices served."""
+
+        class Static:
+            async def scan(self, notifier: Any) -> None:
+                notifier.notify(tree_of({"s": {"s0": info(), "s1": info(state=UNHEALTHY)}}))
+
+        await serve("ex.com", Static())
+        state = await kubelet.wait_for_resource("ex.com/s", count=2)
+        assert state.allocatable == 1
+        assert (await kubelet.allocate("ex.com/s", ["s0"])).container_responses
