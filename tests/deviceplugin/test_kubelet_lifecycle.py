@@ -82,6 +82,7 @@ class TestScannerFailure:
         await serve("ex.com", scanner)
         await serve("other.com", other)
         await kubelet.wait_for_resource("ex.com/a", count=2, healthy=2)
+        await kubelet.wait_for_resource("other.com/b", count=1, healthy=1)
         scanner.trees.put_nowait(RuntimeError("scanner bug"))
         state = await kubelet.wait_for_resource("ex.com/a", count=2, healthy=0)
         assert state.capacity == 2
