@@ -8,9 +8,8 @@ from contextlib import asynccontextmanager
 import grpc
 
 from host._api import api_pb2_grpc
-from host.testing import FakeKubelet
-
 from host.deviceplugin import HEALTHY, DeviceInfo, DeviceSpec, DeviceTree
+from host.testing import FakeKubelet
 
 
 def node(path: str, perms: str = "rw") -> DeviceSpec:

@@ -56,7 +56,12 @@ class TestDefaultAllocate:
         ],
     )
     async def test_bad_ids_get_a_status_with_the_id(
-        self, kubelet: FakeKubelet, serve: ServeFn, ids: list[str], code: grpc.StatusCode, needle: str
+        self,
+        kubelet: FakeKubelet,
+        serve: ServeFn,
+        ids: list[str],
+        code: grpc.StatusCode,
+        needle: str,
     ) -> None:
         """Unknown → NOT_FOUND, unhealthy → FAILED_PRECONDITION, message names the device."""
         await serve("ex.com", QueueScanner(rich_tree()))
@@ -120,9 +125,8 @@ class PluginScanner(QueueScanner):
         response = pluginapi.PreferredAllocationResponse()
         for creq in request.container_requests:
             if creq.allocation_size > len(creq.available_deviceIDs):
-                raise ValueError(
-                    f"allocation_size {creq.allocation_size} > {len(creq.available_deviceIDs)} available"
-                )
+                available = len(creq.available_deviceIDs)
+                raise ValueError(f"allocation_size {creq.allocation_size} > {available} available")
             ids = sorted(creq.available_deviceIDs, reverse=True)[: creq.allocation_size]
             response.container_responses.add(deviceIDs=ids)
         return response
@@ -198,7 +202,9 @@ class TestPluginMethods:
         scanner = PluginScanner(tree_of({"a": {"d0": info()}}))
         scanner.allocate_mode = "raise-default"
         await serve("ex.com", scanner, post_allocators=[hook])
-        await serve("bad.com", QueueScanner(tree_of({"a": {"d0": info()}})), post_allocators=[failing])
+        await serve(
+            "bad.com", QueueScanner(tree_of({"a": {"d0": info()}})), post_allocators=[failing]
+        )
         await kubelet.wait_for_resource("ex.com/a", count=1)
         await kubelet.wait_for_resource("bad.com/a", count=1)
         await kubelet.allocate("ex.com/a", ["d0"])
@@ -212,7 +218,9 @@ class TestPluginMethods:
         self, kubelet: FakeKubelet, serve: ServeFn
     ) -> None:
         """The plugin's preference is returned; its ValueError becomes INVALID_ARGUMENT."""
-        await serve("ex.com", PluginScanner(tree_of({"a": {"d0": info(), "d1": info(), "d2": info()}})))
+        await serve(
+            "ex.com", PluginScanner(tree_of({"a": {"d0": info(), "d1": info(), "d2": info()}}))
+        )
         await kubelet.wait_for_resource("ex.com/a", count=3)
         response = await kubelet.preferred_allocation("ex.com/a", ["d0", "d1", "d2"], size=2)
         assert list(response.container_responses[0].deviceIDs) == ["d2", "d1"]

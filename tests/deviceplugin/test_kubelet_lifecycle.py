@@ -29,7 +29,7 @@ class TestKubeletRestart:
         for round_ in range(1, 101):
             await kubelet.restart()
             await kubelet.wait_for(
-                lambda: all(
+                lambda round_=round_: all(  # type: ignore[misc]
                     kubelet.resources[r].registrations == round_ + 1
                     and kubelet.resources[r].allocatable == 1
                     for r in ("ex.com/a", "ex.com/b")
@@ -62,8 +62,10 @@ class TestKubeletRestart:
         await kubelet.wait_for(lambda: not manager.resources["ex.com/a"].ready)
         await kubelet.restart()
         await kubelet.wait_for(
-            lambda: kubelet.resources["ex.com/a"].registrations == 2
-            and kubelet.resources["ex.com/a"].allocatable == 1
+            lambda: (
+                kubelet.resources["ex.com/a"].registrations == 2
+                and kubelet.resources["ex.com/a"].allocatable == 1
+            )
         )
         await kubelet.wait_for(lambda: manager.resources["ex.com/a"].ready)
 

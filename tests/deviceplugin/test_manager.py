@@ -153,7 +153,9 @@ class TestNames:
     ) -> None:
         """A type that makes an invalid resource name is reported; valid types still serve."""
         caplog.set_level(logging.ERROR)
-        await serve("ex.com", QueueScanner(tree_of({"bad/type": {"x": info()}, "ok": {"o": info()}})))
+        await serve(
+            "ex.com", QueueScanner(tree_of({"bad/type": {"x": info()}, "ok": {"o": info()}}))
+        )
         await kubelet.wait_for_resource("ex.com/ok", count=1)
         assert "bad/type" in caplog.text
         assert "ex.com/bad/type" not in kubelet.resources
@@ -162,13 +164,17 @@ class TestNames:
         """An invalid namespace is a clear error naming the plugin and the name."""
         from host.deviceplugin import Manager
 
-        with pytest.raises(ValueError, match="plugin 'colors'.*'Example.COM'"):
+        with pytest.raises(ValueError, match=r"plugin 'colors'.*'Example\.COM'"):
             Manager("Example.COM", QueueScanner(), plugin_name="colors")
 
 
 class TestSocketSafety:
     async def test_socket_of_a_live_process_is_not_taken_over(
-        self, kubelet: FakeKubelet, serve: ServeFn, short_dir: Path, caplog: pytest.LogCaptureFixture
+        self,
+        kubelet: FakeKubelet,
+        serve: ServeFn,
+        short_dir: Path,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A socket another process serves is never unlinked; we serve once it is gone."""
         path = short_dir / "ex.com-a.sock"
@@ -187,7 +193,11 @@ class TestSocketSafety:
         await kubelet.wait_for_resource("ex.com/a", count=1)
 
     async def test_regular_file_at_socket_path_is_left_alone(
-        self, kubelet: FakeKubelet, serve: ServeFn, short_dir: Path, caplog: pytest.LogCaptureFixture
+        self,
+        kubelet: FakeKubelet,
+        serve: ServeFn,
+        short_dir: Path,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A non-socket file at our socket path is reported and never removed."""
         path = short_dir / "ex.com-a.sock"
@@ -246,4 +256,3 @@ def _stub(channel: grpc.aio.Channel) -> Any:
     from host._api import api_pb2_grpc
 
     return api_pb2_grpc.DevicePluginStub(channel)
-

@@ -16,7 +16,9 @@ class ColorScanner:
                 DeviceInfo(
                     state=HEALTHY,
                     nodes=[
-                        DeviceSpec(host_path="/dev/null", container_path="/dev/null", permissions="rw")
+                        DeviceSpec(
+                            host_path="/dev/null", container_path="/dev/null", permissions="rw"
+                        )
                     ],
                 ),
             )
@@ -24,4 +26,6 @@ class ColorScanner:
             await asyncio.sleep(5)
 
 
-Manager("color.example.com", ColorScanner(), plugin_dir=sys.argv[1], cdi_dir=sys.argv[1] + "/cdi").run()
+Manager(
+    "color.example.com", ColorScanner(), plugin_dir=sys.argv[1], cdi_dir=sys.argv[1] + "/cdi"
+).run()
