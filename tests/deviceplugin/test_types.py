@@ -1,0 +1,86 @@
+"""DeviceInfo and DeviceTree: immutable values, clear errors, mapping access."""
+
+from __future__ import annotations
+
+import pytest
+
+from host.deviceplugin import (
+    HEALTHY,
+    UNHEALTHY,
+    DeviceInfo,
+    DeviceSpec,
+    DeviceTree,
+    NUMANode,
+    TopologyInfo,
+)
+
+
+class TestDeviceInfo:
+    def test_defaults_and_equality(self) -> None:
+        """Defaults are Healthy with nothing attached; equal content means equal values."""
+        a = DeviceInfo(nodes=[DeviceSpec(host_path="/dev/a")])
+        b = DeviceInfo(nodes=[DeviceSpec(host_path="/dev/a")])
+        assert a.state == HEALTHY
+        assert a == b
+        assert a != DeviceInfo(nodes=[DeviceSpec(host_path="/dev/b")])
+
+    def test_is_immutable_and_detached_from_inputs(self) -> None:
+        """Changing the messages or dicts given to it later does not change the DeviceInfo."""
+        node = DeviceSpec(host_path="/dev/a")
+        envs = {"A": "1"}
+        info = DeviceInfo(nodes=[node], envs=envs)
+        node.host_path = "/dev/changed"
+        envs["A"] = "2"
+        assert info.nodes[0].host_path == "/dev/a"
+        assert info.envs == {"A": "1"}
+        with pytest.raises(AttributeError):
+            info.state = UNHEALTHY  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            info.envs["B"] = "x"  # type: ignore[index]
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "needle"),
+        [
+            ({"state": "healthy"}, ValueError, "'healthy'"),
+            ({"nodes": ["/dev/a"]}, TypeError, "DeviceSpec"),
+            ({"envs": {"A": 1}}, TypeError, "envs"),
+            ({"topology": [0]}, TypeError, "TopologyInfo"),
+        ],
+    )
+    def test_bad_values_are_clear_errors(
+        self, kwargs: dict[str, object], error: type[Exception], needle: str
+    ) -> None:
+        """A wrong state, node or mapping fails at construction, naming the culprit."""
+        with pytest.raises(error, match=needle):
+            DeviceInfo(**kwargs)  # type: ignore[arg-type]
+
+    def test_numa_nodes(self) -> None:
+        """numa_nodes reads the topology's node IDs."""
+        info = DeviceInfo(topology=TopologyInfo(nodes=[NUMANode(ID=0), NUMANode(ID=1)]))
+        assert info.numa_nodes == (0, 1)
+        assert DeviceInfo().numa_nodes == ()
+
+
+class TestDeviceTree:
+    def test_add_and_read(self) -> None:
+        """add_device groups by type; tree[type][id] and device_type_count read it back."""
+        tree = DeviceTree()
+        info = DeviceInfo()
+        tree.add_device("gpu", "card0", info)
+        tree.add_device("gpu", "card1", info)
+        tree.add_device("fpga", "f0", info)
+        assert tree["gpu"]["card1"] is info
+        assert tree.device_type_count("gpu") == 2
+        assert tree.device_type_count("none") == 0
+        assert sorted(tree) == ["fpga", "gpu"]
+        with pytest.raises(TypeError):
+            tree["gpu"]["x"] = info  # type: ignore[index]
+
+    @pytest.mark.parametrize(
+        ("dev_type", "dev_id", "info"),
+        [("", "a", DeviceInfo()), ("t", "", DeviceInfo()), ("t", "a", object())],
+    )
+    def test_add_rejects_bad_input(self, dev_type: str, dev_id: str, info: object) -> None:
+        """Empty type or ID, or a non-DeviceInfo, fails at add_device."""
+        with pytest.raises((ValueError, TypeError)):
+            DeviceTree().add_device(dev_type, dev_id, info)  # type: ignore[arg-type]
