@@ -256,3 +256,15 @@ def _stub(channel: grpc.aio.Channel) -> Any:
     from host._api import api_pb2_grpc
 
     return api_pb2_grpc.DevicePluginStub(channel)
+
+
+class TestTopology:
+    async def test_numa_nodes_reach_kubelet(self, kubelet: FakeKubelet, serve: ServeFn) -> None:
+        """A device's topology is sent in ListAndWatch; a device without one has none."""
+        from host.deviceplugin import NUMANode, TopologyInfo
+
+        numa = TopologyInfo(nodes=[NUMANode(ID=1), NUMANode(ID=3)])
+        await serve("ex.com", QueueScanner(tree_of({"a": {"t": info(topology=numa), "n": info()}})))
+        state = await kubelet.wait_for_resource("ex.com/a", count=2)
+        assert tuple(state.devices["t"].numa_nodes) == (1, 3)
+        assert tuple(state.devices["n"].numa_nodes) == ()
