@@ -1,4 +1,4 @@
-"""The ``devplugin-host`` command: ``plugins``, ``scan`` and ``run``.
+"""The ``devplugin-host`` command: ``plugins``, ``scan``, ``run`` and ``simulate``.
 
 Thin on purpose: parse options, resolve settings (:mod:`host._config`), discover and
 activate plugins (:mod:`host._loader`), hand over to the runtime (:mod:`host._host`).
@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from click.core import ParameterSource
@@ -36,6 +36,7 @@ from host._config import (
 
 if TYPE_CHECKING:
     from host._loader import Activation, PluginRecord
+    from host.testing import KubeletMode
 
 __all__ = ["main"]
 
@@ -152,6 +153,17 @@ def _root_options(command: F) -> F:
     )(command)
 
 
+def _timeout_option(help_text: str) -> Callable[[F], F]:
+    return _option(
+        "--timeout",
+        envvar="DEVPLUGIN_TIMEOUT",
+        type=click.FloatRange(min=0, min_open=True),
+        default=10.0,
+        show_default=True,
+        help=help_text,
+    )
+
+
 def _json_option(command: F) -> F:
     return _option("--json", "as_json", envvar="DEVPLUGIN_JSON", is_flag=True, help="Print JSON.")(
         command
@@ -252,14 +264,7 @@ def plugins(as_json: bool, **params: Any) -> None:
 @_selection_options
 @_set_option
 @_root_options
-@_option(
-    "--timeout",
-    envvar="DEVPLUGIN_TIMEOUT",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait for each scanner's first report.",
-)
+@_timeout_option("Seconds to wait for each scanner's first report.")
 @_json_option
 def scan(timeout: float, as_json: bool, **params: Any) -> None:
     """Run the enabled scanners until each has reported once, and print their devices.
@@ -364,6 +369,121 @@ def run(**params: Any) -> None:
             cdi_dir=settings.cdi_dir,
         )
     )
+
+
+KUBELET_MODES = ("1.24", "1.25", "1.36")
+"""The kubelet generations the fake kubelet reproduces (``host.testing.KubeletMode``)."""
+
+
+@main.command(
+    epilog="Exit status: 0 when every resource registered, every --allocate succeeded and "
+    "every kubelet restart was followed by re-registration; 1 when a plugin failed to load, "
+    "a resource did not register within --timeout (at the start or after a restart), or an "
+    "allocation failed; 2 for a usage or configuration error."
+)
+@_selection_options
+@_set_option
+@_root_options
+@_option(
+    "--allocate",
+    "allocations",
+    envvar="DEVPLUGIN_ALLOCATE",
+    multiple=True,
+    metavar="RESOURCE=N",
+    help="Once RESOURCE has registered, admit a container asking for N of its devices as "
+    "kubelet does (GetPreferredAllocation first when offered, then Allocate) and print the "
+    "response (repeatable).",
+)
+@_option(
+    "--restart-kubelet-every",
+    "restart_every",
+    envvar="DEVPLUGIN_RESTART_KUBELET_EVERY",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Restart the fake kubelet this often (after the first registrations) to show "
+    "re-registration. Not with --once.",
+)
+@_option(
+    "--duration",
+    envvar="DEVPLUGIN_DURATION",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop after this many seconds. Default: run until SIGINT (Ctrl-C) or SIGTERM.",
+)
+@_option(
+    "--once",
+    envvar="DEVPLUGIN_ONCE",
+    is_flag=True,
+    help="Stop as soon as every resource has registered and sent its devices (and the "
+    "allocations are done); with --json, print one JSON document.",
+)
+@_timeout_option(
+    "Seconds to wait for every resource to register and send its devices (and to "
+    "register again after a kubelet restart)."
+)
+@_option(
+    "--kubelet-mode",
+    envvar="DEVPLUGIN_KUBELET_MODE",
+    type=click.Choice(KUBELET_MODES),
+    default="1.25",
+    show_default=True,
+    help="Kubelet generation to reproduce: 1.24 (options from Register), 1.25 (1.25-1.35), "
+    "1.36 (endpoints per socket).",
+)
+@_option(
+    "--json",
+    "as_json",
+    envvar="DEVPLUGIN_JSON",
+    is_flag=True,
+    help="Print JSON: one document with --once, else one object per line.",
+)
+def simulate(
+    allocations: tuple[str, ...],
+    restart_every: float | None,
+    duration: float | None,
+    once: bool,
+    timeout: float,
+    kubelet_mode: str,
+    as_json: bool,
+    **params: Any,
+) -> None:
+    """Serve the enabled plugins to a built-in fake kubelet and show what kubelet sees.
+
+    No cluster, no root: the plugin and CDI directories are in a fresh directory under
+    /tmp, removed at the end. Shows each resource with its devices (health, NUMA node),
+    registrations, re-registrations and rejections, as a table and timestamped event
+    lines (results on stdout, logs on stderr). Example:
+    devplugin-host simulate --enable generic --once
+    """
+    from host._simulate import SimulationPlan, parse_allocation
+    from host._simulate import simulate as run_simulation
+
+    if once and duration is not None:
+        raise _UsageError("--once and --duration exclude each other: pick one way to stop")
+    if once and restart_every is not None:
+        raise _UsageError(
+            "--restart-kubelet-every needs a run that lasts (--duration, or none of "
+            "--once/--duration): --once stops before the first restart"
+        )
+    with _config_errors():
+        requests = tuple(parse_allocation(item) for item in allocations)
+        activation = _activate(_settings(params))
+    if not activation.scanners:
+        log.error("no scanners to run: every enabled plugin failed or none returned a scanner")
+        raise SystemExit(EXIT_FAILED)
+    plan = SimulationPlan(
+        allocations=requests,
+        restart_every=restart_every,
+        duration=duration,
+        once=once,
+        timeout=timeout,
+        kubelet_mode=cast("KubeletMode", kubelet_mode),
+    )
+    problems = run_simulation(
+        activation.scanners, activation.post_allocators, plan, as_json=as_json, write=click.echo
+    )
+    if problems or activation.failures:
+        raise SystemExit(EXIT_FAILED)
 
 
 if __name__ == "__main__":

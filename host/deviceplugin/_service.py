@@ -25,10 +25,29 @@ PostAllocateHook = Callable[[str, pluginapi.AllocateResponse], Awaitable[None] |
 """A cross-cutting post-allocate hook: ``hook(resource_name, response)``."""
 
 
+MAX_STATUS_MESSAGE = 2048
+"""UTF-8 bytes of a status message sent; the rest is cut.
+
+The message travels percent-encoded (up to 3 bytes per byte) in the grpc-message
+trailer, and gRPC C-core clients refuse trailers over 8 KiB (randomly) or 16 KiB
+(always), turning the status into RESOURCE_EXHAUSTED. Messages echo request IDs and
+plugin exceptions, neither of which is bounded.
+"""
+
+
+def _bounded(message: str) -> str:
+    encoded = message.encode("utf-8", "backslashreplace")
+    if len(encoded) <= MAX_STATUS_MESSAGE:
+        return message
+    kept = encoded[:MAX_STATUS_MESSAGE].decode("utf-8", "ignore")
+    return f"{kept}... ({len(encoded) - len(kept.encode())} more bytes)"
+
+
 class RpcError(Exception):
     """A request the service answers with a gRPC error status."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        message = _bounded(message)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -117,13 +136,15 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
 
     def _build_snapshot(self) -> pluginapi.ListAndWatchResponse:
         forced = self._all_unhealthy
-        devices = []
+        snapshot = pluginapi.ListAndWatchResponse()
+        # Built in place: Device messages made apart would each be copied in again.
+        add = snapshot.devices.add
         for dev_id, info in self._devices.items():
-            device = pluginapi.Device(ID=dev_id, health=UNHEALTHY if forced else info.state)
-            if info.topology is not None:
-                device.topology.CopyFrom(info.topology)
-            devices.append(device)
-        snapshot = pluginapi.ListAndWatchResponse(devices=devices)
+            health = UNHEALTHY if forced else info.state
+            if info.topology is None:
+                add(ID=dev_id, health=health)
+            else:
+                add(ID=dev_id, health=health, topology=info.topology)
         size = snapshot.ByteSize()
         if size > KUBELET_MAX_MESSAGE:
             log.error(

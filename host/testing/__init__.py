@@ -1,11 +1,44 @@
-"""Testing helpers for device plugin authors: a fake kubelet that speaks real gRPC.
+"""Testing helpers for device plugin authors: a fake kubelet, fake sysfs trees, pytest fixtures.
 
 :class:`FakeKubelet` plays kubelet's part of Device Plugin API v1beta1 on a Unix socket
 directory of your choice; its observation API (:class:`ResourceState` and friends) and
 condition waits let a test assert what kubelet would see, without sleeping.
+:func:`build_tree` and :class:`FakeSysfs` build sysfs/devfs trees to scan.
+
+The pytest plugin is opt-in: put ``pytest_plugins = ["host.testing"]`` in your top-level
+``conftest.py`` (or run ``pytest -p host.testing``) to get the fixtures
+
+``kubelet``
+    a started :class:`FakeKubelet` in a short temporary directory, stopped at teardown;
+``fake_sysfs``
+    ``fake_sysfs(spec) -> Path``: a tree built by :func:`build_tree` (a
+    :class:`FakeSysfsFactory`);
+``run_host``
+    ``await run_host(enable=[...], options={...}, ...) -> HostHandle``: the host started
+    in-process against ``kubelet``, as ``devplugin-host run`` would, stopped at teardown
+    (a :class:`RunHost`).
+
+Example, in strict mode (in auto mode the marker may go)::
+
+    @pytest.mark.asyncio
+    async def test_color(kubelet, fake_sysfs, run_host):
+        await run_host(enable=["color"], devfs_root=fake_sysfs({"null": ""}))
+        await kubelet.wait_for_resource("color.example.com/yellow", healthy=2)
+        allocation = await kubelet.allocate_like_kubelet("color.example.com/yellow", 1)
+
+The fixtures need pytest and pytest-asyncio (the ``test`` extra of devplugin-host);
+importing this package does not: the fixtures live in a submodule that only the pytest
+plugin loads. Their names (``kubelet``, ``run_host``, ``start_host``, ...) are also
+importable from here, which then imports pytest.
+
+PYTEST_DONT_REWRITE: pytest leaves this package's asserts alone, so a conftest may import
+from it before (or without) loading the plugin, with warnings as errors.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from host.testing._kubelet import FakeKubelet
 from host.testing._kubelet_types import (
@@ -17,14 +50,57 @@ from host.testing._kubelet_types import (
     Rejection,
     ResourceState,
 )
+from host.testing._sysfs import FakeSysfs, Symlink, build_tree
+
+if TYPE_CHECKING:
+    from host.testing._fixtures import (
+        FakeSysfsFactory,
+        HostHandle,
+        RunHost,
+        fake_sysfs,
+        kubelet,
+        run_host,
+        start_host,
+    )
 
 __all__ = [
     "Allocation",
     "DeviceState",
     "FakeKubelet",
+    "FakeSysfs",
+    "FakeSysfsFactory",
+    "HostHandle",
     "KubeletError",
     "KubeletMode",
     "Registration",
     "Rejection",
     "ResourceState",
+    "RunHost",
+    "Symlink",
+    "build_tree",
+    "fake_sysfs",
+    "kubelet",
+    "run_host",
+    "start_host",
 ]
+
+pytest_plugins = ["host.testing._fixtures"]
+"""Read by pytest when this package is a plugin: the fixtures come from that submodule."""
+
+_FIXTURE_NAMES = frozenset(
+    {"FakeSysfsFactory", "HostHandle", "RunHost", "fake_sysfs", "kubelet", "run_host", "start_host"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use, so `import host.testing` works without pytest installed.
+    if name not in _FIXTURE_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        fixtures = importlib.import_module("host.testing._fixtures")
+    except ImportError as exc:
+        raise ImportError(
+            f"host.testing.{name} needs pytest and pytest-asyncio ({exc}); install them, "
+            "e.g. pip install 'devplugin-host[test]'"
+        ) from exc
+    return getattr(fixtures, name)

@@ -161,7 +161,7 @@ class FakeKubelet:
             self._publish_socket()
         except BaseException:
             await server.stop(None)
-            self._unpublish_socket()
+            self._remove_listen_dir()
             raise
         self._server = server
         await self._notify()
@@ -177,7 +177,7 @@ class FakeKubelet:
             return
         await server.stop(None)
         await self._dm.shutdown()
-        self._unpublish_socket()
+        self._remove_listen_dir()
         await self._notify()
 
     async def restart(self) -> None:
@@ -206,7 +206,7 @@ class FakeKubelet:
         self._listen_dir = tempfile.mkdtemp(prefix=".fk", dir="/tmp" if same_fs else self._dir)
         path = os.path.join(self._listen_dir, "k.sock")
         if len(os.fsencode(path)) > _SUN_PATH_MAX:
-            self._unpublish_socket()
+            self._remove_listen_dir()
             return self._socket
         return path
 
@@ -215,8 +215,11 @@ class FakeKubelet:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._socket)
             os.link(os.path.join(self._listen_dir, "k.sock"), self._socket)
+            # The listening socket lives on through kubelet.sock alone: nothing is left
+            # behind in /tmp even if this process is killed.
+            self._remove_listen_dir()
 
-    def _unpublish_socket(self) -> None:
+    def _remove_listen_dir(self) -> None:
         if self._listen_dir is not None:
             shutil.rmtree(self._listen_dir, ignore_errors=True)
             self._listen_dir = None
@@ -285,7 +288,7 @@ class FakeKubelet:
     async def wait_for(
         self,
         predicate: Callable[[], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109 - a timeout argument reads best in tests
+        timeout: float | None = 5.0,  # noqa: ASYNC109 - a timeout argument reads best in tests
         *,
         what: str | None = None,
     ) -> None:
@@ -295,7 +298,7 @@ class FakeKubelet:
         registration, a rejection, an allocation, start or stop), and at least every
         50 ms for predicates that read other state (files, logs, the plugin).
         Raises :class:`TimeoutError` naming ``what`` (default: the predicate) and the
-        current state when ``timeout`` seconds pass first.
+        current state when ``timeout`` seconds pass first (None: wait without bound).
         """
         try:
             async with asyncio.timeout(timeout), self._condition:
@@ -316,7 +319,7 @@ class FakeKubelet:
         *,
         count: int | None = None,
         healthy: int | None = None,
-        timeout: float = 5.0,  # noqa: ASYNC109 - as wait_for
+        timeout: float | None = 5.0,  # noqa: ASYNC109 - as wait_for
     ) -> ResourceState:
         """Wait until resource ``name`` is in the node status and return its state.
 
@@ -344,7 +347,7 @@ class FakeKubelet:
         self,
         n: int,
         resource: str | None = None,
-        timeout: float = 5.0,  # noqa: ASYNC109 - as wait_for
+        timeout: float | None = 5.0,  # noqa: ASYNC109 - as wait_for
     ) -> Sequence[Registration]:
         """Wait until at least ``n`` registrations (of ``resource``, if given) were accepted."""
 

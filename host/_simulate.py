@@ -1,0 +1,710 @@
+"""``devplugin-host simulate``: the enabled plugins against a fake kubelet, shown live.
+
+Every scanner gets a Manager exactly as under ``run`` (:func:`host._host.build_managers`),
+but the plugin and CDI directories live in a fresh directory under /tmp and the kubelet
+is :class:`host.testing.FakeKubelet`, in the same event loop. Every change the kubelet
+sees becomes an event (registration, rejection, device list, disconnection, restart,
+allocation); the resources with their devices are printed as a table or JSON.
+``--allocate`` admits a container the way kubelet does (GetPreferredAllocation first
+when offered, then Allocate) and prints the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import functools
+import json
+import logging
+import re
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from host._api import api_pb2
+from host._config import ConfigError
+from host._host import build_managers, serve_all
+from host._loader import PostAllocateHook, ScannerRecord
+from host.deviceplugin import HEALTHY, DeviceTree, Notifier
+from host.deviceplugin._names import resource_name_error
+from host.deviceplugin._scanning import run_scan
+from host.testing import FakeKubelet, KubeletError, KubeletMode, Registration, ResourceState
+
+__all__ = ["AllocationRequest", "Event", "SimulationPlan", "parse_allocation", "simulate"]
+
+log = logging.getLogger("host.simulate")
+
+SHOWN_DEVICES = 10
+"""Devices listed per resource in the table; the rest are summed up in one line."""
+
+_WAIT_FOREVER = 3600.0  # FakeKubelet.wait_for needs a bound; the observer just waits again
+
+
+@dataclass(frozen=True)
+class AllocationRequest:
+    """One ``--allocate RESOURCE=COUNT``: a container asking for COUNT devices."""
+
+    resource: str
+    count: int
+
+
+def parse_allocation(text: str, source: str = "--allocate") -> AllocationRequest:
+    """Parse ``RESOURCE=COUNT``; raise ConfigError saying what is wrong with ``text``."""
+    resource, equals, count = (part.strip() for part in text.partition("="))
+    if not equals or not resource or not count:
+        raise ConfigError(
+            f"{source} expects RESOURCE=COUNT (e.g. devices.devplugin.io/kvm=1), got {text!r}"
+        )
+    if not count.isdigit() or int(count) < 1:
+        raise ConfigError(f"{source} {text}: COUNT must be a whole number >= 1, got {count!r}")
+    reason = resource_name_error(resource)
+    if reason is not None:
+        raise ConfigError(f"{source} {text}: {resource!r} is not a resource name: {reason}")
+    return AllocationRequest(resource, int(count))
+
+
+@dataclass(frozen=True)
+class SimulationPlan:
+    """What to simulate, and when to stop: ``once``, after ``duration`` s, or on a signal."""
+
+    allocations: tuple[AllocationRequest, ...] = ()
+    restart_every: float | None = None
+    duration: float | None = None
+    once: bool = False
+    timeout: float = 10.0
+    """Seconds to wait for every resource to register (and again after each restart)."""
+    kubelet_mode: KubeletMode = "1.25"
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the kubelet saw or the simulation did, at wall-clock ``time``."""
+
+    kind: str
+    message: str
+    time: float = field(default_factory=time.time)
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the event as a JSON object: time (ISO 8601, UTC), event, message, details."""
+        stamp = datetime.datetime.fromtimestamp(self.time, datetime.UTC).isoformat()
+        return {"time": stamp, "event": self.kind, "message": self.message, **self.data}
+
+    def line(self) -> str:
+        """Return the event as one line of text, local time first."""
+        stamp = datetime.datetime.fromtimestamp(self.time).strftime("%H:%M:%S.%f")[:-3]
+        return f"{stamp}  {self.message}"
+
+
+def _natural(text: str) -> list[Any]:
+    """Sort key putting ``card2`` before ``card10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def resource_json(state: ResourceState) -> dict[str, Any]:
+    """Return one resource as kubelet sees it: counts, registrations, devices by natural ID."""
+    return {
+        "capacity": state.capacity,
+        "allocatable": state.allocatable,
+        "registrations": state.registrations,
+        "connected": state.connected,
+        "devices": [
+            {"id": dev_id, "health": device.health, "numa": list(device.numa_nodes)}
+            for dev_id, device in sorted(state.devices.items(), key=lambda item: _natural(item[0]))
+        ],
+    }
+
+
+def response_json(response: api_pb2.ContainerAllocateResponse) -> dict[str, Any]:
+    """Return an Allocate response as JSON: devices, mounts, envs, annotations, CDI devices."""
+    paths = ("host_path", "container_path")
+    return {
+        "devices": [
+            {**{key: getattr(d, key) for key in paths}, "permissions": d.permissions}
+            for d in response.devices
+        ],
+        "mounts": [
+            {**{key: getattr(m, key) for key in paths}, "read_only": m.read_only}
+            for m in response.mounts
+        ],
+        "envs": dict(sorted(response.envs.items())),
+        "annotations": dict(sorted(response.annotations.items())),
+        "cdi_devices": [device.name for device in response.cdi_devices],
+    }
+
+
+# -- watching scanners and kubelet -------------------------------------------------------
+
+
+class _ObservedScanner:
+    """A plugin's scanner whose notifications the simulation overhears.
+
+    Everything else (allocate, get_preferred_allocation, ...) is the plugin's own,
+    through ``__getattr__``, so kubelet talks to the plugin unchanged.
+    """
+
+    def __init__(
+        self,
+        record: ScannerRecord,
+        loop: asyncio.AbstractEventLoop,
+        on_first_tree: Callable[[_ObservedScanner], None],
+    ) -> None:
+        self.record = record
+        self.types: frozenset[str] | None = None
+        """The device types of the latest tree; None until the first notify."""
+        self._loop = loop
+        self._on_first_tree = on_first_tree
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.record.scanner, name)
+
+    async def scan(self, notifier: Notifier) -> None:
+        """Run the plugin's scan; each tree goes to the Manager and to the simulation."""
+        await run_scan(self.record.scanner, _OverhearingNotifier(notifier, self))
+
+    def resource_names(self) -> list[str]:
+        """Return the resources of the latest tree that the Manager serves (valid names)."""
+        names = [f"{self.record.namespace}/{dev_type}" for dev_type in self.types or {}]
+        return [name for name in names if resource_name_error(name) is None]
+
+    def heard(self, types: frozenset[str]) -> None:
+        """Take note of a tree (on the loop)."""
+        first, self.types = self.types is None, types
+        if first:
+            self._on_first_tree(self)
+
+
+class _OverhearingNotifier:
+    def __init__(self, notifier: Notifier, scanner: _ObservedScanner) -> None:
+        self._notifier = notifier
+        self._scanner = scanner
+
+    def notify(self, tree: DeviceTree) -> None:
+        self._notifier.notify(tree)  # checks the tree; safe from any thread
+        types = frozenset(tree)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+            self._scanner._loop.call_soon_threadsafe(self._scanner.heard, types)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    capacity: int
+    allocatable: int
+    connected: bool
+    removed: bool
+    devices: Mapping[str, Any]
+
+
+class _KubeletObserver:
+    """Turns every change of the fake kubelet's state into events."""
+
+    def __init__(self, kubelet: FakeKubelet, emit: Callable[[Event], None]) -> None:
+        self._kubelet = kubelet
+        self._emit = emit
+        self._last: tuple[int, int, dict[str, _Seen]] = (0, 0, {})
+
+    def _view(self) -> tuple[int, int, dict[str, _Seen]]:
+        resources = {
+            name: _Seen(s.capacity, s.allocatable, s.connected, s.removed, s.devices)
+            for name, s in self._kubelet.resources.items()
+        }
+        return len(self._kubelet.registrations), len(self._kubelet.rejected), resources
+
+    async def run(self) -> None:
+        """Emit events for every change until cancelled."""
+        while True:
+            self.poll()
+            with contextlib.suppress(TimeoutError):
+                await self._kubelet.wait_for(
+                    lambda: self._view() != self._last, _WAIT_FOREVER, what="a change"
+                )
+
+    def poll(self) -> None:
+        """Emit the events of every change since the last poll."""
+        view = self._view()
+        seen_registrations, seen_rejected, seen = self._last
+        self._last = view
+        offset = time.time() - time.monotonic()  # record times are monotonic
+        counts: dict[str, int] = {}
+        for index, registration in enumerate(self._kubelet.registrations):
+            name = registration.request.resource_name
+            counts[name] = counts.get(name, 0) + 1
+            if index >= seen_registrations:
+                self._emit(self._registered(registration, counts[name], offset))
+        for rejection in self._kubelet.rejected[seen_rejected:]:
+            request = rejection.request
+            data = {"resource": request.resource_name, "endpoint": request.endpoint}
+            self._emit(
+                Event(
+                    "rejected",
+                    f"{request.resource_name}: registration rejected: {rejection.reason}",
+                    rejection.time + offset,
+                    data | {"reason": rejection.reason},
+                )
+            )
+        for name, new in view[2].items():
+            event = _resource_event(name, seen.get(name), new)
+            if event is not None:
+                self._emit(event)
+
+    def _registered(self, registration: Registration, number: int, offset: float) -> Event:
+        request = registration.request
+        try:
+            options = self._kubelet.options(request.resource_name)
+        except KubeletError:  # mode 1.24, or gone again: the options it registered with
+            options = request.options
+        what = "registered" if number == 1 else f"re-registered (registration {number})"
+        extras = [f"endpoint {request.endpoint}"]
+        if options.get_preferred_allocation_available:
+            extras.append("offers GetPreferredAllocation")
+        if options.pre_start_required:
+            extras.append("requires PreStartContainer")
+        data = {
+            "resource": request.resource_name,
+            "registration": number,
+            "endpoint": request.endpoint,
+            "preferred_allocation": options.get_preferred_allocation_available,
+            "pre_start_required": options.pre_start_required,
+        }
+        message = f"{request.resource_name}: {what}, {', '.join(extras)}"
+        return Event("registered", message, registration.time + offset, data)
+
+
+def _resource_event(name: str, old: _Seen | None, new: _Seen) -> Event | None:
+    if old == new:
+        return None
+    data = {"resource": name, "capacity": new.capacity, "allocatable": new.allocatable}
+    counts = f"capacity {new.capacity}, allocatable {new.allocatable}"
+    if old is None:
+        return Event("devices", f"{name}: first device list: {counts}", data=data)
+    if old.connected and not new.connected:
+        return Event("disconnected", f"{name}: plugin connection ended: {counts}", data=data)
+    if new.removed and not old.removed:
+        return Event("removed", f"{name}: removed after the grace period", data=data)
+    if replace(old, connected=new.connected) == new:
+        return None  # connected again: the registration's event says so
+    added = new.devices.keys() - old.devices.keys()
+    gone = old.devices.keys() - new.devices.keys()
+    changed = [
+        d for d in new.devices.keys() & old.devices.keys() if new.devices[d] != old.devices[d]
+    ]
+    counted = {"added": len(added), "gone": len(gone), "changed": len(changed)}
+    details = [f"{number} {what}" for what, number in counted.items() if number]
+    suffix = f" ({', '.join(details)})" if details else ""
+    data |= counted
+    return Event("devices", f"{name}: device list: {counts}{suffix}", data=data)
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+class _Output:
+    """Where results go: event lines and tables, JSON lines, or one JSON document (--once)."""
+
+    def __init__(self, write: Callable[[str], None], *, as_json: bool, once: bool) -> None:
+        self._write = write
+        self._json = as_json
+        self._once = once
+        self.events: list[Event] = []
+
+    def event(self, event: Event) -> None:
+        self.events.append(event)
+        if not self._json:
+            self._write(event.line())
+        elif not self._once:
+            self._write(json.dumps(event.to_json()))
+
+    def snapshot(self, resources: Mapping[str, Any]) -> None:
+        """Show the resources as kubelet sees them now (live mode)."""
+        if self._json:
+            self._write(json.dumps(Event("snapshot", "", data={"resources": resources}).to_json()))
+        else:
+            self._write(f"-- resources as kubelet sees them:\n{resources_table(resources)}")
+
+    def allocation(self, result: Mapping[str, Any]) -> None:
+        if not self._json and not self._once:
+            self._write(allocation_text(result))
+
+    def finish(self, document: Mapping[str, Any], elapsed: float) -> None:
+        """Print the end result: the whole document (--once) or the final state (live)."""
+        if self._json and self._once:
+            events = [event.to_json() for event in self.events]
+            self._write(json.dumps({**document, "events": events}, indent=2))
+        elif self._json:
+            self._write(json.dumps(Event("summary", "", data=document).to_json()))
+        elif self._once:
+            self._write(resources_table(document["resources"]))
+            for result in document["allocations"]:
+                self._write(allocation_text(result))
+        else:
+            self._write(f"-- after {elapsed:.1f} s:\n{resources_table(document['resources'])}")
+
+
+def resources_table(resources: Mapping[str, Mapping[str, Any]]) -> str:
+    """Return each resource's counts, then its first devices, as text."""
+    blocks = []
+    for name, resource in resources.items():
+        state = "" if resource["connected"] else "  (disconnected)"
+        lines = [
+            f"{name}  capacity {resource['capacity']}  allocatable {resource['allocatable']}  "
+            f"registrations {resource['registrations']}{state}"
+        ]
+        devices = resource["devices"]
+        rows = [("ID", "HEALTH", "NUMA")] + [
+            (d["id"], d["health"], ",".join(map(str, d["numa"])) or "-")
+            for d in devices[:SHOWN_DEVICES]
+        ]
+        widths = [max(len(row[column]) for row in rows) for column in range(2)]
+        lines += [f"    {r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}" for r in rows]
+        rest = devices[SHOWN_DEVICES:]
+        if rest:
+            healthy = sum(d["health"] == HEALTHY for d in rest)
+            health = "all Healthy" if healthy == len(rest) else f"{healthy} Healthy"
+            lines.append(f"    ... {len(rest)} more ({health})")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) or "no resources registered"
+
+
+def allocation_text(result: Mapping[str, Any]) -> str:
+    """Return one allocation as text: the chosen devices, then each part of the response."""
+    head = f"allocate {result['resource']}={result['requested']}"
+    if result["error"] is not None:
+        return f"{head}: FAILED: {result['error']}"
+    asked = " (GetPreferredAllocation asked first)" if result["preferred_allocation"] else ""
+    response = result["response"]
+    parts = {
+        "devices": [
+            f"{d['host_path']} -> {d['container_path']} ({d['permissions'] or '-'})"
+            for d in response["devices"]
+        ],
+        "mounts": [
+            f"{m['host_path']} -> {m['container_path']}{' (ro)' if m['read_only'] else ''}"
+            for m in response["mounts"]
+        ],
+        "envs": [f"{key}={value}" for key, value in response["envs"].items()],
+        "annotations": [f"{key}={value}" for key, value in response["annotations"].items()],
+        "cdi devices": response["cdi_devices"],
+    }
+    lines = [f"{head}: {', '.join(result['devices'])}{asked}"]
+    for label, items in parts.items():
+        lines += [f"    {label if i == 0 else '':<12} {item}" for i, item in enumerate(items)]
+    return "\n".join(lines)
+
+
+# -- the simulation ----------------------------------------------------------------------
+
+
+class _Simulation:
+    def __init__(
+        self,
+        scanners: Sequence[ScannerRecord],
+        post_allocators: Sequence[PostAllocateHook],
+        plan: SimulationPlan,
+        output: _Output,
+    ) -> None:
+        self._records = scanners
+        self._post_allocators = post_allocators
+        self._plan = plan
+        self._out = output
+        self.problems: list[str] = []
+        self.document: dict[str, Any] = {}
+        self._allocations: list[dict[str, Any]] = []
+        self._ended = asyncio.Event()
+        self._started = time.monotonic()
+        self._ready = False
+        self._kubelet: FakeKubelet | None = None
+        self._observer: _KubeletObserver | None = None
+        self._observed: list[_ObservedScanner] = []
+
+    @property
+    def kubelet(self) -> FakeKubelet:
+        assert self._kubelet is not None, "the simulation is not running"
+        return self._kubelet
+
+    def _flush(self) -> None:
+        """Emit the events of every kubelet change so far."""
+        if self._observer is not None:
+            self._observer.poll()
+
+    def _note(self, event: Event) -> None:
+        """Emit one of the simulation's own events, after those of every kubelet change."""
+        self._flush()
+        self._out.event(event)
+
+    def _problem(self, kind: str, message: str, **data: Any) -> None:
+        self.problems.append(message)
+        log.error("%s", message)
+        self._note(Event(kind, message, data=data))
+
+    async def run(self, workdir: Path) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._ended.set)
+        try:
+            await self._run_in(workdir)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    async def _run_in(self, workdir: Path) -> None:
+        plugin_dir, cdi_dir = workdir / "plugins", workdir / "cdi"
+        mode = self._plan.kubelet_mode
+        self._kubelet = FakeKubelet(plugin_dir, mode=mode)
+        await self.kubelet.start()  # first: kubelet's start removes the sockets in plugin_dir
+        try:
+            paths = {
+                "workdir": str(workdir),
+                "plugin_dir": str(plugin_dir),
+                "cdi_dir": str(cdi_dir),
+            }
+            self._note(
+                Event(
+                    "kubelet-started",
+                    f"fake kubelet {mode} on {self.kubelet.socket_path}, CDI specs in {cdi_dir}",
+                    data={**paths, "mode": mode},
+                )
+            )
+            loop = asyncio.get_running_loop()
+            self._observed = [_ObservedScanner(r, loop, self._first_tree) for r in self._records]
+            servers = build_managers(
+                [ScannerRecord(o.record.plugin, o.record.namespace, o) for o in self._observed],
+                self._post_allocators,
+                plugin_dir=plugin_dir,
+                cdi_dir=cdi_dir,
+            )
+            stop = asyncio.Event()
+            serving = asyncio.create_task(serve_all(servers, stop), name="simulate: managers")
+            serving.add_done_callback(lambda _task: self._ended.set())
+            self._observer = _KubeletObserver(self.kubelet, self._out.event)
+            watching = asyncio.create_task(self._observer.run(), name="simulate: observer")
+            try:
+                await self._drive()
+            finally:
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
+                self._observer.poll()
+                self.document = self._document()
+                stop.set()  # the Managers stop first, so they never see the kubelet go
+                if await serving != 0:
+                    self.problems.append("every manager stopped serving")
+        finally:
+            await self.kubelet.stop()
+            await _end_watcher(plugin_dir)
+
+    def _first_tree(self, observed: _ObservedScanner) -> None:
+        if not observed.types:
+            plugin, namespace = observed.record.plugin, observed.record.namespace
+            message = f"plugin {plugin!r} namespace {namespace}: no devices found"
+            self._note(
+                Event("no-devices", message, data={"plugin": plugin, "namespace": namespace})
+            )
+
+    async def _drive(self) -> None:
+        plan = self._plan
+        if plan.duration is not None:
+            asyncio.get_running_loop().call_later(plan.duration, self._ended.set)
+        self._ready = await self._wait_until(lambda: not self._missing(), plan.timeout)
+        if self._ready:
+            names = self._served()
+            elapsed = time.monotonic() - self._started
+            message = f"ready after {elapsed:.2f} s: every resource registered and sent its devices"
+            self._note(Event("ready", message, data={"resources": names}))
+        elif not self._ended.is_set():
+            missing = self._missing()
+            message = f"timed out after {plan.timeout:g} s waiting for: {'; '.join(missing)}"
+            self._problem("timeout", message, missing=missing)
+        if not plan.once:
+            self._flush()
+            self._out.snapshot(self._resources())
+        for request in plan.allocations:
+            await self._allocate(request)
+        if plan.once:
+            return
+        restarts = None
+        if plan.restart_every is not None:
+            restarts = asyncio.create_task(self._restart_periodically(plan.restart_every))
+        await self._ended.wait()
+        if restarts is not None:
+            await restarts  # it returns by itself once _ended is set, never mid-restart
+
+    async def _wait_until(self, predicate: Callable[[], bool], seconds: float) -> bool:
+        """Wait for ``predicate``; False on timeout or when the simulation ends first."""
+        with contextlib.suppress(TimeoutError):
+            await self.kubelet.wait_for(
+                lambda: self._ended.is_set() or predicate(), seconds, what="simulation state"
+            )
+        return not self._ended.is_set() and predicate()
+
+    def _served(self) -> list[str]:
+        return sorted(name for observed in self._observed for name in observed.resource_names())
+
+    def _missing(self) -> list[str]:
+        """Return what the simulation still waits for: first trees, then registrations."""
+        resources = self.kubelet.resources
+        missing = []
+        for observed in self._observed:
+            if observed.types is None:
+                record = observed.record
+                missing.append(f"plugin {record.plugin!r} namespace {record.namespace} to report")
+                continue
+            for name in observed.resource_names():
+                state = resources.get(name)
+                if state is None or state.removed or not state.connected or not state.updates:
+                    missing.append(f"{name} to register and send its devices")
+        return missing
+
+    def _resources(self) -> dict[str, dict[str, Any]]:
+        return {name: resource_json(state) for name, state in self.kubelet.resources.items()}
+
+    def _document(self) -> dict[str, Any]:
+        rejected = [
+            {"resource": r.request.resource_name, "endpoint": r.request.endpoint,
+             "version": r.request.version, "reason": r.reason}
+            for r in self.kubelet.rejected
+        ]  # fmt: skip
+        return {
+            "resources": self._resources(),
+            "allocations": self._allocations,
+            "rejected": rejected,
+        }
+
+    async def _allocate(self, request: AllocationRequest) -> None:
+        result: dict[str, Any] = {
+            "resource": request.resource,
+            "requested": request.count,
+            "devices": [],
+            "preferred_allocation": False,
+            "response": None,
+            "error": None,
+        }
+        try:
+            allocation = await self._admit(request, result)
+        except KubeletError as err:
+            result["error"] = f"cannot allocate {request.count} of {request.resource}: {err}"
+            self._problem("allocation-failed", result["error"], **result)
+        else:
+            result |= {"devices": list(allocation.device_ids)}
+            result |= {"response": response_json(allocation.response)}
+            message = f"{request.resource}: allocated {', '.join(allocation.device_ids)}"
+            self._note(Event("allocated", message, data=result))
+        self._allocations.append(result)
+        self._out.allocation(result)
+
+    async def _admit(self, request: AllocationRequest, result: dict[str, Any]) -> Any:
+        """Check that kubelet could admit the container, then admit it as kubelet does."""
+        name, count = request.resource, request.count
+        state = self.kubelet.resources.get(name)
+        if state is None or state.removed:
+            if self._ready:
+                served = ", ".join(self._served()) or "nothing"
+                raise KubeletError(
+                    f"the enabled plugins serve no such resource (they serve {served})"
+                )
+            if self._ended.is_set():
+                raise KubeletError("the simulation ended before it registered")
+            raise KubeletError(f"it did not register within {self._plan.timeout:g} s")
+        in_use = {d for a in self.kubelet.allocations if a.resource == name for d in a.device_ids}
+        if state.allocatable < count:
+            raise KubeletError(
+                f"only {state.allocatable} healthy device(s) of {count} requested "
+                f"(capacity {state.capacity})"
+            )
+        if len(state.healthy - in_use) < count:
+            raise KubeletError(
+                f"only {len(state.healthy - in_use)} healthy device(s) free of {count} "
+                f"requested ({len(in_use)} allocated before)"
+            )
+        options = state.options
+        result["preferred_allocation"] = bool(
+            options and options.get_preferred_allocation_available
+        )
+        return await self.kubelet.allocate_like_kubelet(name, count)
+
+    async def _restart_periodically(self, every: float) -> None:
+        restarts = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), every)
+            if self._ended.is_set():
+                return
+            before = {name: s.registrations for name, s in self.kubelet.resources.items()}
+            started = time.monotonic()
+            await self.kubelet.restart()
+            restarts += 1
+            message = f"kubelet restarted (restart {restarts})"
+            self._note(Event("kubelet-restarted", message, data={"restart": restarts}))
+            if await self._wait_until(
+                functools.partial(self._reregistered, before), self._plan.timeout
+            ):
+                elapsed = time.monotonic() - started
+                message = (
+                    f"every resource registered again {elapsed:.2f} s after restart {restarts}"
+                )
+                self._note(Event("re-registered", message, data={"restart": restarts}))
+            elif not self._ended.is_set():
+                missing = "; ".join(self._missing()) or "every resource to register again"
+                message = (
+                    f"after kubelet restart {restarts}, timed out after {self._plan.timeout:g} s "
+                    f"waiting for: {missing}"
+                )
+                self._problem("timeout", message, restart=restarts)
+
+    def _reregistered(self, before: Mapping[str, int]) -> bool:
+        resources = self.kubelet.resources
+        return not self._missing() and all(
+            resources[name].registrations > before.get(name, 0) for name in self._served()
+        )
+
+
+async def _end_watcher(plugin_dir: Path) -> None:
+    """Make sure the Managers' plugin-dir watcher task has ended, cancelling it again if need be.
+
+    The last Manager to stop cancels it without waiting; on Python 3.11 its
+    ``asyncio.wait_for`` swallows a cancellation that coincides with an inotify event
+    (a socket just removed), and a watcher that lives on would make ``asyncio.run``
+    wait for it forever at exit.
+    """
+    name = f"watch {plugin_dir}"  # PluginDirWatcher names its task so
+    for _ in range(50):
+        tasks = {task for task in asyncio.all_tasks() if task.get_name() == name}
+        if not tasks:
+            return
+        _, running = await asyncio.wait(tasks, timeout=0.02)
+        for task in running:
+            task.cancel()
+    log.warning("the watcher of %s did not stop; exiting may hang", plugin_dir)
+
+
+def simulate(
+    scanners: Sequence[ScannerRecord],
+    post_allocators: Sequence[PostAllocateHook],
+    plan: SimulationPlan,
+    *,
+    as_json: bool,
+    write: Callable[[str], None],
+) -> list[str]:
+    """Run the simulation in a new event loop, print through ``write``, return the problems.
+
+    No problem means success: every resource registered (``once``), every allocation
+    succeeded, every kubelet restart was followed by re-registration. Everything is
+    cleaned up (sockets, CDI specs, the temporary directory) before the end result
+    is printed.
+    """
+    output = _Output(write, as_json=as_json, once=plan.once)
+    simulation = _Simulation(scanners, post_allocators, plan, output)
+    started = time.monotonic()
+    # Under /tmp, short: Unix socket paths must stay under 108 bytes. Removed only after
+    # the loop has ended: a plugin-dir watcher still winding down must not see it vanish.
+    workdir = Path(tempfile.mkdtemp(prefix="dpsim-", dir="/tmp"))
+    try:
+        asyncio.run(simulation.run(workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    output.finish(simulation.document, time.monotonic() - started)
+    return simulation.problems

@@ -1,0 +1,447 @@
+"""The pytest plugin of :mod:`host.testing`: fixtures ``kubelet``, ``fake_sysfs``, ``run_host``.
+
+Pulled in by ``pytest_plugins = ["host.testing"]`` (``host.testing`` names this module
+in its own ``pytest_plugins``), so that importing :mod:`host.testing` never needs
+pytest. :func:`start_host` and :class:`HostHandle` work without the fixtures too, in
+any coroutine (a fixture of another scope, a script).
+
+The async fixtures are ``pytest_asyncio.fixture`` functions: they work in pytest-asyncio's
+strict mode (mark the tests ``@pytest.mark.asyncio``) and auto mode alike, and run in
+the event loop ``asyncio_default_fixture_loop_scope`` gives them (function scope
+unless configured otherwise), which must be the test's loop.
+
+PYTEST_DONT_REWRITE: as :mod:`host.testing`, importable before the plugin is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import Any, Protocol, Self
+
+import pytest
+import pytest_asyncio
+
+from host._config import ConfigError, OptionSetting
+from host._host import build_managers, serve_all
+from host._loader import (
+    ENTRY_POINT_GROUP,
+    PluginRecord,
+    _Candidate,
+    _load,
+    activate_plugins,
+    discover_plugins,
+)
+from host.deviceplugin import Manager, ResourceStatus
+from host.testing._kubelet import FakeKubelet
+from host.testing._sysfs import build_tree
+
+__all__ = [
+    "FakeSysfsFactory",
+    "HostHandle",
+    "RunHost",
+    "fake_sysfs",
+    "kubelet",
+    "run_host",
+    "start_host",
+]
+
+PluginModule = str | os.PathLike[str] | ModuleType
+"""A ``plugin_modules`` item: a ``.py`` file (as ``--plugin-module``) or an imported module."""
+
+_OPTIONS_SOURCE = "run_host(options=...)"
+
+
+class HostHandle:
+    """The host running in-process: its Managers, their resources, and :meth:`stop`.
+
+    Made by :func:`start_host` (or the ``run_host`` fixture). It serves until
+    :meth:`stop`, which stops every Manager the way ``devplugin-host run`` does on
+    SIGTERM (sockets and CDI specs removed). Also an async context manager.
+    """
+
+    def __init__(
+        self,
+        managers: Sequence[Manager],
+        task: asyncio.Task[int],
+        stop_event: asyncio.Event,
+        *,
+        plugins: Sequence[str],
+        failures: Sequence[str],
+        plugin_dir: Path,
+        kubelet_socket: Path,
+        cdi_dir: Path,
+        sysfs_root: Path,
+        devfs_root: Path,
+    ) -> None:
+        self._managers = {manager.namespace: manager for manager in managers}
+        self._task = task
+        self._stop_event = stop_event
+        self.plugins = tuple(plugins)
+        """Names of the plugins that loaded and activated, in load order."""
+        self.failures = tuple(failures)
+        """One line per enabled plugin left out (only with ``check=False``)."""
+        self.plugin_dir = plugin_dir
+        """Where the resources' sockets are (the kubelet's directory)."""
+        self.kubelet_socket = kubelet_socket
+        """The registration socket the Managers use."""
+        self.cdi_dir = cdi_dir
+        """Where CDI spec files are written."""
+        self.sysfs_root = sysfs_root
+        """The sysfs root the plugins received in ``config.sysfs_root``."""
+        self.devfs_root = devfs_root
+        """The devfs root the plugins received in ``config.devfs_root``."""
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"stopped (exit status {self.exit_status})"
+        return f"HostHandle({', '.join(self._managers) or 'no namespaces'}; {state})"
+
+    @property
+    def managers(self) -> Mapping[str, Manager]:
+        """Every Manager, by namespace."""
+        return dict(self._managers)
+
+    @property
+    def resources(self) -> Mapping[str, ResourceStatus]:
+        """The status of every resource served, by resource name (``namespace/type``)."""
+        return {
+            name: status
+            for manager in self._managers.values()
+            for name, status in sorted(manager.resources.items())
+        }
+
+    @property
+    def running(self) -> bool:
+        """Whether the host still serves (not stopped, and some Manager still running)."""
+        return not self._task.done()
+
+    @property
+    def exit_status(self) -> int | None:
+        """What ``devplugin-host run`` would exit with, once stopped; None while running.
+
+        0 after :meth:`stop`; 1 when every Manager ended by itself.
+        """
+        if not self._task.done() or self._task.cancelled():
+            return None
+        return self._task.result()
+
+    async def stop(self) -> int:
+        """Stop every Manager and wait until each has cleaned up; return the exit status.
+
+        Idempotent. A failure of the host itself (not of a plugin: plugins' failures are
+        logged, as by ``run``) is raised here.
+        """
+        self._stop_event.set()
+        return await self._task
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def start_host(
+    *,
+    plugin_dir: str | os.PathLike[str],
+    kubelet_socket: str | os.PathLike[str] | None = None,
+    enable: Sequence[str] | None = None,
+    disable: Sequence[str] = (),
+    plugin_modules: Sequence[PluginModule] = (),
+    plugins: Mapping[str, object] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    sysfs_root: str | os.PathLike[str] = "/sys",
+    devfs_root: str | os.PathLike[str] = "/dev",
+    cdi_dir: str | os.PathLike[str] | None = None,
+    check: bool = True,
+) -> HostHandle:
+    """Start the host in the running event loop, as ``devplugin-host run`` would; return it.
+
+    Plugins are discovered, loaded and activated by the same code as ``run``
+    (entry points of the ``devplugin.scanners`` group, ``--plugin-module`` files), then
+    served by one Manager per namespace until :meth:`HostHandle.stop`:
+
+    ``plugin_modules``
+        ``.py`` files (plugin name: the file's stem, as ``--plugin-module``) or imported
+        modules of hook implementations (plugin name: the last part of the module's
+        name), so a plugin needs no entry point to be tested.
+    ``plugins``
+        Plugin objects by name: a module or any object with ``@hookimpl`` methods. A
+        name given here or by a module hides an installed entry point of that name, so
+        the code under test wins over an installed copy.
+    ``enable`` / ``disable``
+        As ``--enable`` / ``--disable``. Without ``enable``, only the plugins given by
+        ``plugin_modules`` and ``plugins`` run, or every installed plugin when neither
+        is given; ``enable=[]`` selects none.
+    ``options``
+        Option values by plugin, as ``--set PLUGIN.KEY=VALUE`` or the config file:
+        ``{"color": {"count": 3}}``; strings are parsed, other values checked.
+    ``sysfs_root``, ``devfs_root``, ``cdi_dir``, ``kubelet_socket``
+        As the options of ``run``; ``cdi_dir`` defaults to ``<plugin_dir>/cdi``.
+    ``check``
+        Raise :class:`RuntimeError` when an enabled plugin is left out or nothing is
+        left to serve (default). With ``check=False`` the host starts anyway, the way
+        ``run`` does, and :attr:`HostHandle.failures` says what was left out.
+
+    A person's mistake (an unknown plugin name or option, a bad value, a ``ConfigError``
+    from a hook) raises :class:`host.ConfigError`, as ``run`` exits with status 2.
+    """
+    plugin_path = Path(plugin_dir)
+    records = _plugin_records(
+        enable=enable,
+        disable=disable,
+        plugin_modules=plugin_modules,
+        plugins=dict(plugins or {}),
+    )
+    activation = activate_plugins(
+        records,
+        _option_settings(options or {}),
+        sysfs_root=Path(sysfs_root),
+        devfs_root=Path(devfs_root),
+    )
+    failures = [record.describe_failure() for record in activation.failures]
+    if check and failures:
+        raise RuntimeError("start_host: " + "; ".join(failures))
+    if check and not activation.scanners:
+        raise RuntimeError(
+            "start_host: no scanners to run: no plugin was selected or none returned a "
+            f"scanner (plugins: {', '.join(r.name for r in records if r.enabled) or 'none'})"
+        )
+    kubelet_path = Path(kubelet_socket) if kubelet_socket is not None else None
+    cdi_path = Path(cdi_dir) if cdi_dir is not None else plugin_path / "cdi"
+    servers = build_managers(
+        activation.scanners,
+        activation.post_allocators,
+        plugin_dir=plugin_path,
+        kubelet_socket=kubelet_path,
+        cdi_dir=cdi_path,
+    )
+    managers = [server for _, server in servers if isinstance(server, Manager)]
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_all(servers, stop), name=f"host serving {plugin_path}")
+    return HostHandle(
+        managers,
+        task,
+        stop,
+        plugins=[record.name for record in activation.plugins if record.active],
+        failures=failures,
+        plugin_dir=plugin_path,
+        kubelet_socket=kubelet_path or plugin_path / "kubelet.sock",
+        cdi_dir=cdi_path,
+        sysfs_root=Path(sysfs_root),
+        devfs_root=Path(devfs_root),
+    )
+
+
+def _plugin_records(
+    *,
+    enable: Sequence[str] | None,
+    disable: Sequence[str],
+    plugin_modules: Sequence[PluginModule],
+    plugins: dict[str, object],
+) -> list[PluginRecord]:
+    """Discover the plugins as ``run`` does, plus the plugin objects given directly."""
+    paths: list[Path] = []
+    for item in plugin_modules:
+        if isinstance(item, ModuleType):
+            name = item.__name__.rpartition(".")[2]
+            if name in plugins:
+                raise ValueError(f"start_host: plugin name {name!r} is given twice")
+            plugins[name] = item
+        else:
+            paths.append(Path(item))
+    clashes = sorted({path.stem for path in paths} & set(plugins))
+    if clashes:
+        raise ValueError(f"start_host: plugin name {clashes[0]!r} is given twice")
+    selected = list(enable) if enable is not None else None
+    if selected is None and (paths or plugins):
+        selected = [path.stem for path in paths] + list(plugins)
+    installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    hidden = sorted(installed & set(plugins))
+    wanted = None if selected is None else [name for name in selected if name not in plugins]
+    records: list[PluginRecord] = []
+    if wanted is None or wanted:
+        records = discover_plugins(
+            enable=wanted or (),
+            disable=[name for name in disable if name not in plugins] + hidden,
+            plugin_modules=paths,
+        )
+        records = [record for record in records if record.name not in hidden]
+    for name, plugin in plugins.items():
+        if (selected is not None and name not in selected) or name in disable:
+            records.append(PluginRecord(name, enabled=False))
+            continue
+        records.append(_load(_object_candidate(name, plugin)))
+    return records
+
+
+def _object_candidate(name: str, plugin: object) -> _Candidate:
+    source = getattr(plugin, "__file__", None)
+    return _Candidate(
+        name, lambda: plugin, module_path=Path(source) if isinstance(source, str) else None
+    )
+
+
+def _option_settings(options: Mapping[str, Mapping[str, Any]]) -> list[OptionSetting]:
+    if isinstance(options, str) or not isinstance(options, Mapping):
+        raise ConfigError(
+            f"{_OPTIONS_SOURCE} expects {{plugin: {{option: value}}}}, got {options!r}"
+        )
+    settings = []
+    for plugin, values in options.items():
+        if isinstance(values, str) or not isinstance(values, Mapping):
+            raise ConfigError(
+                f"{_OPTIONS_SOURCE}: the options of plugin {plugin!r} must be a mapping "
+                f"of option name to value, got {values!r}"
+            )
+        settings += [
+            OptionSetting(plugin, key, value, _OPTIONS_SOURCE) for key, value in values.items()
+        ]
+    return settings
+
+
+# -- the fixtures ----------------------------------------------------------------------
+
+
+class FakeSysfsFactory(Protocol):
+    """The ``fake_sysfs`` fixture: ``fake_sysfs(spec, name=None) -> root``."""
+
+    def __call__(self, spec: Mapping[str, Any], *, name: str | None = None) -> Path:
+        """Build ``spec`` (see :func:`host.testing.build_tree`) under a root; return it.
+
+        Each call makes a new root, unless ``name`` names one made before: then the
+        entries are added to that tree.
+        """
+
+
+class RunHost(Protocol):
+    """The ``run_host`` fixture: start the host against the ``kubelet`` fixture."""
+
+    async def __call__(
+        self,
+        *,
+        enable: Sequence[str] | None = None,
+        disable: Sequence[str] = (),
+        plugin_modules: Sequence[PluginModule] = (),
+        plugins: Mapping[str, object] | None = None,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+        sysfs_root: str | os.PathLike[str] | None = None,
+        devfs_root: str | os.PathLike[str] | None = None,
+        cdi_dir: str | os.PathLike[str] | None = None,
+        check: bool = True,
+    ) -> HostHandle:
+        """Start the host in-process (see :func:`start_host`); stopped at teardown.
+
+        ``sysfs_root`` and ``devfs_root`` default to empty directories (nothing of the
+        machine leaks into a test), ``cdi_dir`` to a fresh one.
+        """
+
+
+@pytest_asyncio.fixture
+async def kubelet() -> AsyncIterator[FakeKubelet]:
+    """Serve a :class:`~host.testing.FakeKubelet` in a fresh, short directory under /tmp.
+
+    Unix socket paths must stay under 108 bytes, hence /tmp and not ``tmp_path``.
+    Stopped and its directory removed at teardown.
+    """
+    plugin_dir = tempfile.mkdtemp(prefix="dpk", dir="/tmp")
+    fake = FakeKubelet(plugin_dir)
+    try:
+        await fake.start()
+        yield fake
+    finally:
+        await fake.stop()
+        shutil.rmtree(plugin_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def fake_sysfs(tmp_path: Path) -> FakeSysfsFactory:
+    """Build sysfs/devfs trees (files, directories, :class:`~host.testing.Symlink`) from dicts.
+
+    ``fake_sysfs({"null": ""})`` returns the root of a new tree under ``tmp_path``; pass
+    it as ``sysfs_root`` or ``devfs_root``. ``name=`` picks the root's name and adds to
+    that tree when called again.
+    """
+    counter = itertools.count()
+
+    def build(spec: Mapping[str, Any], *, name: str | None = None) -> Path:
+        if name is None:
+            name = f"tree{next(counter)}"
+            while (tmp_path / name).exists():
+                name = f"tree{next(counter)}"
+        elif not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"fake_sysfs: name must be a plain directory name, got {name!r}")
+        return build_tree(tmp_path / name, spec)
+
+    return build
+
+
+@pytest_asyncio.fixture
+async def run_host(kubelet: FakeKubelet, tmp_path: Path) -> AsyncIterator[RunHost]:
+    """Start the host in-process against the ``kubelet`` fixture, stopped at teardown.
+
+    ``await run_host(enable=[...], ...)`` returns a :class:`~host.testing.HostHandle`
+    (arguments: see :class:`~host.testing.RunHost`). Every host started is stopped
+    before the kubelet, its sockets and CDI specs removed.
+    """
+    handles: list[HostHandle] = []
+    runs = itertools.count()
+
+    async def run(
+        *,
+        enable: Sequence[str] | None = None,
+        disable: Sequence[str] = (),
+        plugin_modules: Sequence[PluginModule] = (),
+        plugins: Mapping[str, object] | None = None,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+        sysfs_root: str | os.PathLike[str] | None = None,
+        devfs_root: str | os.PathLike[str] | None = None,
+        cdi_dir: str | os.PathLike[str] | None = None,
+        check: bool = True,
+    ) -> HostHandle:
+        base = tmp_path / f"host{next(runs)}"
+        roots: dict[str, Path] = {}
+        for key, given in (("sys", sysfs_root), ("dev", devfs_root), ("cdi", cdi_dir)):
+            if given is None:
+                roots[key] = base / key
+                roots[key].mkdir(parents=True)
+            else:
+                roots[key] = Path(given)
+        handle = await start_host(
+            plugin_dir=kubelet.plugin_dir,
+            enable=enable,
+            disable=disable,
+            plugin_modules=plugin_modules,
+            plugins=plugins,
+            options=options,
+            sysfs_root=roots["sys"],
+            devfs_root=roots["dev"],
+            cdi_dir=roots["cdi"],
+            check=check,
+        )
+        handles.append(handle)
+        return handle
+
+    try:
+        yield run
+    finally:
+        errors: list[BaseException] = []
+        for handle in reversed(handles):
+            try:
+                await handle.stop()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]

@@ -1,0 +1,143 @@
+"""A minimal kubelet device manager for the benchmarks, run as its own process.
+
+``python kubelet_proc.py PLUGIN_DIR``. It does what kubelet does on the device-plugin
+path and nothing more, so the figures measure the plugin host, not the fake kubelet
+(the test suite's FakeKubelet also writes a checkpoint of every device on every
+update, which would dominate at 100,000 devices):
+
+* start: unlink every socket in the directory, serve ``Registration`` on kubelet.sock;
+* Register: dial the plugin, call GetDevicePluginOptions, then (after returning) keep
+  one ListAndWatch stream per resource, replacing any earlier one;
+* restart: drop every connection and start again, as a restarted kubelet would.
+
+Stdout, one JSON object per line, each with ``t`` = ``time.monotonic_ns()``:
+``{"ev": "up"}`` (``t``: just before kubelet.sock is bound), ``{"ev": "reg", "res"}``,
+``{"ev": "list", "res", "n", "unhealthy"}`` (``t``: as the message arrived),
+``{"ev": "end", "res", "why"}``. Stdin commands: ``restart``, ``quit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import stat
+import sys
+import time
+from typing import Any
+
+import grpc
+
+from host._api import api_pb2, api_pb2_grpc
+
+KUBELET_MAX_MESSAGE = 4 * 1024 * 1024
+
+
+def emit(event: str, t: int | None = None, **fields: Any) -> None:
+    """Write one event line (blocking: the parent reads promptly)."""
+    fields["ev"] = event
+    fields["t"] = time.monotonic_ns() if t is None else t
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+class BenchKubelet(api_pb2_grpc.RegistrationServicer):
+    """Registration server plus one ListAndWatch client per registered resource."""
+
+    def __init__(self, plugin_dir: str) -> None:
+        self.plugin_dir = plugin_dir
+        self.socket = os.path.join(plugin_dir, "kubelet.sock")
+        self.server: grpc.aio.Server | None = None
+        self.clients: dict[str, tuple[grpc.aio.Channel, asyncio.Task[None]]] = {}
+
+    async def start(self) -> None:
+        for entry in os.scandir(self.plugin_dir):
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.stat(entry.path).st_mode):
+                    os.unlink(entry.path)
+        server = grpc.aio.server()
+        api_pb2_grpc.add_RegistrationServicer_to_server(self, server)
+        up = time.monotonic_ns()
+        server.add_insecure_port(f"unix:{self.socket}")
+        await server.start()
+        self.server = server
+        emit("up", up)
+
+    async def stop(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            await server.stop(None)
+        clients, self.clients = self.clients, {}
+        for channel, task in clients.values():
+            task.cancel()
+            await channel.close()
+        for _, task in clients.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket)
+
+    async def Register(
+        self, request: api_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> api_pb2.Empty:
+        name = request.resource_name
+        path = os.path.join(self.plugin_dir, request.endpoint)
+        channel = grpc.aio.insecure_channel(
+            f"unix:{path}",
+            options=[
+                ("grpc.default_authority", "localhost"),
+                ("grpc.max_receive_message_length", KUBELET_MAX_MESSAGE),
+            ],
+        )
+        try:
+            async with asyncio.timeout(10):
+                await channel.channel_ready()
+            stub = api_pb2_grpc.DevicePluginStub(channel)
+            await stub.GetDevicePluginOptions(api_pb2.Empty())
+        except (TimeoutError, grpc.aio.AioRpcError) as exc:
+            await channel.close()
+            await context.abort(grpc.StatusCode.UNKNOWN, f"cannot reach {path}: {exc}")
+        old = self.clients.pop(name, None)
+        if old is not None:
+            old[1].cancel()
+            await old[0].close()
+        self.clients[name] = (channel, asyncio.create_task(self.watch(name, stub)))
+        emit("reg", res=name)
+        return api_pb2.Empty()
+
+    async def watch(self, name: str, stub: api_pb2_grpc.DevicePluginStub) -> None:
+        why = "EOF"
+        try:
+            async for response in stub.ListAndWatch(api_pb2.Empty()):
+                arrived = time.monotonic_ns()
+                unhealthy = sum(d.health != "Healthy" for d in response.devices)
+                emit("list", arrived, res=name, n=len(response.devices), unhealthy=unhealthy)
+        except asyncio.CancelledError:
+            return
+        except grpc.aio.AioRpcError as err:
+            why = f"{err.code().name}: {err.details()}"
+        emit("end", res=name, why=why)
+
+
+async def main(plugin_dir: str) -> None:
+    kubelet = BenchKubelet(plugin_dir)
+    await kubelet.start()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        async for line in reader:
+            command = line.decode().strip()
+            if command == "restart":
+                await kubelet.stop()
+                await kubelet.start()
+            elif command == "quit":
+                break
+    finally:
+        await kubelet.stop()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(sys.argv[1]))
