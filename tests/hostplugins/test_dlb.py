@@ -239,7 +239,7 @@ class TestScanLoop:
 # --- the command line ----------------------------------------------------------------------
 
 
-@pytest.mark.skip(reason="entry point not registered yet: test_loader assumes only gpu/fpga/generic are installed")
+@pytest.mark.skip(reason="entry point not registered yet (see issue 7 note)")
 class TestCommandLine:
     """Needs the ``dlb`` entry point of the ``devplugin.scanners`` group (pyproject.toml)."""
 
