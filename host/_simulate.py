@@ -495,7 +495,6 @@ class _Simulation:
                     self.problems.append("every manager stopped serving")
         finally:
             await self.kubelet.stop()
-            await _end_watcher(plugin_dir)
 
     def _first_tree(self, observed: _ObservedScanner) -> None:
         if not observed.types:
@@ -660,25 +659,6 @@ class _Simulation:
         return not self._missing() and all(
             resources[name].registrations > before.get(name, 0) for name in self._served()
         )
-
-
-async def _end_watcher(plugin_dir: Path) -> None:
-    """Make sure the Managers' plugin-dir watcher task has ended, cancelling it again if need be.
-
-    The last Manager to stop cancels it without waiting; on Python 3.11 its
-    ``asyncio.wait_for`` swallows a cancellation that coincides with an inotify event
-    (a socket just removed), and a watcher that lives on would make ``asyncio.run``
-    wait for it forever at exit.
-    """
-    name = f"watch {plugin_dir}"  # PluginDirWatcher names its task so
-    for _ in range(50):
-        tasks = {task for task in asyncio.all_tasks() if task.get_name() == name}
-        if not tasks:
-            return
-        _, running = await asyncio.wait(tasks, timeout=0.02)
-        for task in running:
-            task.cancel()
-    log.warning("the watcher of %s did not stop; exiting may hang", plugin_dir)
 
 
 def simulate(

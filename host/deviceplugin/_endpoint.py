@@ -71,7 +71,8 @@ async def _socket_is_live(path: Path) -> bool:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
-        await asyncio.wait_for(loop.sock_connect(sock, str(path)), 1.0)
+        async with asyncio.timeout(1.0):
+            await loop.sock_connect(sock, str(path))
     except (ConnectionRefusedError, FileNotFoundError):
         return False
     except TimeoutError:
@@ -173,8 +174,10 @@ class ResourceEndpoint:
             if delay is None:
                 await self._wake.wait()
             else:
+                # asyncio.timeout, not wait_for: see PluginDirWatcher (lost cancellations).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
 
     def _socket_ok(self) -> bool:
         return self._server is not None and socket_identity(self.socket_path) == self._socket_id

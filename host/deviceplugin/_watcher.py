@@ -176,8 +176,12 @@ class PluginDirWatcher:
             self._check_kubelet_identity()
             self._emit(WatchEvent(WatchEventKind.RESYNC))
             while True:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a
+                # cancellation that arrives together with the result (bpo-42130), which
+                # left this task running after every manager had gone.
                 try:
-                    event = await asyncio.wait_for(inotify.get(), self.safety_interval)
+                    async with asyncio.timeout(self.safety_interval):
+                        event = await inotify.get()
                 except TimeoutError:
                     self._check_kubelet_identity()
                     self._emit(WatchEvent(WatchEventKind.RESYNC))
