@@ -15,10 +15,11 @@ from click.testing import CliRunner, Result
 import host
 from host import _host
 from host.cli import main
+from tests.fixtures.builtins import BUILTIN_PLUGINS
 from tests.fixtures.plugin_dists import LOCAL_HOOKS
 from tests.fixtures.plugin_site import PluginSite, make_plugin_site
 
-BUILTINS = "fpga,generic,gpu"
+BUILTINS = ",".join(BUILTIN_PLUGINS)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from host._loader import (
     activate_plugins,
     discover_plugins,
 )
+from tests.fixtures.builtins import BUILTIN_PLUGINS
 from tests.fixtures.plugin_dists import LOCAL_HOOKS
 from tests.fixtures.plugin_site import PluginSite, make_plugin_site
 
@@ -46,7 +47,7 @@ def by_name(records: list[PluginRecord] | tuple[PluginRecord, ...]) -> dict[str,
     return {record.name: record for record in records}
 
 
-BUILTINS = ("fpga", "generic", "gpu")
+BUILTINS = BUILTIN_PLUGINS
 
 
 @pytest.fixture

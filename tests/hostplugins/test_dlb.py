@@ -239,7 +239,6 @@ class TestScanLoop:
 # --- the command line ----------------------------------------------------------------------
 
 
-@pytest.mark.skip(reason="entry point not registered yet (see issue 7 note)")
 class TestCommandLine:
     """Needs the ``dlb`` entry point of the ``devplugin.scanners`` group (pyproject.toml)."""
 

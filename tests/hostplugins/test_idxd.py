@@ -694,7 +694,6 @@ def run_cli(*args: str) -> Any:
     return CliRunner().invoke(cli, ["scan", *args])
 
 
-@pytest.mark.skip(reason="entry point not registered yet (see issue 7 note)")
 class TestCommandLine:
     def test_dsa_scan_json(self, tmp_path: Path, real_char_device: Path) -> None:
         """``devplugin-host scan --enable dsa ... --json``: the real node check, shares."""

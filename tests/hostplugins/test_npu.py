@@ -368,7 +368,6 @@ def run_cli(*args: str) -> Any:
     return CliRunner().invoke(cli, ["scan", "--enable", "npu", *args])
 
 
-@pytest.mark.skip(reason="entry point not registered yet (see issue 7 note)")
 class TestCommandLine:
     """Needs the ``npu`` entry point of the ``devplugin.scanners`` group (pyproject.toml)."""
 

@@ -771,7 +771,6 @@ class TestEndToEnd:
         ]
 
 
-@pytest.mark.skip(reason="entry point not registered yet (see issue 7 note)")
 class TestCommandLine:
     def test_scan_json_lists_the_vfs(self, tmp_path: Path) -> None:
         """``devplugin-host scan --enable qat --sysfs-root T/sys --devfs-root T/dev --json``."""

@@ -372,7 +372,6 @@ def run_cli(*args: str) -> Any:
     return CliRunner().invoke(cli, ["scan", "--enable", "sgx", *args])
 
 
-@pytest.mark.skip(reason="entry point not registered yet (see issue 7 note)")
 class TestCommandLine:
     """Needs the ``sgx`` entry point of the ``devplugin.scanners`` group (pyproject.toml)."""
 
