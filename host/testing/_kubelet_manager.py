@@ -217,6 +217,10 @@ class DeviceManager:
         """``client.Run``: apply every ListAndWatch message; on any end, disconnect."""
         try:
             async for response in endpoint.list_and_watch():
+                if endpoint.stopped:
+                    # Disconnected meanwhile (e.g. by an older stream's end, #121994):
+                    # kubelet closed this connection, so nothing more reaches it.
+                    return
                 self.book(endpoint.resource).apply(response)
                 self.write_checkpoint()
                 await self._notify()
