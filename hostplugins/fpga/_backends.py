@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hostplugins.fpga._sysfs import natural_key, read_attr
+from hostplugins._sysfs import natural_key, read_attr
 
 __all__ = [
     "DFL",

@@ -13,9 +13,7 @@ the device Unhealthy.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,12 +24,12 @@ from host.deviceplugin import (
     DeviceInfo,
     DeviceSpec,
     DeviceTree,
-    Notifier,
     pluginapi,
 )
+from hostplugins._scanloop import PeriodicScanner
+from hostplugins._sysfs import numa_ids, topology_of
 from hostplugins.fpga._backends import Backend, Region, detect_backend, read_regions
 from hostplugins.fpga._options import FpgaSettings
-from hostplugins.fpga._sysfs import numa_ids, topology_of
 
 __all__ = [
     "ANNOTATION_NAME",
@@ -166,7 +164,7 @@ def scan_once(
     return tree
 
 
-class FpgaScanner:
+class FpgaScanner(PeriodicScanner):
     """Scans FPGAs every ``settings.scan_interval`` seconds and on :meth:`rescan`.
 
     The backend is detected at construction (:class:`FpgaDriverNotLoadedError` when
@@ -186,9 +184,7 @@ class FpgaScanner:
         self.sysfs_root = Path(sysfs_root)
         self.devfs_root = Path(devfs_root)
         self.backend = backend or detect_backend(self.sysfs_root)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._reported: set[str] = set()
+        super().__init__(interval=self.settings.scan_interval, logger=log)
 
     def scan_once(self, problems: list[str] | None = None) -> DeviceTree:
         """Scan once with this scanner's settings (see :func:`scan_once`)."""
@@ -199,30 +195,6 @@ class FpgaScanner:
             devfs_root=self.devfs_root,
             problems=problems,
         )
-
-    async def scan(self, notifier: Notifier) -> None:
-        """Notify a fresh tree every interval, or sooner after :meth:`rescan`; until cancelled."""
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        while True:
-            self._wake.clear()
-            problems: list[str] = []
-            tree = await asyncio.to_thread(self.scan_once, problems)
-            for message in problems:
-                if message not in self._reported:
-                    log.warning("%s", message)
-            self._reported = set(problems)
-            notifier.notify(tree)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.scan_interval)
-
-    def rescan(self) -> None:
-        """Ask for a scan now rather than at the end of the interval; safe from any thread."""
-        loop, wake = self._loop, self._wake
-        if loop is None or wake is None:
-            return  # not scanning yet: the first scan happens anyway
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
-            loop.call_soon_threadsafe(wake.set)
 
     def post_allocate(self, response: pluginapi.AllocateResponse) -> None:
         """In ``region`` mode, tell the CRI hook (by annotation) to program the region."""

@@ -9,6 +9,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from host import ConfigError, Option
+from hostplugins._options import as_bool, as_float, as_int, choice, plugin_error
+
+_PLUGIN = "gpu"
 
 __all__ = [
     "ALLOCATION_POLICIES",
@@ -78,7 +81,7 @@ OPTIONS = (
 
 
 def _error(message: str) -> ConfigError:
-    return ConfigError(f"plugin 'gpu': {message}")
+    return plugin_error(_PLUGIN, message)
 
 
 def parse_pci_ids(option: str, value: object) -> frozenset[str]:
@@ -109,45 +112,6 @@ def parse_pci_ids(option: str, value: object) -> frozenset[str]:
     return frozenset(ids)
 
 
-def _as_int(option: str, value: object) -> int:
-    if isinstance(value, bool):
-        raise _error(f"option {option} must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise _error(f"option {option} must be an integer, got {value!r}") from None
-
-
-def _as_float(option: str, value: object) -> float:
-    if isinstance(value, bool):
-        raise _error(f"option {option} must be a number of seconds, got {value!r}")
-    try:
-        return float(value if isinstance(value, int | float) else str(value).strip())
-    except ValueError:
-        raise _error(f"option {option} must be a number of seconds, got {value!r}") from None
-
-
-def _as_bool(option: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise _error(f"option {option} must be true or false, got {value!r}")
-
-
-def _choice(option: str, value: object, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise _error(
-            f"invalid value for option {option}: {value!r}; valid values: {', '.join(valid)}"
-        )
-    return str(value)
-
-
 @dataclass(frozen=True, kw_only=True)
 class GpuSettings:
     """The GPU plugin's validated settings (attribute names follow the option names).
@@ -171,9 +135,9 @@ class GpuSettings:
                 "option shared-dev-num must be >= 1 (the number of containers sharing "
                 f"one GPU), got {self.shared_dev_num}"
             )
-        _choice("allocation-policy", self.allocation_policy, ALLOCATION_POLICIES)
-        _choice("monitoring-mode", self.monitoring_mode, MONITORING_MODES)
-        _choice("bypath", self.bypath, BYPATH_MODES)
+        choice(_PLUGIN, "allocation-policy", self.allocation_policy, ALLOCATION_POLICIES)
+        choice(_PLUGIN, "monitoring-mode", self.monitoring_mode, MONITORING_MODES)
+        choice(_PLUGIN, "bypath", self.bypath, BYPATH_MODES)
         if self.allow_ids and self.deny_ids:
             raise _error("cannot use both allow-ids and deny-ids options at the same time")
         for option, ids in (("allow-ids", self.allow_ids), ("deny-ids", self.deny_ids)):
@@ -194,12 +158,14 @@ class GpuSettings:
             return options.get(name, defaults[name])
 
         return cls(
-            shared_dev_num=_as_int("shared-dev-num", get("shared-dev-num")),
+            shared_dev_num=as_int(_PLUGIN, "shared-dev-num", get("shared-dev-num")),
             allocation_policy=get("allocation-policy"),
-            enable_monitoring=_as_bool("enable-monitoring", get("enable-monitoring")),
+            enable_monitoring=as_bool(
+                _PLUGIN, "enable-monitoring", get("enable-monitoring"), empty_is_false=True
+            ),
             monitoring_mode=get("monitoring-mode"),
             bypath=get("bypath"),
             allow_ids=parse_pci_ids("allow-ids", get("allow-ids")),
             deny_ids=parse_pci_ids("deny-ids", get("deny-ids")),
-            scan_interval=_as_float("scan-interval", get("scan-interval")),
+            scan_interval=as_float(_PLUGIN, "scan-interval", get("scan-interval")),
         )

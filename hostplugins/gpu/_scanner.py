@@ -7,7 +7,6 @@ demand) and answers kubelet's GetPreferredAllocation.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -24,12 +23,12 @@ from host.deviceplugin import (
     DeviceSpec,
     DeviceTree,
     Mount,
-    Notifier,
     pluginapi,
 )
+from hostplugins._scanloop import PeriodicScanner, Problems
+from hostplugins._sysfs import natural_key, numa_topology, read_attr
 from hostplugins.gpu._options import GpuSettings
 from hostplugins.gpu._policies import POLICIES, preferred_allocation
-from hostplugins.gpu._sysfs import natural_key, numa_topology, read_attr
 
 __all__ = [
     "ALWAYS_HEALTHY",
@@ -94,19 +93,6 @@ class AlwaysHealthy:
 ALWAYS_HEALTHY = AlwaysHealthy()
 
 
-class _Problems:
-    """Collects what a scan had to skip, so the loop can log each problem once."""
-
-    def __init__(self, sink: list[str] | None) -> None:
-        self._sink = sink
-
-    def add(self, message: str) -> None:
-        if self._sink is None:
-            log.warning("%s", message)
-        else:
-            self._sink.append(message)
-
-
 def _spec(path: Path) -> pluginapi.DeviceSpec:
     return DeviceSpec(host_path=str(path), container_path=str(path), permissions="rw")
 
@@ -133,7 +119,7 @@ def _pci_address(card_dir: Path, name: str) -> str | None:
 
 
 def _card_nodes(
-    card: str, device_dir: Path, dri_dir: Path, problems: _Problems
+    card: str, device_dir: Path, dri_dir: Path, problems: Problems
 ) -> list[pluginapi.DeviceSpec]:
     try:
         entries = sorted(os.listdir(device_dir / "drm"), key=natural_key)
@@ -212,7 +198,7 @@ def cdi_spec(
     }
 
 
-def _health(source: HealthSource, card: GpuCard, problems: _Problems) -> str:
+def _health(source: HealthSource, card: GpuCard, problems: Problems) -> str:
     try:
         state = source.health(card)
     except Exception as err:
@@ -259,7 +245,7 @@ def scan_once(
     skipped (a missing node, an unreadable directory) is appended to ``problems``, or
     logged as a warning when no list is given. Never raises for sysfs contents.
     """
-    found = _Problems(problems)
+    found = Problems(problems, log)
     drm_dir = sysfs_root / "class" / "drm"
     dri_dir = devfs_root / "dri"
     bypath_dir = dri_dir / "by-path"
@@ -309,7 +295,7 @@ def scan_once(
     return tree
 
 
-class GpuScanner:
+class GpuScanner(PeriodicScanner):
     """Scans Intel GPUs every ``settings.scan_interval`` seconds and on :meth:`rescan`.
 
     Implements the framework's Scanner and PreferredAllocator protocols; Allocate is the
@@ -330,9 +316,7 @@ class GpuScanner:
         self.devfs_root = Path(devfs_root)
         self.health_source = health_source
         self._policy = POLICIES[self.settings.allocation_policy]
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._reported: set[str] = set()
+        super().__init__(interval=self.settings.scan_interval, logger=log)
 
     def scan_once(self, problems: list[str] | None = None) -> DeviceTree:
         """Scan once with this scanner's settings (see :func:`scan_once`)."""
@@ -343,35 +327,6 @@ class GpuScanner:
             health_source=self.health_source,
             problems=problems,
         )
-
-    async def scan(self, notifier: Notifier) -> None:
-        """Notify a fresh tree every interval, or sooner after :meth:`rescan`; until cancelled."""
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        while True:
-            self._wake.clear()
-            problems: list[str] = []
-            tree = await asyncio.to_thread(self.scan_once, problems)
-            self._report(problems)
-            notifier.notify(tree)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.scan_interval)
-
-    def rescan(self) -> None:
-        """Ask for a scan now rather than at the end of the interval; safe from any thread."""
-        loop, wake = self._loop, self._wake
-        if loop is None or wake is None:
-            return  # not scanning yet: the first scan happens anyway
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
-            loop.call_soon_threadsafe(wake.set)
-
-    def _report(self, problems: list[str]) -> None:
-        """Log each problem when it first appears, not on every scan."""
-        current = set(problems)
-        for message in problems:
-            if message not in self._reported:
-                log.warning("%s", message)
-        self._reported = current
 
     def get_preferred_allocation(
         self, request: pluginapi.PreferredAllocationRequest

@@ -9,6 +9,9 @@ from types import MappingProxyType
 from typing import Any
 
 from host import ConfigError, Option
+from hostplugins._options import as_bool, as_float, as_int, choice, plugin_error
+
+_PLUGIN = "qat"
 
 __all__ = [
     "ALLOCATION_POLICIES",
@@ -45,7 +48,7 @@ DEFAULT_KERNEL_VF_DRIVERS = ("4xxxvf", "420xxvf")
 
 
 def _error(message: str) -> ConfigError:
-    return ConfigError(f"plugin 'qat': {message}")
+    return plugin_error(_PLUGIN, message)
 
 
 def parse_kernel_vf_drivers(value: object) -> tuple[str, ...]:
@@ -118,45 +121,6 @@ OPTIONS = (
 )
 
 
-def _as_int(option: str, value: object) -> int:
-    if isinstance(value, bool):
-        raise _error(f"option {option} must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise _error(f"option {option} must be an integer, got {value!r}") from None
-
-
-def _as_float(option: str, value: object) -> float:
-    if isinstance(value, bool):
-        raise _error(f"option {option} must be a number of seconds, got {value!r}")
-    try:
-        return float(value if isinstance(value, int | float) else str(value).strip())
-    except ValueError:
-        raise _error(f"option {option} must be a number of seconds, got {value!r}") from None
-
-
-def _as_bool(option: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise _error(f"option {option} must be true or false, got {value!r}")
-
-
-def _choice(option: str, value: object, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise _error(
-            f"invalid value for option {option}: {value!r}; valid values: {', '.join(valid)}"
-        )
-    return str(value)
-
-
 @dataclass(frozen=True, kw_only=True)
 class QatSettings:
     """The QAT plugin's validated settings (attribute names follow the option names).
@@ -174,11 +138,11 @@ class QatSettings:
     scan_interval: float = 5.0
 
     def __post_init__(self) -> None:
-        _choice("dpdk-driver", self.dpdk_driver, DPDK_DRIVERS)
+        choice(_PLUGIN, "dpdk-driver", self.dpdk_driver, DPDK_DRIVERS)
         parse_kernel_vf_drivers(self.kernel_vf_drivers)
         if self.max_num_devices < 1:
             raise _error(f"option max-num-devices must be >= 1, got {self.max_num_devices}")
-        _choice("allocation-policy", self.allocation_policy, ALLOCATION_POLICIES)
+        choice(_PLUGIN, "allocation-policy", self.allocation_policy, ALLOCATION_POLICIES)
         if not (math.isfinite(self.scan_interval) and self.scan_interval > 0):
             raise _error(f"option scan-interval must be > 0 seconds, got {self.scan_interval}")
 
@@ -196,8 +160,8 @@ class QatSettings:
         return cls(
             dpdk_driver=get("dpdk-driver"),
             kernel_vf_drivers=parse_kernel_vf_drivers(get("kernel-vf-drivers")),
-            max_num_devices=_as_int("max-num-devices", get("max-num-devices")),
+            max_num_devices=as_int(_PLUGIN, "max-num-devices", get("max-num-devices")),
             allocation_policy=get("allocation-policy"),
-            rebind_vfs=_as_bool("rebind-vfs", get("rebind-vfs")),
-            scan_interval=_as_float("scan-interval", get("scan-interval")),
+            rebind_vfs=as_bool(_PLUGIN, "rebind-vfs", get("rebind-vfs"), empty_is_false=True),
+            scan_interval=as_float(_PLUGIN, "scan-interval", get("scan-interval")),
         )

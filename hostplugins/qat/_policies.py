@@ -6,9 +6,10 @@ of the offered IDs, so the same request always gets the same answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from host.deviceplugin import pluginapi
+from hostplugins import _allocation
 
 __all__ = [
     "POLICIES",
@@ -18,7 +19,7 @@ __all__ = [
     "preferred_allocation",
 ]
 
-Policy = Callable[[Sequence[str], int], list[str]]
+Policy = _allocation.Policy
 
 
 def none_policy(available: Sequence[str], size: int) -> list[str]:
@@ -57,22 +58,6 @@ def preferred_allocation(
 ) -> pluginapi.PreferredAllocationResponse:
     """Answer kubelet's GetPreferredAllocation with ``policy``, one answer per container.
 
-    The ``must_include`` IDs come first (kubelet requires them in the answer); the
-    policy picks the rest from the other offered IDs. Raises ValueError when a
-    container asks for more devices than are offered.
+    See :func:`hostplugins._allocation.preferred_allocation`; an ID offered twice counts once.
     """
-    response = pluginapi.PreferredAllocationResponse()
-    for index, container in enumerate(request.container_requests):
-        available = list(dict.fromkeys(container.available_deviceIDs))
-        size = container.allocation_size
-        if size < 0 or size > len(available):
-            offered = ", ".join(available) or "none"
-            raise ValueError(
-                f"container request {index}: cannot choose {size} devices out of the "
-                f"{len(available)} available ({offered})"
-            )
-        chosen = list(dict.fromkeys(container.must_include_deviceIDs))
-        rest = [device_id for device_id in available if device_id not in chosen]
-        chosen += policy(rest, max(size - len(chosen), 0))
-        response.container_responses.add(deviceIDs=chosen)
-    return response
+    return _allocation.preferred_allocation(request, policy, dedupe_offered=True)

@@ -7,11 +7,8 @@ runs it periodically and answers GetPreferredAllocation and PostAllocate.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
-import re
 from pathlib import Path
 
 from host.deviceplugin import (
@@ -21,9 +18,10 @@ from host.deviceplugin import (
     DeviceSpec,
     DeviceTree,
     Mount,
-    Notifier,
     pluginapi,
 )
+from hostplugins import _allocation
+from hostplugins._scanloop import PeriodicScanner, Problems
 from hostplugins.qat._options import QatSettings
 from hostplugins.qat._policies import POLICIES, preferred_allocation
 from hostplugins.qat._sysfs import (
@@ -48,19 +46,6 @@ log = logging.getLogger("hostplugins.qat")
 ENV_PREFIX = "QAT"
 
 
-class _Problems:
-    """Collects what a scan had to skip, so the loop can log each problem once."""
-
-    def __init__(self, sink: list[str] | None) -> None:
-        self._sink = sink
-
-    def add(self, message: str) -> None:
-        if self._sink is None:
-            log.warning("%s", message)
-        else:
-            self._sink.append(message)
-
-
 def _under(root: Path, path: Path, inside: str) -> str:
     """``path``'s place as the container sees it: ``<inside>/<path relative to root>``."""
     try:
@@ -74,7 +59,7 @@ def _pf(vf: Path) -> Path | None:
     return Path(os.path.realpath(physfn)) if physfn.exists() else None
 
 
-def _resource(vf: Path, debugfs_root: Path, problems: _Problems) -> str:
+def _resource(vf: Path, debugfs_root: Path, problems: Problems) -> str:
     """Return the VF's device type: its PF's services for Gen4+ VFs, else ``generic``."""
     if device_id(vf) not in SERVICE_DEVICE_IDS:
         return GENERIC
@@ -100,7 +85,7 @@ def _health(vf: Path, debugfs_root: Path, cache: dict[Path, str]) -> str:
     return cache[pf]
 
 
-def _ready(vf: Path, settings: QatSettings, sysfs_root: Path, problems: _Problems) -> str | None:
+def _ready(vf: Path, settings: QatSettings, sysfs_root: Path, problems: Problems) -> str | None:
     """Return the VF's DPDK device name, binding it first if allowed; None when not ready."""
     bdf, target = vf.name, settings.dpdk_driver
     driver = current_driver(vf)
@@ -155,7 +140,7 @@ def scan_once(
     finding its DPDK node fails, it is Unhealthy without nodes and a problem says why.
     ``debugfs_root`` defaults to ``<sysfs_root>/kernel/debug``.
     """
-    found = _Problems(problems)
+    found = Problems(problems, log)
     debugfs = debugfs_root if debugfs_root is not None else sysfs_root / "kernel/debug"
     tree = DeviceTree()
     heartbeat: dict[Path, str] = {}
@@ -190,25 +175,13 @@ def scan_once(
 def renumber_envs(response: pluginapi.AllocateResponse, prefix: str = ENV_PREFIX) -> None:
     """Re-key the ``<prefix><n>`` envs of each container to ``<prefix>0`` .. ``<prefix>k-1``.
 
-    Each container is numbered on its own, in scan order; other envs are left alone.
-    (The Go plugin shared one map across containers, so a second container also got
-    the first one's VFs.)
+    Each container is numbered on its own, in scan order; other envs are left alone
+    (see :func:`hostplugins._allocation.renumber_envs`).
     """
-    pattern = re.compile(re.escape(prefix) + r"(\d+)")
-    for container in response.container_responses:
-        numbered = sorted(
-            (int(match.group(1)), key)
-            for key in container.envs
-            if (match := pattern.fullmatch(key)) is not None
-        )
-        values = [container.envs[key] for _, key in numbered]
-        for _, key in numbered:
-            del container.envs[key]
-        for index, value in enumerate(values):
-            container.envs[f"{prefix}{index}"] = value
+    _allocation.renumber_envs(response, prefix)
 
 
-class QatScanner:
+class QatScanner(PeriodicScanner):
     """Scans the QAT VFs every ``settings.scan_interval`` seconds and on :meth:`rescan`.
 
     Implements Scanner, PreferredAllocator and PostAllocator; Allocate is the
@@ -229,9 +202,7 @@ class QatScanner:
         self.devfs_root = Path(devfs_root)
         self.debugfs_root = Path(debugfs_root) if debugfs_root is not None else None
         self._policy = POLICIES[self.settings.allocation_policy]
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._reported: set[str] = set()
+        super().__init__(interval=self.settings.scan_interval, logger=log)
 
     def __repr__(self) -> str:
         return f"QatScanner(sysfs_root={str(self.sysfs_root)!r})"
@@ -245,35 +216,6 @@ class QatScanner:
             debugfs_root=self.debugfs_root,
             problems=problems,
         )
-
-    async def scan(self, notifier: Notifier) -> None:
-        """Notify a fresh tree every interval, or sooner after :meth:`rescan`; until cancelled."""
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        while True:
-            self._wake.clear()
-            problems: list[str] = []
-            tree = await asyncio.to_thread(self.scan_once, problems)
-            self._report(problems)
-            notifier.notify(tree)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.scan_interval)
-
-    def rescan(self) -> None:
-        """Ask for a scan now rather than at the end of the interval; safe from any thread."""
-        loop, wake = self._loop, self._wake
-        if loop is None or wake is None:
-            return  # not scanning yet: the first scan happens anyway
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
-            loop.call_soon_threadsafe(wake.set)
-
-    def _report(self, problems: list[str]) -> None:
-        """Log each problem when it first appears, not on every scan."""
-        current = set(problems)
-        for message in problems:
-            if message not in self._reported:
-                log.warning("%s", message)
-        self._reported = current
 
     def get_preferred_allocation(
         self, request: pluginapi.PreferredAllocationRequest

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from host.deviceplugin import pluginapi
+from hostplugins._sysfs import natural_key, numa_topology, read_attr
 from hostplugins.qat._options import VF_DRIVERS
 
 __all__ = [
@@ -40,7 +40,6 @@ SERVICE_DEVICE_IDS = frozenset({"4941", "4943", "4945", "4947", "4949"})
 """Gen4+ VF IDs, whose PF tells its configured services (the resource name)."""
 
 _BDF_GLOB = "????:??:??.?"
-_DIGITS = re.compile(r"(\d+)")
 # What kubelet accepts after "qat.intel.com/".
 _DEVICE_TYPE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 
@@ -53,43 +52,6 @@ class NotReadyError(Exception):
 
 class BindError(NotReadyError):
     """Rebinding a VF to the DPDK driver failed or was refused."""
-
-
-def natural_key(name: str) -> tuple[str | int, ...]:
-    """Sort key that orders ``virtfn2`` before ``virtfn10`` (plain sorting would not)."""
-    return tuple(int(part) if part.isdigit() else part for part in _DIGITS.split(name))
-
-
-def read_attr(path: Path) -> str | None:
-    """Return a sysfs attribute's content, stripped, or None when it cannot be read."""
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
-
-
-def numa_topology(device_dir: Path, sysfs_root: Path) -> pluginapi.TopologyInfo | None:
-    """Return the NUMA nodes of PCI function ``device_dir``, or None.
-
-    Walks up from its real path while under ``<sysfs_root>/devices`` to the first
-    level reporting ``local_cpulist`` or ``numa_node`` (``-1``: none), as the
-    framework's lookup from a device node would (the VF's ``/dev/vfio`` node leads to
-    the same PCI function), and also in fake trees.
-    """
-    devices = os.path.join(os.path.realpath(sysfs_root), "devices") + os.sep
-    level = os.path.realpath(device_dir)
-    while level.startswith(devices):
-        cpus = read_attr(Path(level, "local_cpulist")) or ""
-        numas = read_attr(Path(level, "numa_node")) or ""
-        if numas == "-1":
-            numas = ""
-        if cpus or numas:
-            ids = sorted({int(n) for n in numas.split(",") if n.strip().isdigit()})
-            if not ids:
-                return None
-            return pluginapi.TopologyInfo(nodes=[pluginapi.NUMANode(ID=i) for i in ids])
-        level = os.path.dirname(level)
-    return None
 
 
 def device_id(device_dir: Path) -> str | None:

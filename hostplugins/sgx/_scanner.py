@@ -117,7 +117,7 @@ class SgxScanner(PeriodicScanner):
     ) -> None:
         self.settings = settings or SgxSettings()
         self.devfs_root = Path(devfs_root)
-        super().__init__(namespace=NAMESPACE, interval=self.settings.scan_interval, logger=log)
+        super().__init__(interval=self.settings.scan_interval, logger=log, namespace=NAMESPACE)
 
     def scan_once(self, problems: list[str] | None = None) -> DeviceTree:
         """Scan once with this scanner's settings (see :func:`scan_once`)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from host.deviceplugin import HEALTHY, DeviceTree
 from host.deviceplugin._names import validate_resource_name
 from host.testing._sysfs import Symlink, build_tree
 from hostplugins.dlb import DlbScanner, DlbSettings, device_kind, scan_once
+from tests.hostplugins.harness import QueueNotifier, ids
 
 # --- helpers -----------------------------------------------------------------------------
 
@@ -62,27 +62,6 @@ def add_dlbs(root: Path, *dlbs: FakeDlb) -> tuple[Path, Path]:
 
 def scan(root: Path, **kwargs: Any) -> DeviceTree:
     return scan_once(DlbSettings(), sysfs_root=root / "sys", devfs_root=root / "dev", **kwargs)
-
-
-def ids(tree: DeviceTree) -> dict[str, list[str]]:
-    return {dev_type: sorted(devices) for dev_type, devices in tree.items()}
-
-
-class QueueNotifier:
-    """Collects notified trees; the test awaits them instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.trees: asyncio.Queue[DeviceTree] = asyncio.Queue()
-
-    def notify(self, tree: DeviceTree) -> None:
-        self.trees.put_nowait(tree)
-
-    async def next_matching(self, predicate: Callable[[DeviceTree], bool]) -> DeviceTree:
-        async with asyncio.timeout(5):
-            while True:
-                tree = await self.trees.get()
-                if predicate(tree):
-                    return tree
 
 
 # --- discovery ---------------------------------------------------------------------------

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +14,8 @@ from click.testing import CliRunner
 import hostplugins.fpga as fpga
 from host import ConfigError, PluginConfig
 from host.cli import main as cli
-from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceTree, Manager, pluginapi
+from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceTree, pluginapi
 from host.deviceplugin._names import validate_resource_name
-from host.testing import FakeKubelet
 from hostplugins.fpga import (
     DFL,
     OPAE,
@@ -36,6 +33,7 @@ from hostplugins.fpga.fakedev import (
     FakeFpgaTree,
     write_fpga_tree,
 )
+from tests.hostplugins.harness import ids, served
 
 ALL_F = "f" * 32
 OTHER_AFU = "9926ab6d6c925a68aabca7d84c545738"
@@ -68,10 +66,6 @@ def scan(
         devfs_root=root / "dev",
         problems=problems,
     )
-
-
-def ids(tree: DeviceTree) -> dict[str, list[str]]:
-    return {dev_type: sorted(devices) for dev_type, devices in tree.items()}
 
 
 def node_names(tree: DeviceTree, dev_type: str, dev_id: str) -> list[str]:
@@ -426,20 +420,6 @@ class TestScanLoop:
 # --- through the framework and the command line --------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def served(short_dir: Path, scanner: Any, namespace: str) -> AsyncIterator[FakeKubelet]:
-    """Serve ``scanner`` under ``namespace`` to a fake kubelet; stop both afterwards."""
-    async with FakeKubelet(short_dir) as kubelet:
-        manager = Manager(namespace, scanner, plugin_dir=short_dir, cdi_dir=short_dir / "cdi")
-        task = asyncio.create_task(manager.serve())
-        try:
-            yield kubelet
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
 class TestEndToEnd:
     @pytest.mark.asyncio
     async def test_region_allocation_carries_cdi_name_and_annotation(
@@ -451,7 +431,7 @@ class TestEndToEnd:
             FpgaSettings(mode="region"), sysfs_root=tmp_path / "sys", devfs_root=tmp_path / "dev"
         )
         resource = f"fpga.intel.com/{REGION_DEFAULT}"
-        async with served(short_dir, scanner, fpga.NAMESPACE) as kubelet:
+        async with served(short_dir, fpga.NAMESPACE, scanner) as kubelet:
             await kubelet.wait_for_resource(resource, count=1, healthy=1)
             allocation = await kubelet.allocate_like_kubelet(resource, 1)
         response = allocation.response

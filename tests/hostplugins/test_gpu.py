@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,9 +15,8 @@ from click.testing import CliRunner
 import hostplugins.gpu as gpu
 from host import ConfigError, PluginConfig
 from host.cli import main as cli
-from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceTree, Manager, pluginapi
+from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceTree, pluginapi
 from host.deviceplugin._names import validate_resource_name
-from host.testing import FakeKubelet
 from hostplugins.gpu import GpuCard, GpuScanner, GpuSettings, scan_once
 from hostplugins.gpu._options import OPTIONS
 from hostplugins.gpu._policies import balanced_policy, none_policy, packed_policy
@@ -31,6 +29,7 @@ from hostplugins.gpu.fakedev import (
     tree_from_gen_options,
     write_gpu_tree,
 )
+from tests.hostplugins.harness import QueueNotifier, ids, served
 
 # --- helpers -----------------------------------------------------------------------------
 
@@ -45,10 +44,6 @@ def scan(root: Path, settings: GpuSettings | None = None, **kwargs: Any) -> Devi
     return scan_once(
         settings or GpuSettings(), sysfs_root=root / "sys", devfs_root=root / "dev", **kwargs
     )
-
-
-def ids(tree: DeviceTree) -> dict[str, list[str]]:
-    return {dev_type: sorted(devices) for dev_type, devices in tree.items()}
 
 
 def node_paths(tree: DeviceTree, dev_type: str, dev_id: str) -> list[str]:
@@ -80,23 +75,6 @@ class FlippableHealth:
     def health(self, card: GpuCard) -> str:
         self.seen.append(card)
         return UNHEALTHY if card.name in self.unhealthy else HEALTHY
-
-
-class QueueNotifier:
-    """Collects notified trees; the test awaits them instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.trees: asyncio.Queue[DeviceTree] = asyncio.Queue()
-
-    def notify(self, tree: DeviceTree) -> None:
-        self.trees.put_nowait(tree)
-
-    async def next_matching(self, predicate: Callable[[DeviceTree], bool]) -> DeviceTree:
-        async with asyncio.timeout(5):
-            while True:
-                tree = await self.trees.get()
-                if predicate(tree):
-                    return tree
 
 
 # --- discovery ---------------------------------------------------------------------------
@@ -783,20 +761,6 @@ class TestFakedev:
 # --- through the framework and the command line --------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def served(short_dir: Path, scanner: GpuScanner) -> AsyncIterator[FakeKubelet]:
-    """Serve ``scanner`` under gpu.intel.com to a fake kubelet; stop both afterwards."""
-    async with FakeKubelet(short_dir) as kubelet:
-        manager = Manager(gpu.NAMESPACE, scanner, plugin_dir=short_dir, cdi_dir=short_dir / "cdi")
-        task = asyncio.create_task(manager.serve())
-        try:
-            yield kubelet
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
 class TestEndToEnd:
     @pytest.mark.asyncio
     async def test_kubelet_allocation_follows_the_balanced_policy(
@@ -809,7 +773,7 @@ class TestEndToEnd:
             sysfs_root=tmp_path / "sys",
             devfs_root=tmp_path / "dev",
         )
-        async with served(short_dir, scanner) as kubelet:
+        async with served(short_dir, gpu.NAMESPACE, scanner) as kubelet:
             await kubelet.wait_for_resource("gpu.intel.com/i915", count=8, healthy=8)
             assert kubelet.options("gpu.intel.com/i915").get_preferred_allocation_available
             first = await kubelet.allocate_like_kubelet("gpu.intel.com/i915", 2)

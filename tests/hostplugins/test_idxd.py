@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from click.testing import CliRunner
 
 import hostplugins.dsa as dsa
 import hostplugins.iaa as iaa
 from host import ConfigError, PluginConfig
-from host._api import api_pb2_grpc
 from host.cli import main as cli
-from host.deviceplugin import HEALTHY, DeviceTree, Manager, Scanner, pluginapi
+from host.deviceplugin import HEALTHY, DeviceTree, Scanner, pluginapi
 from host.deviceplugin._names import validate_resource_name
-from host.testing import FakeKubelet
 from host.testing._sysfs import FakeSysfs, Symlink, build_tree
 from hostplugins.idxd import (
     DSA,
@@ -40,6 +36,7 @@ from hostplugins.idxd import (
     scan_once,
     scan_vfio_once,
 )
+from tests.hostplugins.harness import QueueNotifier, ids, plugin_stub, served
 
 # --- fake trees --------------------------------------------------------------------------
 
@@ -134,31 +131,10 @@ def scan(
     )
 
 
-def ids(tree: DeviceTree) -> dict[str, list[str]]:
-    return {dev_type: sorted(devices) for dev_type, devices in tree.items()}
-
-
 def add_dsa_pci(
     sysfs: FakeSysfs, address: str, *, device: str = "0x0b25", driver: str | None = "vfio-pci"
 ) -> Path:
     return sysfs.add_pci_device(address, numa_node=0, driver=driver, attrs={"device": device})
-
-
-class QueueNotifier:
-    """Collects notified trees; the test awaits them instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.trees: asyncio.Queue[DeviceTree] = asyncio.Queue()
-
-    def notify(self, tree: DeviceTree) -> None:
-        self.trees.put_nowait(tree)
-
-    async def next_matching(self, predicate: Callable[[DeviceTree], bool]) -> DeviceTree:
-        async with asyncio.timeout(5):
-            while True:
-                tree = await self.trees.get()
-                if predicate(tree):
-                    return tree
 
 
 # --- work queues ---------------------------------------------------------------------------
@@ -610,30 +586,6 @@ class TestScanLoop:
 
 
 # --- through the framework and the command line ------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def served(short_dir: Path, namespace: str, scanner: Scanner) -> AsyncIterator[FakeKubelet]:
-    """Serve ``scanner`` under ``namespace`` to a fake kubelet; stop both afterwards."""
-    async with FakeKubelet(short_dir) as kubelet:
-        manager = Manager(namespace, scanner, plugin_dir=short_dir, cdi_dir=short_dir / "cdi")
-        task = asyncio.create_task(manager.serve())
-        try:
-            yield kubelet
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-@contextlib.asynccontextmanager
-async def plugin_stub(
-    kubelet: FakeKubelet, resource: str
-) -> AsyncIterator[api_pb2_grpc.DevicePluginAsyncStub]:
-    """A DevicePlugin stub on the socket kubelet knows for ``resource``."""
-    path = kubelet.resources[resource].socket_path
-    async with grpc.aio.insecure_channel(f"unix://{path}") as channel:
-        yield api_pb2_grpc.DevicePluginStub(channel)
 
 
 class TestEndToEnd:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from host.deviceplugin._names import validate_resource_name
 from host.testing import FakeKubelet
 from host.testing._sysfs import Symlink, build_tree
 from hostplugins.npu import NPU_DEVICE_IDS, NpuScanner, NpuSettings, scan_once
+from tests.hostplugins.harness import ids, scanning
 
 # --- helpers -----------------------------------------------------------------------------
 
@@ -67,39 +67,6 @@ def scan(root: Path, settings: NpuSettings | None = None, **kwargs: Any) -> Devi
     return scan_once(
         settings or NpuSettings(), sysfs_root=root / "sys", devfs_root=root / "dev", **kwargs
     )
-
-
-def ids(tree: DeviceTree) -> dict[str, list[str]]:
-    return {dev_type: sorted(devices) for dev_type, devices in tree.items()}
-
-
-class QueueNotifier:
-    """Collects notified trees; the test awaits them instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.trees: asyncio.Queue[DeviceTree] = asyncio.Queue()
-
-    def notify(self, tree: DeviceTree) -> None:
-        self.trees.put_nowait(tree)
-
-    async def next_matching(self, predicate: Callable[[DeviceTree], bool]) -> DeviceTree:
-        async with asyncio.timeout(5):
-            while True:
-                tree = await self.trees.get()
-                if predicate(tree):
-                    return tree
-
-
-@contextlib.asynccontextmanager
-async def scanning(scanner: NpuScanner) -> AsyncIterator[QueueNotifier]:
-    notifier = QueueNotifier()
-    task = asyncio.create_task(scanner.scan(notifier))
-    try:
-        yield notifier
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 # --- discovery ---------------------------------------------------------------------------

@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import grpc
 import pytest
 from click.testing import CliRunner
 
 import hostplugins.qat as qat
 from host import ConfigError, PluginConfig
-from host._api import api_pb2_grpc
 from host.cli import main as cli
-from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceTree, Manager, pluginapi
+from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceTree, pluginapi
 from host.deviceplugin._names import validate_resource_name
-from host.testing import FakeKubelet
 from host.testing._sysfs import FakeSysfs, Symlink
 from hostplugins.qat import QatScanner, QatSettings, renumber_envs, scan_once
 from hostplugins.qat._options import OPTIONS
 from hostplugins.qat._policies import balanced_policy, none_policy, packed_policy
+from tests.hostplugins.harness import QueueNotifier, ids, plugin_stub, served
 
 # --- fake trees ----------------------------------------------------------------------------
 
@@ -137,29 +134,8 @@ def scan(root: Path, problems: list[str] | None = None, **settings: Any) -> Devi
     )
 
 
-def ids(tree: DeviceTree) -> dict[str, list[str]]:
-    return {dev_type: sorted(devices) for dev_type, devices in tree.items()}
-
-
 def driver_file(root: Path, driver: str, name: str) -> str:
     return (root / "sys/bus/pci/drivers" / driver / name).read_text()
-
-
-class QueueNotifier:
-    """Collects notified trees; the test awaits them instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.trees: asyncio.Queue[DeviceTree] = asyncio.Queue()
-
-    def notify(self, tree: DeviceTree) -> None:
-        self.trees.put_nowait(tree)
-
-    async def next_matching(self, predicate: Callable[[DeviceTree], bool]) -> DeviceTree:
-        async with asyncio.timeout(5):
-            while True:
-                tree = await self.trees.get()
-                if predicate(tree):
-                    return tree
 
 
 # --- discovery and resources -----------------------------------------------------------------
@@ -702,30 +678,6 @@ class TestScanLoop:
 # --- through the framework and the command line ----------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def served(short_dir: Path, scanner: QatScanner) -> AsyncIterator[FakeKubelet]:
-    """Serve ``scanner`` under qat.intel.com to a fake kubelet; stop both afterwards."""
-    async with FakeKubelet(short_dir) as kubelet:
-        manager = Manager(qat.NAMESPACE, scanner, plugin_dir=short_dir, cdi_dir=short_dir / "cdi")
-        task = asyncio.create_task(manager.serve())
-        try:
-            yield kubelet
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-@contextlib.asynccontextmanager
-async def plugin_stub(
-    kubelet: FakeKubelet, resource: str
-) -> AsyncIterator[api_pb2_grpc.DevicePluginAsyncStub]:
-    """A DevicePlugin stub on the socket kubelet knows for ``resource``."""
-    path = kubelet.resources[resource].socket_path
-    async with grpc.aio.insecure_channel(f"unix://{path}") as channel:
-        yield api_pb2_grpc.DevicePluginStub(channel)
-
-
 THREE_PFS = (
     FakePf(address="0000:6b:00.0", vfs=(FakeVf(),) * 3),
     FakePf(address="0000:6c:00.0", vfs=(FakeVf(),) * 3, heartbeat="-1\n"),
@@ -751,7 +703,7 @@ class TestEndToEnd:
                 pluginapi.ContainerAllocateRequest(devices_ids=["0000:6d:00.1"]),
             ]
         )
-        async with served(short_dir, scanner) as kubelet:
+        async with served(short_dir, qat.NAMESPACE, scanner) as kubelet:
             state = await kubelet.wait_for_resource("qat.intel.com/cy", count=8, healthy=5)
             assert kubelet.options("qat.intel.com/cy").get_preferred_allocation_available
             allocation = await kubelet.allocate_like_kubelet("qat.intel.com/cy", 2)

@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from hostplugins.sgx import (
     default_pod_count,
     scan_once,
 )
+from tests.hostplugins.harness import ids, scanning
 
 # --- helpers -----------------------------------------------------------------------------
 
@@ -50,41 +50,8 @@ def scan(devfs: Path, config: SgxSettings | None = None, **kwargs: Any) -> Devic
     return scan_once(config or settings(), devfs_root=devfs, **kwargs)
 
 
-def ids(tree: DeviceTree) -> dict[str, list[str]]:
-    return {dev_type: sorted(devices) for dev_type, devices in tree.items()}
-
-
 def node_paths(tree: DeviceTree, dev_type: str, dev_id: str) -> list[str]:
     return [node.host_path for node in tree[dev_type][dev_id].nodes]
-
-
-class QueueNotifier:
-    """Collects notified trees; the test awaits them instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.trees: asyncio.Queue[DeviceTree] = asyncio.Queue()
-
-    def notify(self, tree: DeviceTree) -> None:
-        self.trees.put_nowait(tree)
-
-    async def next_matching(self, predicate: Callable[[DeviceTree], bool]) -> DeviceTree:
-        async with asyncio.timeout(5):
-            while True:
-                tree = await self.trees.get()
-                if predicate(tree):
-                    return tree
-
-
-@contextlib.asynccontextmanager
-async def scanning(scanner: SgxScanner) -> AsyncIterator[QueueNotifier]:
-    notifier = QueueNotifier()
-    task = asyncio.create_task(scanner.scan(notifier))
-    try:
-        yield notifier
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 # --- discovery ---------------------------------------------------------------------------

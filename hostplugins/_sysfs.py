@@ -1,14 +1,15 @@
-"""Small sysfs readers the GPU scanner shares: attributes, natural order, NUMA topology."""
+"""Sysfs readers every built-in plugin shares: attributes, natural order, NUMA topology."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from host.deviceplugin import pluginapi
 
-__all__ = ["natural_key", "numa_topology", "read_attr"]
+__all__ = ["natural_key", "numa_ids", "numa_topology", "read_attr", "topology_of"]
 
 _DIGITS = re.compile(r"(\d+)")
 
@@ -26,8 +27,8 @@ def read_attr(path: Path) -> str | None:
         return None
 
 
-def numa_topology(device_dir: Path, sysfs_root: Path) -> pluginapi.TopologyInfo | None:
-    """Return the NUMA nodes of the sysfs device ``device_dir`` (e.g. a PCI function), or None.
+def numa_ids(device_dir: Path, sysfs_root: Path) -> set[int]:
+    """Return the NUMA nodes of the sysfs device ``device_dir`` (a PCI function, a port, ...).
 
     Walks up from the device's real path while under ``<sysfs_root>/devices`` and stops
     at the first level that reports ``local_cpulist`` or a ``numa_node`` (``-1`` means
@@ -44,9 +45,19 @@ def numa_topology(device_dir: Path, sysfs_root: Path) -> pluginapi.TopologyInfo 
         if numas == "-1":
             numas = ""
         if cpus or numas:
-            ids = sorted({int(n) for n in numas.split(",") if n.strip().isdigit()})
-            if not ids:
-                return None
-            return pluginapi.TopologyInfo(nodes=[pluginapi.NUMANode(ID=i) for i in ids])
+            return {int(n) for n in numas.split(",") if n.strip().isdigit()}
         level = os.path.dirname(level)
-    return None
+    return set()
+
+
+def topology_of(ids: Iterable[int]) -> pluginapi.TopologyInfo | None:
+    """Return a TopologyInfo with NUMA nodes ``ids`` (sorted), or None when there are none."""
+    nodes = sorted(set(ids))
+    if not nodes:
+        return None
+    return pluginapi.TopologyInfo(nodes=[pluginapi.NUMANode(ID=i) for i in nodes])
+
+
+def numa_topology(device_dir: Path, sysfs_root: Path) -> pluginapi.TopologyInfo | None:
+    """Return the NUMA nodes of the sysfs device ``device_dir`` as a TopologyInfo, or None."""
+    return topology_of(numa_ids(device_dir, sysfs_root))
