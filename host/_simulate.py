@@ -6,42 +6,37 @@ is :class:`host.testing.FakeKubelet`, in the same event loop. Every change the k
 sees becomes an event (registration, rejection, device list, disconnection, restart,
 allocation); the resources with their devices are printed as a table or JSON.
 ``--allocate`` admits a container the way kubelet does (GetPreferredAllocation first
-when offered, then Allocate) and prints the response.
+when offered, then Allocate) and prints the response. The printing, as text or JSON, lives in
+:mod:`host._simulate_output`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import functools
-import json
 import logging
-import re
 import shutil
 import signal
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from host._api import api_pb2
 from host._config import ConfigError
 from host._host import build_managers, serve_all
 from host._loader import PostAllocateHook, ScannerRecord
-from host.deviceplugin import HEALTHY, DeviceTree, Notifier
+from host._simulate_output import Event, SimulationOutput, resource_json, response_json
+from host.deviceplugin import DeviceTree, Notifier
 from host.deviceplugin._names import resource_name_error
 from host.deviceplugin._scanning import run_scan
-from host.testing import FakeKubelet, KubeletError, KubeletMode, Registration, ResourceState
+from host.testing import FakeKubelet, KubeletError, KubeletMode, Registration
 
 __all__ = ["AllocationRequest", "Event", "SimulationPlan", "parse_allocation", "simulate"]
 
 log = logging.getLogger("host.simulate")
-
-SHOWN_DEVICES = 10
-"""Devices listed per resource in the table; the rest are summed up in one line."""
 
 _WAIT_FOREVER = 3600.0  # FakeKubelet.wait_for needs a bound; the observer just waits again
 
@@ -80,63 +75,6 @@ class SimulationPlan:
     timeout: float = 10.0
     """Seconds to wait for every resource to register (and again after each restart)."""
     kubelet_mode: KubeletMode = "1.25"
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something the kubelet saw or the simulation did, at wall-clock ``time``."""
-
-    kind: str
-    message: str
-    time: float = field(default_factory=time.time)
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the event as a JSON object: time (ISO 8601, UTC), event, message, details."""
-        stamp = datetime.datetime.fromtimestamp(self.time, datetime.UTC).isoformat()
-        return {"time": stamp, "event": self.kind, "message": self.message, **self.data}
-
-    def line(self) -> str:
-        """Return the event as one line of text, local time first."""
-        stamp = datetime.datetime.fromtimestamp(self.time).strftime("%H:%M:%S.%f")[:-3]
-        return f"{stamp}  {self.message}"
-
-
-def _natural(text: str) -> list[Any]:
-    """Sort key putting ``card2`` before ``card10``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def resource_json(state: ResourceState) -> dict[str, Any]:
-    """Return one resource as kubelet sees it: counts, registrations, devices by natural ID."""
-    return {
-        "capacity": state.capacity,
-        "allocatable": state.allocatable,
-        "registrations": state.registrations,
-        "connected": state.connected,
-        "devices": [
-            {"id": dev_id, "health": device.health, "numa": list(device.numa_nodes)}
-            for dev_id, device in sorted(state.devices.items(), key=lambda item: _natural(item[0]))
-        ],
-    }
-
-
-def response_json(response: api_pb2.ContainerAllocateResponse) -> dict[str, Any]:
-    """Return an Allocate response as JSON: devices, mounts, envs, annotations, CDI devices."""
-    paths = ("host_path", "container_path")
-    return {
-        "devices": [
-            {**{key: getattr(d, key) for key in paths}, "permissions": d.permissions}
-            for d in response.devices
-        ],
-        "mounts": [
-            {**{key: getattr(m, key) for key in paths}, "read_only": m.read_only}
-            for m in response.mounts
-        ],
-        "envs": dict(sorted(response.envs.items())),
-        "annotations": dict(sorted(response.annotations.items())),
-        "cdi_devices": [device.name for device in response.cdi_devices],
-    }
 
 
 # -- watching scanners and kubelet -------------------------------------------------------
@@ -301,102 +239,6 @@ def _resource_event(name: str, old: _Seen | None, new: _Seen) -> Event | None:
     return Event("devices", f"{name}: device list: {counts}{suffix}", data=data)
 
 
-# -- output ------------------------------------------------------------------------------
-
-
-class _Output:
-    """Where results go: event lines and tables, JSON lines, or one JSON document (--once)."""
-
-    def __init__(self, write: Callable[[str], None], *, as_json: bool, once: bool) -> None:
-        self._write = write
-        self._json = as_json
-        self._once = once
-        self.events: list[Event] = []
-
-    def event(self, event: Event) -> None:
-        self.events.append(event)
-        if not self._json:
-            self._write(event.line())
-        elif not self._once:
-            self._write(json.dumps(event.to_json()))
-
-    def snapshot(self, resources: Mapping[str, Any]) -> None:
-        """Show the resources as kubelet sees them now (live mode)."""
-        if self._json:
-            self._write(json.dumps(Event("snapshot", "", data={"resources": resources}).to_json()))
-        else:
-            self._write(f"-- resources as kubelet sees them:\n{resources_table(resources)}")
-
-    def allocation(self, result: Mapping[str, Any]) -> None:
-        if not self._json and not self._once:
-            self._write(allocation_text(result))
-
-    def finish(self, document: Mapping[str, Any], elapsed: float) -> None:
-        """Print the end result: the whole document (--once) or the final state (live)."""
-        if self._json and self._once:
-            events = [event.to_json() for event in self.events]
-            self._write(json.dumps({**document, "events": events}, indent=2))
-        elif self._json:
-            self._write(json.dumps(Event("summary", "", data=document).to_json()))
-        elif self._once:
-            self._write(resources_table(document["resources"]))
-            for result in document["allocations"]:
-                self._write(allocation_text(result))
-        else:
-            self._write(f"-- after {elapsed:.1f} s:\n{resources_table(document['resources'])}")
-
-
-def resources_table(resources: Mapping[str, Mapping[str, Any]]) -> str:
-    """Return each resource's counts, then its first devices, as text."""
-    blocks = []
-    for name, resource in resources.items():
-        state = "" if resource["connected"] else "  (disconnected)"
-        lines = [
-            f"{name}  capacity {resource['capacity']}  allocatable {resource['allocatable']}  "
-            f"registrations {resource['registrations']}{state}"
-        ]
-        devices = resource["devices"]
-        rows = [("ID", "HEALTH", "NUMA")] + [
-            (d["id"], d["health"], ",".join(map(str, d["numa"])) or "-")
-            for d in devices[:SHOWN_DEVICES]
-        ]
-        widths = [max(len(row[column]) for row in rows) for column in range(2)]
-        lines += [f"    {r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}" for r in rows]
-        rest = devices[SHOWN_DEVICES:]
-        if rest:
-            healthy = sum(d["health"] == HEALTHY for d in rest)
-            health = "all Healthy" if healthy == len(rest) else f"{healthy} Healthy"
-            lines.append(f"    ... {len(rest)} more ({health})")
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) or "no resources registered"
-
-
-def allocation_text(result: Mapping[str, Any]) -> str:
-    """Return one allocation as text: the chosen devices, then each part of the response."""
-    head = f"allocate {result['resource']}={result['requested']}"
-    if result["error"] is not None:
-        return f"{head}: FAILED: {result['error']}"
-    asked = " (GetPreferredAllocation asked first)" if result["preferred_allocation"] else ""
-    response = result["response"]
-    parts = {
-        "devices": [
-            f"{d['host_path']} -> {d['container_path']} ({d['permissions'] or '-'})"
-            for d in response["devices"]
-        ],
-        "mounts": [
-            f"{m['host_path']} -> {m['container_path']}{' (ro)' if m['read_only'] else ''}"
-            for m in response["mounts"]
-        ],
-        "envs": [f"{key}={value}" for key, value in response["envs"].items()],
-        "annotations": [f"{key}={value}" for key, value in response["annotations"].items()],
-        "cdi devices": response["cdi_devices"],
-    }
-    lines = [f"{head}: {', '.join(result['devices'])}{asked}"]
-    for label, items in parts.items():
-        lines += [f"    {label if i == 0 else '':<12} {item}" for i, item in enumerate(items)]
-    return "\n".join(lines)
-
-
 # -- the simulation ----------------------------------------------------------------------
 
 
@@ -406,7 +248,7 @@ class _Simulation:
         scanners: Sequence[ScannerRecord],
         post_allocators: Sequence[PostAllocateHook],
         plan: SimulationPlan,
-        output: _Output,
+        output: SimulationOutput,
     ) -> None:
         self._records = scanners
         self._post_allocators = post_allocators
@@ -676,7 +518,7 @@ def simulate(
     cleaned up (sockets, CDI specs, the temporary directory) before the end result
     is printed.
     """
-    output = _Output(write, as_json=as_json, once=plan.once)
+    output = SimulationOutput(write, as_json=as_json, once=plan.once)
     simulation = _Simulation(scanners, post_allocators, plan, output)
     started = time.monotonic()
     # Under /tmp, short: Unix socket paths must stay under 108 bytes. Removed only after
