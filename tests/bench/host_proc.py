@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import os
 import sys
 import time
 from typing import Any
@@ -167,5 +169,18 @@ class Host:
 
 
 if __name__ == "__main__":
+    if os.environ.get("BENCH_HOST_LOG"):  # e.g. DEBUG: the host's log on stderr, monotonic ns
+        logging.basicConfig(
+            level=os.environ["BENCH_HOST_LOG"],
+            format="%(mono)d %(name)s %(levelname)s: %(message)s",
+        )
+        old_factory = logging.getLogRecordFactory()
+
+        def record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = old_factory(*args, **kwargs)
+            record.mono = time.monotonic_ns()
+            return record
+
+        logging.setLogRecordFactory(record_factory)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(Host(json.loads(sys.argv[1])).run())
