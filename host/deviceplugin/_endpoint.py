@@ -18,6 +18,7 @@ import random
 import socket
 import stat
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -189,6 +190,12 @@ class ResourceEndpoint:
             self._last_problem = message
 
     async def _start_server(self) -> None:
+        await self._serve_socket()
+        self._registered_with = self._registering_with = None
+        self._need_register = True
+
+    async def _serve_socket(self) -> None:
+        """(Re-)create our socket and serve on it; registration state is the caller's."""
         await self._stop_server()
         path = self.socket_path
         try:
@@ -220,8 +227,6 @@ class ResourceEndpoint:
         await server.start()
         self._server = server
         self._socket_id = socket_identity(path)
-        self._registered_with = self._registering_with = None
-        self._need_register = True
         log.debug("%s: serving on %s", self.service.resource_name, path)
 
     async def _stop_server(self) -> None:
@@ -249,12 +254,13 @@ class ResourceEndpoint:
             options=self.service.options,
         )
         self._need_register = False
+        self._registered_with = None  # not registered until this call succeeds
         self._registering_with = kubelet_id
         self._stream_floor = self.service.next_stream_seq
+        call = asyncio.ensure_future(self._call_register(request))
         try:
-            async with grpc.aio.insecure_channel(f"unix://{kubelet_socket}") as channel:
-                stub = api_pb2_grpc.RegistrationStub(channel)
-                await stub.Register(request, timeout=REGISTER_TIMEOUT)
+            await self._serve_while(call)
+            await call
         except grpc.aio.AioRpcError as err:
             self._need_register = True
             self._registering_with = None
@@ -272,6 +278,41 @@ class ResourceEndpoint:
             self.socket_path.name,
         )
         return True
+
+    async def _call_register(self, request: pluginapi.RegisterRequest) -> None:
+        kubelet_socket = self.watcher.kubelet_socket
+        async with grpc.aio.insecure_channel(f"unix://{kubelet_socket}") as channel:
+            stub = api_pb2_grpc.RegistrationStub(channel)
+            await stub.Register(request, timeout=REGISTER_TIMEOUT)
+
+    async def _serve_while(self, call: asyncio.Future[None]) -> None:
+        """Keep our socket served while Register is outstanding.
+
+        A kubelet that restarts unlinks every socket in the directory at start-up; if
+        our Register reaches it just after that, kubelet is dialing a path that no
+        longer exists. Re-creating the socket at once lets its dial (which retries for
+        up to 10 s) connect, instead of failing the registration after 10 s.
+        """
+        try:
+            while not call.done():
+                self._wake.clear()
+                woken: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
+                pending: set[asyncio.Future[Any]] = {call, woken}
+                try:
+                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+                if call.done() or self._socket_ok():
+                    continue
+                try:
+                    await self._serve_socket()
+                except (SocketInUseError, OSError) as exc:
+                    self._problem(str(exc))
+        except BaseException:
+            call.cancel()
+            raise
+        # Wake-ups consumed here may carry work (a new kubelet): let the loop look again.
+        self._wake.set()
 
     def _endpoint_name(self) -> str:
         # kubelet joins the endpoint with its device-plugin directory.

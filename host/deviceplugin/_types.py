@@ -58,8 +58,13 @@ def _frozen_copy(messages: Iterable[Any], kind: type[Any]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+_EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
+
+
 def _frozen_map(values: Mapping[str, str] | None, what: str) -> Mapping[str, str]:
-    result = dict(values or {})
+    if not values:
+        return _EMPTY_MAP  # shared: most devices have no envs or annotations
+    result = dict(values)
     for key, value in result.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"{what} must map str to str, got {key!r}: {value!r}")
