@@ -204,7 +204,9 @@ class TestServeAll:
         task = asyncio.create_task(serve_all([("bad", crashing), ("good", serving)], stop))
         await serving.started.wait()
         await crashing.started.wait()
-        await asyncio.sleep(0)  # let serve_all see the crash before stopping
+        async with asyncio.timeout(5):  # wait until serve_all has seen the crash
+            while "bad crashed" not in caplog.text:  # noqa: ASYNC110 - a log line is not awaitable
+                await asyncio.sleep(0.01)
         assert not task.done()
         stop.set()
         assert await task == 0
