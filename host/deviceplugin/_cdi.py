@@ -1,26 +1,20 @@
-"""CDI (Container Device Interface) specs: validation, names, and writing spec files.
+"""CDI (Container Device Interface) spec files: writing and removing them.
 
 A device may carry a CDI spec describing one CDI device. Allocate reports it to
 kubelet as ``CDIDevice{name="<kind>=<device name>"}`` and the container runtime then
 looks the name up in the spec files of the CDI directory; :class:`CdiSpecWriter`
 keeps those files in place while devices hold them.
 
-Validation follows the CDI specification and the rules of the reference Go library
-(``tags.cncf.io/container-device-interface``, ``pkg/parser`` and the default
-validator), so a spec a runtime would refuse is refused here, when the scanner builds
-the :class:`~host.deviceplugin.DeviceInfo`, instead of at container start.
+Validation and names live in :mod:`host.deviceplugin._cdi_spec`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
-import math
 import os
-import re
 import stat
 import tempfile
 import threading
@@ -28,10 +22,19 @@ from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
+from host.deviceplugin._cdi_spec import (
+    minimum_cdi_version,
+    qualified_name,
+    spec_file_name,
+    validate_cdi_spec,
+)
+
 __all__ = [
     "DEFAULT_CDI_DIR",
     "CdiSpecWriter",
+    "minimum_cdi_version",
     "qualified_name",
+    "spec_file_bytes",
     "spec_file_name",
     "validate_cdi_spec",
 ]
@@ -41,109 +44,17 @@ log = logging.getLogger("host.deviceplugin.cdi")
 DEFAULT_CDI_DIR = "/var/run/cdi"
 """Where container runtimes look for dynamically generated CDI specs."""
 
-_SEMVER = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
-# pkg/parser: vendor and class start with a letter, end with a letter or digit, and
-# hold letters, digits, '_', '-' and '.' in between. A device name may also start with
-# a digit and may hold ':'.
-_VENDOR_OR_CLASS = re.compile(r"[A-Za-z]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
-_DEVICE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?")
-_MAX_VENDOR = 253  # the spec: the kind's prefix is a DNS subdomain
-_MAX_CLASS = 63  # the spec: the kind's name segment
-_HOOK_NAMES = frozenset(
-    {"prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"}
-)
-_DEVICE_NODE_TYPES = frozenset({"", "b", "c", "u", "p"})
-_MAX_FILE_NAME = 255
 
+def spec_file_bytes(spec: Mapping[str, Any]) -> bytes:
+    """Return the bytes written for valid ``spec``: JSON with the lowest ``cdiVersion`` it needs.
 
-def validate_cdi_spec(spec: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Return a validated deep copy of CDI spec ``spec`` (plain dicts and lists).
-
-    The copy is read-only by convention: it is what the device carries and what is
-    written to disk, so never mutate it. Requirements:
-
-    * JSON-serialisable: dicts with ``str`` keys, lists, strings, finite numbers,
-      booleans and None (tuples become lists);
-    * ``cdiVersion``: a semantic version string such as ``"0.5.0"``;
-    * ``kind``: ``<vendor>/<class>``; vendor (at most 253 characters) and class (at
-      most 63) start with a letter, end with a letter or digit, and hold letters,
-      digits, ``_``, ``-`` and ``.``;
-    * ``devices``: exactly one entry (one spec describes one device), whose ``name``
-      starts and ends with a letter or digit and holds letters, digits, ``_``,
-      ``-``, ``.`` and ``:``, and whose ``containerEdits`` is a mapping with at least
-      one edit: container runtimes reject a CDI device without edits;
-    * edits (the device's and the optional top-level ``containerEdits``): ``env``
-      entries ``NAME=value``; ``deviceNodes`` with a ``path``, a valid ``type`` and
-      ``permissions`` made of ``r``, ``w``, ``m``; ``mounts`` with ``hostPath`` and
-      ``containerPath``; ``hooks`` with a known ``hookName`` and a ``path``.
-
-    Raises ValueError naming the field and the offending value.
+    The scanner's version is replaced by :func:`minimum_cdi_version` of the fields
+    used, so runtimes built with an older CDI library still read the file (a version
+    they do not know makes them refuse it).
     """
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"CDI spec must be a mapping, got {type(spec).__name__}: {spec!r}")
-    result: dict[str, Any] = _json_copy(spec, "CDI spec")
-
-    version = result.get("cdiVersion")
-    if not isinstance(version, str) or not _SEMVER.fullmatch(version):
-        raise ValueError(
-            f"CDI spec: cdiVersion must be a version string like '0.5.0', got {version!r}"
-        )
-    kind = result.get("kind")
-    vendor, class_ = _split_kind(kind)
-    _check_name(vendor, _VENDOR_OR_CLASS, _MAX_VENDOR, f"kind {kind!r}: vendor", "letter")
-    _check_name(class_, _VENDOR_OR_CLASS, _MAX_CLASS, f"kind {kind!r}: class", "letter")
-
-    devices = result.get("devices")
-    if not isinstance(devices, list) or len(devices) != 1:
-        count = len(devices) if isinstance(devices, list) else "no list"
-        raise ValueError(
-            f"CDI spec {kind!r}: devices must be a list with exactly one device, got {count}"
-        )
-    device = devices[0]
-    if not isinstance(device, dict):
-        raise ValueError(f"CDI spec {kind!r}: devices[0] must be a mapping, got {device!r}")
-    name = device.get("name")
-    _check_name(name, _DEVICE_NAME, None, f"CDI spec {kind!r}: device name", "letter or digit")
-    where = f"CDI device '{kind}={name}'"
-    edits = device.get("containerEdits")
-    if not isinstance(edits, dict) or not any(edits.values()):
-        raise ValueError(
-            f"{where}: containerEdits must be a mapping with at least one edit "
-            f"(env, deviceNodes, mounts, hooks, ...), got {edits!r}"
-        )
-    _check_edits(edits, f"{where}: containerEdits")
-    if "containerEdits" in result:
-        top = result["containerEdits"]
-        if not isinstance(top, dict):
-            raise ValueError(f"CDI spec {kind!r}: containerEdits must be a mapping, got {top!r}")
-        _check_edits(top, f"CDI spec {kind!r}: containerEdits")
-    return result
-
-
-def qualified_name(spec: Mapping[str, Any]) -> str:
-    """Return the fully-qualified CDI device name ``<vendor>/<class>=<device name>``.
-
-    This is what Allocate reports as ``CDIDevice.name``. ``spec`` must be valid.
-    """
-    return f"{spec['kind']}={spec['devices'][0]['name']}"
-
-
-def spec_file_name(spec: Mapping[str, Any]) -> str:
-    """Return the file name of ``spec`` in the CDI directory: ``<vendor>-<class>-<name>.json``.
-
-    Distinct qualified names give distinct file names: a ``-`` inside a part is
-    doubled (``card0-0`` becomes ``card0--0``), and no part starts or ends with
-    ``-``, so a single ``-`` is always a separator. A name too long for the file
-    system is shortened and suffixed with ``@`` and a hash of the qualified name (``@``
-    never occurs otherwise). ``spec`` must be valid.
-    """
-    vendor, class_ = spec["kind"].split("/", 1)
-    parts = (vendor, class_, spec["devices"][0]["name"])
-    name = "-".join(part.replace("-", "--") for part in parts) + ".json"
-    if len(name.encode()) <= _MAX_FILE_NAME:
-        return name
-    digest = hashlib.sha256(qualified_name(spec).encode()).hexdigest()[:32]
-    return f"{name[:200]}@{digest}.json"
+    data = dict(spec)
+    data["cdiVersion"] = minimum_cdi_version(spec)
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
 class CdiSpecWriter:
@@ -252,7 +163,7 @@ class CdiSpecWriter:
 
     def _write(self, spec: Mapping[str, Any]) -> Path:
         path = self.path_for(spec)
-        data = (json.dumps(spec, indent=2, sort_keys=True) + "\n").encode()
+        data = spec_file_bytes(spec)
         try:
             current = os.lstat(path)
         except FileNotFoundError:
@@ -340,108 +251,3 @@ def _read_bytes(path: Path) -> bytes | None:
         return path.read_bytes()
     except OSError:
         return None
-
-
-def _split_kind(kind: object) -> tuple[str, str]:
-    if not isinstance(kind, str) or kind.count("/") != 1:
-        raise ValueError(
-            f"CDI spec: kind must be '<vendor>/<class>' (e.g. 'example.com/gpu'), got {kind!r}"
-        )
-    vendor, class_ = kind.split("/")
-    return vendor, class_
-
-
-def _check_name(
-    value: object, pattern: re.Pattern[str], max_len: int | None, what: str, first: str
-) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
-    if max_len is not None and len(value) > max_len:
-        raise ValueError(f"{what} {value!r} is {len(value)} characters long, at most {max_len}")
-    if not pattern.fullmatch(value):
-        allowed = "letters, digits, '_', '-', '.'" + (", ':'" if pattern is _DEVICE_NAME else "")
-        raise ValueError(
-            f"{what} {value!r} is invalid: it must start with a {first}, end with a letter "
-            f"or digit, and contain only {allowed}"
-        )
-
-
-def _check_edits(edits: Mapping[str, Any], where: str) -> None:
-    """Apply the default validator's checks on container edits (Go's validateEdits)."""
-    for env in _list_field(edits, "env", where):
-        if not isinstance(env, str) or env.find("=") <= 0:
-            raise ValueError(f"{where}: env entry must be 'NAME=value', got {env!r}")
-    for node in _list_field(edits, "deviceNodes", where, of_mappings=True):
-        path = node.get("path")
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"{where}: deviceNodes entry needs a non-empty path, got {node!r}")
-        if node.get("type", "") not in _DEVICE_NODE_TYPES:
-            raise ValueError(
-                f"{where}: device node {path!r}: type must be one of b, c, u, p, "
-                f"got {node['type']!r}"
-            )
-        permissions = node.get("permissions", "")
-        if not isinstance(permissions, str) or set(permissions) - set("rwm"):
-            raise ValueError(
-                f"{where}: device node {path!r}: permissions must combine 'r', 'w' and 'm', "
-                f"got {permissions!r}"
-            )
-    for mount in _list_field(edits, "mounts", where, of_mappings=True):
-        for key in ("hostPath", "containerPath"):
-            value = mount.get(key)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{where}: mounts entry needs a non-empty {key}, got {mount!r}")
-    for hook in _list_field(edits, "hooks", where, of_mappings=True):
-        hook_name = hook.get("hookName")
-        if hook_name not in _HOOK_NAMES:
-            raise ValueError(
-                f"{where}: hookName must be one of {', '.join(sorted(_HOOK_NAMES))}, "
-                f"got {hook_name!r}"
-            )
-        path = hook.get("path")
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"{where}: hook {hook_name!r} needs a non-empty path, got {path!r}")
-
-
-def _list_field(
-    edits: Mapping[str, Any], key: str, where: str, *, of_mappings: bool = False
-) -> list[Any]:
-    value = edits.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ValueError(f"{where}: {key} must be a list, got {value!r}")
-    if of_mappings:
-        for item in value:
-            if not isinstance(item, dict):
-                raise ValueError(f"{where}: {key} entries must be mappings, got {item!r}")
-    return value
-
-
-def _json_copy(value: Any, where: str) -> Any:
-    """Deep-copy ``value`` into plain JSON data, rejecting what JSON cannot hold faithfully.
-
-    Mappings become dicts (their keys must be strings: ``json.dumps`` would silently
-    turn ``1`` into ``"1"``), tuples become lists, subclasses of str/int/float become
-    the base type; NaN and infinities are refused.
-    """
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{where} is not JSON-serialisable: {value!r}")
-        return float(value)
-    if isinstance(value, Mapping):
-        result = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"{where} is not JSON-serialisable: key {key!r} is not a string")
-            result[str(key)] = _json_copy(item, f"{where}.{key}")
-        return result
-    if isinstance(value, list | tuple):
-        return [_json_copy(item, f"{where}[{index}]") for index, item in enumerate(value)]
-    raise ValueError(f"{where} is not JSON-serialisable: {type(value).__name__} value {value!r}")

@@ -109,7 +109,7 @@ class DeviceInfo:
                 raise TypeError(f"topology must be a TopologyInfo, got {self.topology!r}")
             set_(self, "topology", _frozen_copy([self.topology], pluginapi.TopologyInfo)[0])
         if self.cdi_spec is not None:
-            from host.deviceplugin._cdi import validate_cdi_spec
+            from host.deviceplugin._cdi_spec import validate_cdi_spec
 
             set_(self, "cdi_spec", validate_cdi_spec(self.cdi_spec))
 

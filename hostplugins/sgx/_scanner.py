@@ -37,7 +37,7 @@ REGISTRATION = "registration"
 CDI_KIND = "intel.cdi.k8s.io/sgx"
 
 EFIVARFS_CDI_SPEC: dict[str, Any] = {
-    "cdiVersion": "0.5.0",
+    "cdiVersion": "0.4.0",  # the lowest that has a mount type: what the file carries
     "kind": CDI_KIND,
     "devices": [
         {

@@ -128,7 +128,7 @@ class TestDiscovery:
         assert node_paths(tree, "registration", "registration-1") == both
         assert tree["qe"]["qe-1"].cdi_spec is None
         assert tree["registration"]["registration-1"].cdi_spec == {
-            "cdiVersion": "0.5.0",
+            "cdiVersion": "0.4.0",
             "kind": "intel.cdi.k8s.io/sgx",
             "devices": [
                 {
