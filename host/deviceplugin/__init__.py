@@ -8,6 +8,7 @@ registers each with kubelet and keeps them registered.
 from __future__ import annotations
 
 from host._api import api_pb2 as pluginapi
+from host.deviceplugin._attributes import SemVer
 from host.deviceplugin._manager import DEFAULT_CDI_DIR, DEFAULT_PLUGIN_DIR, Manager, ResourceStatus
 from host.deviceplugin._types import (
     HEALTHY,
@@ -47,6 +48,7 @@ __all__ = [
     "PreferredAllocator",
     "ResourceStatus",
     "Scanner",
+    "SemVer",
     "TopologyInfo",
     "UseDefaultMethodError",
     "pluginapi",

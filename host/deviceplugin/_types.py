@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from host._api import api_pb2 as pluginapi
+from host.deviceplugin._attributes import AttributeValue, frozen_attributes, frozen_capacity
 
 __all__ = [
     "HEALTHY",
@@ -84,6 +85,9 @@ class DeviceInfo:
     ``topology`` is given directly; :meth:`with_topology` reads it from sysfs instead
     (the Go ``NewDeviceInfo``). ``cdi_spec`` is a CDI spec (JSON-like dict with
     ``cdiVersion``, ``kind`` and exactly one entry in ``devices``).
+    ``attributes`` (name -> str/int/bool/:class:`SemVer`) and ``capacity`` (name ->
+    quantity string) are published only by a DRA driver; names are ``[<domain>/]<C
+    identifier>`` (domain <= 63, identifier <= 32), string values <= 64 characters.
     """
 
     state: str = HEALTHY
@@ -93,6 +97,8 @@ class DeviceInfo:
     annotations: Mapping[str, str] = field(default_factory=dict)
     topology: pluginapi.TopologyInfo | None = None
     cdi_spec: Mapping[str, Any] | None = None
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    capacity: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.state not in (HEALTHY, UNHEALTHY):
@@ -112,6 +118,8 @@ class DeviceInfo:
             from host.deviceplugin._cdi_spec import validate_cdi_spec
 
             set_(self, "cdi_spec", validate_cdi_spec(self.cdi_spec))
+        set_(self, "attributes", frozen_attributes(self.attributes))
+        set_(self, "capacity", frozen_capacity(self.capacity))
 
     # Protobuf messages are unhashable; a DeviceInfo is compared, never hashed.
     __hash__ = None  # type: ignore[assignment]

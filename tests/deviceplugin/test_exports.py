@@ -28,6 +28,7 @@ class TestPublicNames:
                 "PreferredAllocator",
                 "ResourceStatus",
                 "Scanner",
+                "SemVer",
                 "TopologyInfo",
                 "UseDefaultMethodError",
                 "pluginapi",
