@@ -13,6 +13,11 @@ The pytest plugin is opt-in: put ``pytest_plugins = ["host.testing"]`` in your t
 ``fake_sysfs``
     ``fake_sysfs(spec) -> Path``: a tree built by :func:`build_tree` (a
     :class:`FakeSysfsFactory`);
+``apiserver``
+    a started :class:`FakeApiServer` (a fake Kubernetes API server on 127.0.0.1 for
+    the DRA side: ResourceSlices, Nodes, ResourceClaims), stopped at teardown;
+``apiserver_kubeconfig``
+    a kubeconfig file pointing at ``apiserver``;
 ``run_host``
     ``await run_host(enable=[...], options={...}, ...) -> HostHandle``: the host started
     in-process against ``kubelet``, as ``devplugin-host run`` would, stopped at teardown
@@ -40,6 +45,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from host.testing._apiserver import ApiRequest, FakeApiServer, OutageMode, write_kubeconfig
 from host.testing._kubelet import FakeKubelet
 from host.testing._kubelet_types import (
     Allocation,
@@ -53,6 +59,7 @@ from host.testing._kubelet_types import (
 from host.testing._sysfs import FakeSysfs, Symlink, build_tree
 
 if TYPE_CHECKING:
+    from host.testing._apiserver_fixtures import apiserver, apiserver_kubeconfig
     from host.testing._fixtures import (
         FakeSysfsFactory,
         HostHandle,
@@ -65,39 +72,47 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Allocation",
+    "ApiRequest",
     "DeviceState",
+    "FakeApiServer",
     "FakeKubelet",
     "FakeSysfs",
     "FakeSysfsFactory",
     "HostHandle",
     "KubeletError",
     "KubeletMode",
+    "OutageMode",
     "Registration",
     "Rejection",
     "ResourceState",
     "RunHost",
     "Symlink",
+    "apiserver",
+    "apiserver_kubeconfig",
     "build_tree",
     "fake_sysfs",
     "kubelet",
     "run_host",
     "start_host",
+    "write_kubeconfig",
 ]
 
-pytest_plugins = ["host.testing._fixtures"]
+pytest_plugins = ["host.testing._fixtures", "host.testing._apiserver_fixtures"]
 """Read by pytest when this package is a plugin: the fixtures come from that submodule."""
 
 _FIXTURE_NAMES = frozenset(
     {"FakeSysfsFactory", "HostHandle", "RunHost", "fake_sysfs", "kubelet", "run_host", "start_host"}
 )
+_APISERVER_FIXTURE_NAMES = frozenset({"apiserver", "apiserver_kubeconfig"})
 
 
 def __getattr__(name: str) -> Any:
     # Loaded on first use, so `import host.testing` works without pytest installed.
-    if name not in _FIXTURE_NAMES:
+    if name not in _FIXTURE_NAMES | _APISERVER_FIXTURE_NAMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = "_apiserver_fixtures" if name in _APISERVER_FIXTURE_NAMES else "_fixtures"
     try:
-        fixtures = importlib.import_module("host.testing._fixtures")
+        fixtures = importlib.import_module(f"host.testing.{module}")
     except ImportError as exc:
         raise ImportError(
             f"host.testing.{name} needs pytest and pytest-asyncio ({exc}); install them, "

@@ -104,23 +104,29 @@ class TestPublicSurface:
         """host.testing exports the fake kubelet, the tree builders and the fixtures."""
         assert host.testing.__all__ == [
             "Allocation",
+            "ApiRequest",
             "DeviceState",
+            "FakeApiServer",
             "FakeKubelet",
             "FakeSysfs",
             "FakeSysfsFactory",
             "HostHandle",
             "KubeletError",
             "KubeletMode",
+            "OutageMode",
             "Registration",
             "Rejection",
             "ResourceState",
             "RunHost",
             "Symlink",
+            "apiserver",
+            "apiserver_kubeconfig",
             "build_tree",
             "fake_sysfs",
             "kubelet",
             "run_host",
             "start_host",
+            "write_kubeconfig",
         ]
 
     def test_every_name_resolves(self) -> None:
