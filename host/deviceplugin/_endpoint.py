@@ -41,6 +41,18 @@ API_VERSION = "v1beta1"
 REGISTER_TIMEOUT = 15.0
 """Kubelet dials back for up to 10 s inside Register; allow for that plus the options call."""
 SERVER_STOP_GRACE = 0.2
+REGISTER_CHANNEL_OPTIONS = (
+    # gRPC shares subchannels between channels to the same target: a fresh channel
+    # would inherit the reconnect backoff (1 s, then more) of an earlier attempt that
+    # found kubelet.sock not yet listening, delaying the registration with a kubelet
+    # that has just come up. A pool of our own and short backoffs keep each attempt
+    # independent; the endpoint's own backoff paces the retries.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+"""Options of the channel each Register call dials."""
 
 
 class SocketInUseError(RuntimeError):
@@ -281,7 +293,9 @@ class ResourceEndpoint:
 
     async def _call_register(self, request: pluginapi.RegisterRequest) -> None:
         kubelet_socket = self.watcher.kubelet_socket
-        async with grpc.aio.insecure_channel(f"unix://{kubelet_socket}") as channel:
+        async with grpc.aio.insecure_channel(
+            f"unix://{kubelet_socket}", options=REGISTER_CHANNEL_OPTIONS
+        ) as channel:
             stub = api_pb2_grpc.RegistrationStub(channel)
             await stub.Register(request, timeout=REGISTER_TIMEOUT)
 
