@@ -1,6 +1,8 @@
 """Pytest fixtures for the fake API server: ``apiserver`` and ``apiserver_kubeconfig``.
 
 Loaded by the :mod:`host.testing` pytest plugin, like the kubelet fixtures.
+
+PYTEST_DONT_REWRITE: as :mod:`host.testing`, importable before the plugin is loaded.
 """
 
 from __future__ import annotations
