@@ -10,7 +10,7 @@ from pathlib import Path
 
 from host.deviceplugin import DeviceSpec, pluginapi
 from hostplugins._options import as_bool, as_int, as_seconds, plugin_error
-from hostplugins._scanloop import PeriodicScanner, add_problem
+from hostplugins._scanloop import PeriodicScanner, add_problem, no_hardware
 from hostplugins._sysfs import natural_key, numa_topology, read_attr
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "as_seconds",
     "device_spec",
     "natural_key",
+    "no_hardware",
     "numa_topology",
     "plugin_error",
     "read_attr",

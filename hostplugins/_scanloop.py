@@ -13,15 +13,35 @@ import logging
 
 from host.deviceplugin import DeviceTree, Notifier
 
-__all__ = ["PeriodicScanner", "Problems", "add_problem"]
+__all__ = ["NoHardware", "PeriodicScanner", "Problems", "add_problem", "no_hardware"]
+
+
+class NoHardware(str):
+    """A scan's note that the node has no such hardware (no driver, no class directory).
+
+    Not a problem: the tree is empty and the note is logged once at INFO, where a
+    problem is logged at WARNING. Every built-in plugin reports a missing driver so.
+    """
 
 
 def add_problem(problems: list[str] | None, message: str, logger: logging.Logger) -> None:
-    """Append ``message`` to ``problems``, or log it as a warning when there is no list."""
+    """Append ``message`` to ``problems``, or log it (at the level it deserves) if no list."""
     if problems is None:
-        logger.warning("%s", message)
+        _log_problem(logger, message)
     else:
         problems.append(message)
+
+
+def no_hardware(problems: list[str] | None, message: str, logger: logging.Logger) -> None:
+    """Report that the node has no such hardware: logged once at INFO, never a warning."""
+    add_problem(problems, NoHardware(message), logger)
+
+
+def _log_problem(logger: logging.Logger, message: str) -> None:
+    if isinstance(message, NoHardware):
+        logger.info("%s; no devices", message)
+    else:
+        logger.warning("%s", message)
 
 
 class Problems:
@@ -91,7 +111,7 @@ class PeriodicScanner(abc.ABC):
         """Log each problem when it first appears, not on every scan."""
         for message in problems:
             if message not in self._reported:
-                self._log.warning("%s", message)
+                _log_problem(self._log, message)
         self._reported = set(problems)
 
     def _log_counts(self, tree: DeviceTree, namespace: str) -> None:

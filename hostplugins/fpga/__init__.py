@@ -55,8 +55,8 @@ def devplugin_options() -> list[Option]:
 def devplugin_scanners(config: PluginConfig) -> list[tuple[str, FpgaScanner]]:
     """Register one FPGA scanner under ``fpga.intel.com``.
 
-    Invalid options raise ConfigError; no FPGA driver's sysfs class directory raises
-    :class:`FpgaDriverNotLoadedError` naming the directories looked for.
+    Invalid options raise ConfigError. A node without an FPGA driver is no error: the
+    scanner reports no devices until the driver's sysfs class directory appears.
     """
     settings = FpgaSettings.from_options(config.options)
     scanner = FpgaScanner(settings, sysfs_root=config.sysfs_root, devfs_root=config.devfs_root)

@@ -88,7 +88,7 @@ def detect_backend(sysfs_root: Path) -> Backend:
     raise FpgaDriverNotLoadedError(
         "no FPGA kernel driver is loaded: neither "
         f"{sysfs_root / OPAE.class_dir} (OPAE driver) nor {sysfs_root / DFL.class_dir} "
-        "(DFL driver) exists; load the driver or check --sysfs-root"
+        "(DFL driver) exists"
     )
 
 

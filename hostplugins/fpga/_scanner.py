@@ -14,6 +14,7 @@ the device Unhealthy.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,15 @@ from host.deviceplugin import (
     DeviceTree,
     pluginapi,
 )
-from hostplugins._scanloop import PeriodicScanner
+from hostplugins._scanloop import NoHardware, PeriodicScanner
 from hostplugins._sysfs import numa_ids, topology_of
-from hostplugins.fpga._backends import Backend, Region, detect_backend, read_regions
+from hostplugins.fpga._backends import (
+    Backend,
+    FpgaDriverNotLoadedError,
+    Region,
+    detect_backend,
+    read_regions,
+)
 from hostplugins.fpga._options import FpgaSettings
 
 __all__ = [
@@ -167,8 +174,9 @@ def scan_once(
 class FpgaScanner(PeriodicScanner):
     """Scans FPGAs every ``settings.scan_interval`` seconds and on :meth:`rescan`.
 
-    The backend is detected at construction (:class:`FpgaDriverNotLoadedError` when
-    neither driver's class directory exists) unless given. Implements the
+    The backend is detected at construction unless given; while neither driver's
+    class directory exists the node has no FPGAs: empty trees, noted once at INFO,
+    and every scan looks again (the driver may be loaded later). Implements the
     framework's Scanner and PostAllocator protocols.
     """
 
@@ -183,11 +191,23 @@ class FpgaScanner(PeriodicScanner):
         self.settings = settings or FpgaSettings()
         self.sysfs_root = Path(sysfs_root)
         self.devfs_root = Path(devfs_root)
-        self.backend = backend or detect_backend(self.sysfs_root)
-        super().__init__(interval=self.settings.scan_interval, logger=log)
+        self.backend: Backend | None = backend
+        if backend is None:
+            with contextlib.suppress(FpgaDriverNotLoadedError):
+                self.backend = detect_backend(self.sysfs_root)
+        super().__init__(interval=self.settings.scan_interval, logger=log, namespace=NAMESPACE)
 
     def scan_once(self, problems: list[str] | None = None) -> DeviceTree:
         """Scan once with this scanner's settings (see :func:`scan_once`)."""
+        if self.backend is None:
+            try:
+                self.backend = detect_backend(self.sysfs_root)
+            except FpgaDriverNotLoadedError as err:
+                if problems is None:
+                    log.info("%s; no devices", err)
+                else:
+                    problems.append(NoHardware(str(err)))
+                return DeviceTree()
         return scan_once(
             self.settings,
             self.backend,

@@ -89,6 +89,12 @@ class GenericScanner:
             tree, status = await asyncio.to_thread(self._scan)
             _log_changes(previous_status, status)
             previous_status = status
+            if previous is None and not tree:
+                log.info(
+                    "plugin 'generic': none of the configured device nodes exists under %s; "
+                    "no devices",
+                    self.devfs_root,
+                )
             if previous is None or tree != previous:
                 notifier.notify(tree)
                 previous = tree

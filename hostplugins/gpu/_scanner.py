@@ -25,7 +25,7 @@ from host.deviceplugin import (
     Mount,
     pluginapi,
 )
-from hostplugins._scanloop import PeriodicScanner, Problems
+from hostplugins._scanloop import NoHardware, PeriodicScanner, Problems
 from hostplugins._sysfs import natural_key, numa_topology, read_attr
 from hostplugins.gpu._options import GpuSettings
 from hostplugins.gpu._policies import POLICIES, preferred_allocation
@@ -252,6 +252,9 @@ def scan_once(
     tree = DeviceTree()
     try:
         names = sorted((n for n in os.listdir(drm_dir) if _CARD.fullmatch(n)), key=natural_key)
+    except FileNotFoundError:
+        found.add(NoHardware(f"no DRM driver loaded ({drm_dir} does not exist)"))
+        return tree
     except OSError as err:
         found.add(f"cannot list GPU cards in {drm_dir}: {err.strerror}")
         return tree
@@ -316,7 +319,9 @@ class GpuScanner(PeriodicScanner):
         self.devfs_root = Path(devfs_root)
         self.health_source = health_source
         self._policy = POLICIES[self.settings.allocation_policy]
-        super().__init__(interval=self.settings.scan_interval, logger=log)
+        super().__init__(
+            interval=self.settings.scan_interval, logger=log, namespace="gpu.intel.com"
+        )
 
     def scan_once(self, problems: list[str] | None = None) -> DeviceTree:
         """Scan once with this scanner's settings (see :func:`scan_once`)."""

@@ -44,8 +44,10 @@ class PeriodicScanner(_scanloop.PeriodicScanner):
     every scan.
     """
 
-    def __init__(self, scan_interval: float, log: logging.Logger) -> None:
-        super().__init__(interval=scan_interval, logger=log)
+    def __init__(
+        self, scan_interval: float, log: logging.Logger, namespace: str | None = None
+    ) -> None:
+        super().__init__(interval=scan_interval, logger=log, namespace=namespace)
 
     @property
     def scan_interval(self) -> float:

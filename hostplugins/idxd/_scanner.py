@@ -175,7 +175,9 @@ class IdxdScanner(PeriodicScanner):
         self.devfs_root = Path(devfs_root)
         self.node_lookup = node_lookup
         super().__init__(
-            self.settings.scan_interval, logging.getLogger(f"hostplugins.{kind.plugin}")
+            self.settings.scan_interval,
+            logging.getLogger(f"hostplugins.{kind.plugin}"),
+            namespace=kind.namespace,
         )
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ from hostplugins._common import (
     add_problem,
     device_spec,
     natural_key,
+    no_hardware,
     numa_topology,
     read_attr,
 )
@@ -64,6 +65,9 @@ def scan_once(
     tree = DeviceTree()
     try:
         names = sorted((n for n in os.listdir(class_dir) if _ACCEL.fullmatch(n)), key=natural_key)
+    except FileNotFoundError:
+        no_hardware(problems, f"no accel driver loaded ({class_dir} does not exist)", log)
+        return tree
     except OSError as err:
         add_problem(problems, f"cannot list NPUs in {class_dir}: {err.strerror}", log)
         return tree

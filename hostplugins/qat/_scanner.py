@@ -202,7 +202,9 @@ class QatScanner(PeriodicScanner):
         self.devfs_root = Path(devfs_root)
         self.debugfs_root = Path(debugfs_root) if debugfs_root is not None else None
         self._policy = POLICIES[self.settings.allocation_policy]
-        super().__init__(interval=self.settings.scan_interval, logger=log)
+        super().__init__(
+            interval=self.settings.scan_interval, logger=log, namespace="qat.intel.com"
+        )
 
     def __repr__(self) -> str:
         return f"QatScanner(sysfs_root={str(self.sysfs_root)!r})"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from host.deviceplugin import HEALTHY, DeviceInfo, DeviceTree
-from hostplugins._common import PeriodicScanner, add_problem, device_spec
+from hostplugins._common import PeriodicScanner, add_problem, device_spec, no_hardware
 from hostplugins.sgx._options import SgxSettings
 
 __all__ = [
@@ -82,6 +82,9 @@ def scan_once(
         try:
             os.stat(node)
         except OSError as err:
+            if node == enclave and isinstance(err, FileNotFoundError):
+                no_hardware(problems, f"no SGX on this node ({node} does not exist)", log)
+                return tree
             add_problem(problems, f"SGX node {node}: {err.strerror}; no SGX resources", log)
             return tree
     enclave_info = DeviceInfo(state=HEALTHY, nodes=(device_spec(enclave),))

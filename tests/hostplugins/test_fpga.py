@@ -16,6 +16,7 @@ from host import ConfigError, PluginConfig
 from host.cli import main as cli
 from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceTree, pluginapi
 from host.deviceplugin._names import validate_resource_name
+from hostplugins._scanloop import NoHardware
 from hostplugins.fpga import (
     DFL,
     OPAE,
@@ -103,11 +104,26 @@ class TestBackendSelection:
         assert str(tmp_path / "sys/class/fpga") in message
         assert str(tmp_path / "sys/class/fpga_region") in message
 
-    def test_hook_raises_it_too(self, tmp_path: Path) -> None:
-        """devplugin_scanners fails with that error (the host reports the plugin)."""
+    def test_no_driver_means_no_devices_not_a_failure(self, tmp_path: Path) -> None:
+        """The hook succeeds without a driver; its scanner reports an empty tree, no problem."""
         config = PluginConfig(name="fpga", sysfs_root=tmp_path / "sys", devfs_root=tmp_path)
-        with pytest.raises(FpgaDriverNotLoadedError):
-            fpga.devplugin_scanners(config=config)
+        [(namespace, scanner)] = fpga.devplugin_scanners(config=config)
+        problems: list[str] = []
+        assert namespace == "fpga.intel.com"
+        assert len(scanner.scan_once(problems)) == 0
+        assert [type(p) for p in problems] == [NoHardware]
+        assert "no FPGA kernel driver is loaded" in problems[0]
+
+    def test_driver_loaded_later_is_found(self, tmp_path: Path) -> None:
+        """Each scan looks for the driver again until one appears."""
+        config = PluginConfig(name="fpga", sysfs_root=tmp_path / "sys", devfs_root=tmp_path)
+        [(_, scanner)] = fpga.devplugin_scanners(config=config)
+        scanner.scan_once([])
+        (tmp_path / "sys/class/fpga_region").mkdir(parents=True)
+        problems: list[str] = []
+        assert len(scanner.scan_once(problems)) == 0
+        assert scanner.backend is DFL
+        assert problems == []
 
     def test_class_dir_gone_after_start_gives_an_empty_tree(self, tmp_path: Path) -> None:
         """No sysfs directory to scan (driver unloaded): empty tree, a problem, no error."""
@@ -471,10 +487,15 @@ class TestCommandLine:
             str(tmp_path / "dev/dfl-port.1"),
         ]
 
-    def test_scan_without_fpga_driver_fails_naming_the_paths(self, tmp_path: Path) -> None:
-        """No FPGA class directory: the plugin is reported with the paths, exit status 1."""
+    def test_scan_without_fpga_driver_finds_no_devices(self, tmp_path: Path) -> None:
+        """No FPGA class directory: no devices, exit status 0, the paths logged at INFO."""
         result = CliRunner().invoke(
             cli, ["scan", "--enable", "fpga", "--sysfs-root", str(tmp_path / "sys"), "--json"]
         )
-        assert result.exit_code == 1
-        assert str(tmp_path / "sys/class/fpga_region") in result.output
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == {}
+        assert "WARNING" not in result.stderr
+        assert "ERROR" not in result.stderr
+        [line] = [line for line in result.stderr.splitlines() if "fpga_region" in line]
+        assert " INFO " in line
+        assert str(tmp_path / "sys/class/fpga_region") in line

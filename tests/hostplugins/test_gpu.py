@@ -17,6 +17,7 @@ from host import ConfigError, PluginConfig
 from host.cli import main as cli
 from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceTree, pluginapi
 from host.deviceplugin._names import validate_resource_name
+from hostplugins._scanloop import NoHardware
 from hostplugins.gpu import GpuCard, GpuScanner, GpuSettings, scan_once
 from hostplugins.gpu._options import OPTIONS
 from hostplugins.gpu._policies import balanced_policy, none_policy, packed_policy
@@ -161,13 +162,12 @@ class TestDiscovery:
         assert ids(scan(tmp_path)) == {"i915": ["card0-0"]}
 
     def test_no_drm_class_gives_an_empty_tree(self, tmp_path: Path) -> None:
-        """No /sys/class/drm (no GPU driver): an empty tree and a problem, no exception."""
+        """No /sys/class/drm (no GPU driver): an empty tree and a no-hardware note, no error."""
         problems: list[str] = []
         tree = scan(tmp_path, problems=problems)
         assert len(tree) == 0
-        assert problems == [
-            f"cannot list GPU cards in {tmp_path / 'sys/class/drm'}: No such file or directory"
-        ]
+        assert problems == [f"no DRM driver loaded ({tmp_path / 'sys/class/drm'} does not exist)"]
+        assert isinstance(problems[0], NoHardware)
 
     def test_shares(self, tmp_path: Path) -> None:
         """``shared-dev-num`` N gives IDs cardX-0..N-1, all describing the same card."""

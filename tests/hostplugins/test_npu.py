@@ -20,6 +20,7 @@ from host.deviceplugin import HEALTHY, DeviceTree, Manager
 from host.deviceplugin._names import validate_resource_name
 from host.testing import FakeKubelet
 from host.testing._sysfs import Symlink, build_tree
+from hostplugins._scanloop import NoHardware
 from hostplugins.npu import NPU_DEVICE_IDS, NpuScanner, NpuSettings, scan_once
 from tests.hostplugins.harness import ids, scanning
 
@@ -133,12 +134,12 @@ class TestDiscovery:
         ]
 
     def test_no_accel_class_gives_an_empty_tree_and_a_problem(self, tmp_path: Path) -> None:
-        """No /sys/class/accel (no accel driver): an empty tree, no exception."""
+        """No /sys/class/accel (no accel driver): an empty tree and a no-hardware note."""
         problems: list[str] = []
         assert len(scan(tmp_path, problems=problems)) == 0
-        assert problems == [
-            f"cannot list NPUs in {tmp_path / 'sys/class/accel'}: No such file or directory"
-        ]
+        class_dir = tmp_path / "sys/class/accel"
+        assert problems == [f"no accel driver loaded ({class_dir} does not exist)"]
+        assert isinstance(problems[0], NoHardware)
 
     def test_empty_accel_class_gives_an_empty_tree_quietly(self, tmp_path: Path) -> None:
         """An accel driver without devices is no problem."""
@@ -150,10 +151,12 @@ class TestDiscovery:
     def test_problems_are_logged_without_a_list(
         self, tmp_path: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """Called without ``problems``, scan_once logs them as warnings."""
-        with caplog.at_level(logging.WARNING, logger="hostplugins.npu"):
+        """Called without ``problems``, scan_once logs them: no driver at INFO, not WARNING."""
+        with caplog.at_level(logging.INFO, logger="hostplugins.npu"):
             scan(tmp_path)
-        assert "cannot list NPUs" in caplog.text
+        assert [(r.levelname, "no accel driver loaded" in r.message) for r in caplog.records] == [
+            ("INFO", True)
+        ]
 
     def test_shares(self, tmp_path: Path) -> None:
         """``shared-dev-num`` N gives IDs accelX-0..N-1, all describing the same NPU."""

@@ -19,6 +19,7 @@ from host.cli import main as cli
 from host.deviceplugin import HEALTHY, DeviceTree, Manager
 from host.deviceplugin._names import validate_resource_name
 from host.testing import FakeKubelet
+from hostplugins._scanloop import NoHardware
 from hostplugins.sgx import (
     DEFAULT_POD_COUNT,
     EFIVARFS_CDI_SPEC,
@@ -84,9 +85,13 @@ class TestDiscovery:
         problems: list[str] = []
         tree = scan(devfs, settings(dcap_infra_resources=True), problems=problems)
         assert len(tree) == 0
-        assert problems == [
-            f"SGX node {devfs / missing}: No such file or directory; no SGX resources"
-        ]
+        if missing == "sgx_enclave":  # no SGX at all: noted, no warning
+            assert problems == [f"no SGX on this node ({devfs / missing} does not exist)"]
+            assert isinstance(problems[0], NoHardware)
+        else:
+            assert problems == [
+                f"SGX node {devfs / missing}: No such file or directory; no SGX resources"
+            ]
 
     def test_no_devfs_at_all_gives_an_empty_tree(self, tmp_path: Path) -> None:
         """A machine without SGX: empty tree, a warning, no exception."""
