@@ -372,15 +372,17 @@ def resolve_settings(
     given: Mapping[str, Any],
     config: ConfigFile | None = None,
     options: Sequence[OptionSetting] = (),
+    *,
+    defaults: Mapping[str, Any] | None = None,
 ) -> HostSettings:
     """Merge the host's settings from every source into one HostSettings.
 
     ``given`` (command line or environment; None = not given) wins over the config
-    file, which wins over the defaults. Option settings are applied in order: the
-    config file's first, then ``options``.
+    file, which wins over ``defaults``, which win over HostSettings' own defaults.
+    Option settings are applied in order: the config file's first, then ``options``.
     """
     config = config or ConfigFile()
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     for name in HostSettings.__dataclass_fields__:
         if name == "options":
             continue

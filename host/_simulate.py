@@ -332,6 +332,7 @@ class _Simulation:
                 await asyncio.gather(watching, return_exceptions=True)
                 self._observer.poll()
                 self.document = self._document()
+                self.kubelet.expect_plugins_to_stop()
                 stop.set()  # the Managers stop first, so they never see the kubelet go
                 if await serving != 0:
                     self.problems.append("every manager stopped serving")

@@ -70,8 +70,8 @@ _logging_option_level = _option(
     "--log-level",
     envvar="DEVPLUGIN_LOG_LEVEL",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    show_default="info",
-    help="Least severe level logged (plugins included).",
+    help="Least severe level logged (plugins included). Default: info; warning for "
+    "simulate, whose own output shows what happens.",
 )
 _logging_option_format = _option(
     "--log-format",
@@ -170,15 +170,20 @@ def _json_option(command: F) -> F:
     )
 
 
-def _settings(params: dict[str, Any]) -> HostSettings:
-    """Resolve the command's settings: command line > environment > --config file > defaults."""
+def _settings(params: dict[str, Any], **defaults: Any) -> HostSettings:
+    """Resolve the command's settings: command line > environment > --config file > defaults.
+
+    ``defaults`` replace the host's defaults for this command (simulate logs warnings only).
+    """
     ctx = click.get_current_context()
     given = dict(params)
     for name in ("enable", "disable"):
         given[name] = split_names(given.get(name) or ())
     given["plugin_modules"] = tuple(given.get("plugin_modules") or ())
     config = read_config_file(given["config"]) if given.get("config") else None
-    return resolve_settings(given, config, _set_items(ctx, params.get("set_items") or ()))
+    return resolve_settings(
+        given, config, _set_items(ctx, params.get("set_items") or ()), defaults=defaults
+    )
 
 
 def _set_items(ctx: click.Context, items: Sequence[str]) -> list[OptionSetting]:
@@ -467,7 +472,7 @@ def simulate(
         )
     with _config_errors():
         requests = tuple(parse_allocation(item) for item in allocations)
-        activation = _activate(_settings(params))
+        activation = _activate(_settings(params, log_level="warning"))
     if not activation.scanners:
         log.error("no scanners to run: every enabled plugin failed or none returned a scanner")
         raise SystemExit(EXIT_FAILED)

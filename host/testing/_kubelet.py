@@ -1,4 +1,4 @@
-"""A fake kubelet: the client side of Device Plugin API v1beta1, faithful to kubelet.md.
+"""A fake kubelet: the client side of Device Plugin API v1beta1, as kubelet's device manager.
 
 :class:`FakeKubelet` serves ``v1beta1.Registration`` on ``<plugin_dir>/kubelet.sock``
 and talks to registered plugins over real gRPC on their Unix sockets, the way kubelet's
@@ -129,7 +129,11 @@ class FakeKubelet:
         return self._server is not None
 
     async def start(self) -> None:
-        """Run kubelet's start sequence (§2.1, §7.1) and serve Registration.
+        """Run kubelet's start sequence and serve Registration.
+
+        As ``ManagerImpl.Start`` (``pkg/kubelet/cm/devicemanager/manager.go``) and the
+        registration server's ``Start`` (``pkg/kubelet/cm/devicemanager/plugin/v1beta1/server.go``)
+        do it.
 
         Creates the plugin directory (0750), restores resources named in the checkpoint
         as stopped endpoints at 0/0, unlinks every Unix socket directly in the directory
@@ -144,6 +148,7 @@ class FakeKubelet:
                 "Unix socket limit: use a shorter plugin_dir"
             )
         os.makedirs(self._dir, mode=0o750, exist_ok=True)
+        self._dm.plugins_stopping = False
         self._dm.restore()
         self._cleanup_plugin_dir()
         server = grpc.aio.server()
@@ -180,8 +185,17 @@ class FakeKubelet:
         self._remove_listen_dir()
         await self._notify()
 
+    def expect_plugins_to_stop(self) -> None:
+        """Say the plugins are about to stop on purpose (a test or a simulation ending).
+
+        Kubelet itself logs every ListAndWatch end as unexpected; after this call the fake
+        logs their ends at debug level, so a clean stop shows nothing that looks like an
+        error. The kubelet's state changes exactly as without it.
+        """
+        self._dm.plugins_stopping = True
+
     async def restart(self) -> None:
-        """Stop, then start a new kubelet process on the same directory (§7.1)."""
+        """Stop, then start a new kubelet process on the same directory (see :meth:`start`)."""
         await self.stop()
         await self.start()
 
@@ -448,7 +462,9 @@ class FakeKubelet:
     async def allocate_like_kubelet(
         self, resource: str, count: int, *, pod_uid: str | None = None, container: str = "main"
     ) -> Allocation:
-        """Admit one container requesting ``count`` devices, as kubelet does (§4.2, §5).
+        """Admit one container requesting ``count`` devices, as kubelet does.
+
+        As ``devicesToAllocate`` in ``pkg/kubelet/cm/devicemanager/manager.go``.
 
         Picks healthy devices not yet allocated; asks GetPreferredAllocation first when
         the plugin offers it (its answer intersected with the candidates, the rest filled
@@ -523,8 +539,8 @@ class FakeKubelet:
         """Start the allocation's container, calling PreStartContainer first if required.
 
         Kubelet calls it before every container start with all allocated IDs, only when
-        the plugin set ``pre_start_required`` (§6). Errors raise :class:`KubeletError`
-        with kubelet's text.
+        the plugin set ``pre_start_required`` (``callPreStartContainerIfNeeded``). Errors
+        raise :class:`KubeletError` with kubelet's text.
         """
         endpoint = self._endpoint(allocation.resource)
         if endpoint.options is None or not endpoint.options.pre_start_required:

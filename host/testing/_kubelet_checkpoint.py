@@ -1,9 +1,10 @@
 """The device manager checkpoint (``kubelet_internal_checkpoint``), kubelet's JSON shape.
 
 Kubelet rewrites it on every ListAndWatch message, allocation and resource removal, and
-reads it on start (kubelet.md §7.1). The layout follows kubelet's; ``Checksum`` is always
-0 because kubelet's checksum hashes Go's in-memory representation, so a real kubelet
-would refuse this file (which never matters: the fake's directory is its own).
+reads it on start (``pkg/kubelet/cm/devicemanager/checkpoint``). The layout follows
+kubelet's; ``Checksum`` is always 0 because kubelet's checksum hashes Go's in-memory
+representation, so a real kubelet would refuse this file (which never matters: the
+fake's directory is its own).
 """
 
 from __future__ import annotations

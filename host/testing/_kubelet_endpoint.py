@@ -1,8 +1,9 @@
 """Kubelet's side of one plugin connection: dial, the five DevicePlugin RPCs, close.
 
 One :class:`PluginEndpoint` per accepted registration, like kubelet's ``client`` plus
-``endpointImpl`` (kubelet.md §3.1): a blocking dial with a timeout, authority
-``localhost``, kubelet's 4 MiB receive limit, no keepalive, no default deadlines.
+``endpointImpl`` (``pkg/kubelet/cm/devicemanager/plugin/v1beta1/client.go``, ``endpoint.go``):
+a blocking dial with a timeout, authority ``localhost``, kubelet's 4 MiB receive limit,
+no keepalive, no default deadlines.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def go_join(directory: str, endpoint: str) -> str:
     """Join like Go's ``filepath.Join``: an absolute ``endpoint`` stays under ``directory``.
 
     ``go_join("/d", "/tmp/x.sock") == "/d/tmp/x.sock"``, ``"../x"`` escapes, ``""`` gives
-    the directory itself (kubelet.md §2.2).
+    the directory itself (kubelet joins the Register endpoint with
+    ``filepath.Join`` and never validates it).
     """
     joined = posixpath.normpath(f"{directory}/{endpoint}" if endpoint else directory)
     # POSIX normpath keeps a leading "//"; Go's Clean does not.

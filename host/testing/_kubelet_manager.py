@@ -2,9 +2,10 @@
 
 :class:`DeviceManager` holds what the kubelet process holds: the per-resource books, the
 registration server's clients, the grace timers, the allocations, and reproduces the
-Register handler and the ListAndWatch client of each kubelet generation (kubelet.md
-§2.2-§2.4, §3.3-§3.4, §7.1). :class:`~host.testing.FakeKubelet` owns one per process
-lifetime and adds the server, the observation API and the client helpers.
+Register handler and the ListAndWatch client of each kubelet generation
+(``pkg/kubelet/cm/devicemanager/plugin/v1beta1/server.go``, ``client.go``,
+``pkg/kubelet/cm/devicemanager/manager.go``). :class:`~host.testing.FakeKubelet` owns one per
+process lifetime and adds the server, the observation API and the client helpers.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class DeviceManager:
         self._opened: list[PluginEndpoint] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.plugins_stopping = False
+        """Set when the plugins are about to stop on purpose: their streams' end is expected."""
 
     async def shutdown(self) -> None:
         """End timers, background tasks and every plugin connection: the process died."""
@@ -234,12 +237,20 @@ class DeviceManager:
             endpoint.stream_error = go_status_text(err)
         except KubeletError as err:
             endpoint.stream_error = str(err)
-        _LOG.info(
-            "ListAndWatch ended unexpectedly for device plugin %s at %s: %s",
-            endpoint.resource,
-            endpoint.socket_path,
-            endpoint.stream_error,
-        )
+        if self.plugins_stopping:
+            _LOG.debug(
+                "ListAndWatch ended for device plugin %s at %s as the plugins stop: %s",
+                endpoint.resource,
+                endpoint.socket_path,
+                endpoint.stream_error,
+            )
+        else:
+            _LOG.info(
+                "ListAndWatch ended unexpectedly for device plugin %s at %s: %s",
+                endpoint.resource,
+                endpoint.socket_path,
+                endpoint.stream_error,
+            )
         await self._stream_ended(endpoint)
 
     async def _stream_ended(self, endpoint: PluginEndpoint) -> None:

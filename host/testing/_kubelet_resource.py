@@ -2,7 +2,8 @@
 
 Mirrors the device manager's per-resource maps (``healthyDevices``, ``unhealthyDevices``,
 ``allDevices``, ``endpoints`` and, in 1.36+, ``endpointStore``) so the arithmetic of
-kubelet.md §3.3-§3.4 reads like the Go code it reproduces.
+``pkg/kubelet/cm/devicemanager/manager.go`` (``genericDeviceUpdateCallback``,
+``markResourceUnhealthy``) reads like the Go code it reproduces.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class ResourceBook:
         self.unhealthy = (self.unhealthy or set()) | moved
 
     def restore(self, stop_time: float) -> None:
-        """Start from the checkpoint: present at 0/0 behind a stopped endpoint (§7.1)."""
+        """Start from the checkpoint: present at 0/0 behind a stopped endpoint."""
         self.healthy, self.unhealthy, self.devices = set(), set(), {}
         self.endpoint = PluginEndpoint(self.name, None, stop_time=stop_time)
         self.store = {}

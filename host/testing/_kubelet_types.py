@@ -28,7 +28,7 @@ HEALTHY = "Healthy"
 """The one health value kubelet counts as healthy (exact, case-sensitive)."""
 
 KubeletMode = Literal["1.24", "1.25", "1.36"]
-"""Which kubelet generation to reproduce (kubelet.md §2.3, §2.4).
+"""Which kubelet generation to reproduce (its ``pkg/kubelet/cm/devicemanager/plugin/v1beta1``).
 
 ``"1.24"``: Register returns before dialling; options come from the RegisterRequest.
 ``"1.25"``: kubelet 1.25-1.35; dial and GetDevicePluginOptions inside Register; one
