@@ -102,7 +102,7 @@ class TestPluginAuthorQuickStart:
             (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
             text = archive.read(entry_points).decode()
         assert "devplugin_acme/__init__.py" in names
-        assert '[devplugin.scanners]\nacme = devplugin_acme' in text
+        assert "[devplugin.scanners]\nacme = devplugin_acme" in text
         subprocess.run(
             [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
             check=True,
