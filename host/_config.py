@@ -20,6 +20,9 @@ __all__ = [
     "DEFAULT_PLUGIN_DIR",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "MAX_CONFIG_FILE_BYTES",
+    "MAX_NESTING",
+    "MAX_VALUE_BYTES",
     "ConfigError",
     "ConfigFile",
     "HostSettings",
@@ -30,6 +33,7 @@ __all__ = [
     "read_config_file",
     "resolve_plugin_options",
     "resolve_settings",
+    "split_env_items",
     "split_names",
 ]
 
@@ -37,6 +41,13 @@ DEFAULT_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins/")
 DEFAULT_CDI_DIR = Path("/var/run/cdi")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+
+MAX_CONFIG_FILE_BYTES = 1024 * 1024
+"""The largest ``--config`` file read (1 MiB); a device-plugin host's config is a few KiB."""
+MAX_VALUE_BYTES = 64 * 1024
+"""The largest option value from ``--set`` or ``DEVPLUGIN_SET`` (64 KiB, UTF-8)."""
+MAX_NESTING = 32
+"""The deepest nesting of arrays and tables (TOML) or lists and objects (JSON) accepted."""
 
 _OPTION_NAME = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_]*")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -72,6 +83,93 @@ def _parse_float(text: str) -> float:
         return float(text.strip())
     except ValueError:
         raise ValueError(f"expected a number, got {text!r}") from None
+
+
+def split_env_items(text: str) -> list[str]:
+    """Split a list-valued environment variable such as ``DEVPLUGIN_SET`` into items.
+
+    With a newline in it, each non-blank line is one item (so a value may hold spaces,
+    e.g. JSON); otherwise items are separated by whitespace::
+
+        DEVPLUGIN_SET='gpu.shared-dev-num=2 gpu.allocation-policy=balanced'
+        DEVPLUGIN_SET='generic.devices=[{"name": "kvm", "paths": ["/dev/kvm"]}]
+        gpu.shared-dev-num=2'
+    """
+    if "\n" in text:
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    return text.split()
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply lists/tuples and dicts nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if depth + 1 > MAX_NESTING:
+            break  # deep enough to refuse: no need to walk the rest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def text_nesting_depth(text: str) -> int:
+    """How deeply ``[``/``{`` brackets nest in JSON or TOML ``text``, outside strings.
+
+    TOML comments (``#`` to the end of the line) are skipped too.
+    """
+    deepest = depth = 0
+    quote: str | None = None
+    escaped = comment = False
+    for char in text:
+        if comment:
+            comment = char != "\n"
+        elif quote is not None:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char == "#":
+            comment = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def check_value_limits(value: Any, source: str, what: str) -> None:
+    """Raise ConfigError when ``value`` from ``source`` is too big or nested too deeply.
+
+    Strings (command line, environment) are measured as text: at most
+    :data:`MAX_VALUE_BYTES` and :data:`MAX_NESTING` levels of brackets; parsed values
+    (a TOML file) by their structure.
+    """
+    if isinstance(value, str):
+        size = len(value.encode("utf-8", errors="surrogatepass"))
+        if size > MAX_VALUE_BYTES:
+            raise ConfigError(
+                f"{what} (from {source}) is {size} bytes long; at most {MAX_VALUE_BYTES} are "
+                "accepted (use a --config file for large settings)"
+            )
+        depth = text_nesting_depth(value)
+    else:
+        depth = nesting_depth(value)
+    if depth > MAX_NESTING:
+        raise ConfigError(
+            f"{what} (from {source}) nests lists or tables more than {MAX_NESTING} levels deep"
+        )
 
 
 def split_names(values: Iterable[str]) -> tuple[str, ...]:
@@ -236,6 +334,9 @@ def resolve_plugin_options(
     for setting in settings:
         if setting.plugin != plugin:
             continue
+        check_value_limits(
+            setting.value, setting.source, f"plugin {plugin!r}: option {setting.key}"
+        )
         option = by_name.get(setting.key)
         if option is None:
             known = ", ".join(sorted(by_name)) if by_name else "it has no options"
@@ -291,13 +392,32 @@ def read_config_file(path: str | Path) -> ConfigFile:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_FILE_BYTES + 1)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {_reason(exc)}") from None
+    if len(raw) > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(
+            f"config file {path} is larger than {MAX_CONFIG_FILE_BYTES // 1024} KiB; "
+            "a config file this big is a mistake"
+        )
+    # tomllib parses nested arrays and inline tables recursively: refuse deep nesting
+    # before parsing, not with a RecursionError from deep inside it.
+    if text_nesting_depth(text) > MAX_NESTING:
+        raise ConfigError(
+            f"config file {path}: arrays or inline tables nest more than {MAX_NESTING} levels deep"
+        )
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+    except RecursionError:  # a nesting the bracket count above does not see
+        raise ConfigError(f"config file {path}: nested too deeply to read") from None
+    if nesting_depth(data) > MAX_NESTING:
+        raise ConfigError(
+            f"config file {path}: tables or arrays nest more than {MAX_NESTING} levels deep"
+        )
     settings: dict[str, Any] = {}
     options: list[OptionSetting] = []
     for key, value in data.items():
@@ -366,6 +486,13 @@ class HostSettings:
     devfs_root: Path = Path("/dev")
     log_level: str = "info"
     log_format: str = "text"
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """Where each setting not left at its default came from, for error messages:
+    ``{"enable": "config file host.toml (enable)"}``, ``{"enable": "DEVPLUGIN_ENABLE"}``."""
+
+    def source(self, name: str, default: str) -> str:
+        """Where setting ``name`` came from, or ``default`` (the option's own name)."""
+        return self.sources.get(name, default)
 
 
 def resolve_settings(
@@ -374,21 +501,32 @@ def resolve_settings(
     options: Sequence[OptionSetting] = (),
     *,
     defaults: Mapping[str, Any] | None = None,
+    given_sources: Mapping[str, str] | None = None,
 ) -> HostSettings:
     """Merge the host's settings from every source into one HostSettings.
 
     ``given`` (command line or environment; None = not given) wins over the config
     file, which wins over ``defaults``, which win over HostSettings' own defaults.
     Option settings are applied in order: the config file's first, then ``options``.
+    ``given_sources`` names where each given setting came from (``--enable``,
+    ``DEVPLUGIN_ENABLE``); settings from the file are named after it and its key.
     """
     config = config or ConfigFile()
     values: dict[str, Any] = dict(defaults or {})
+    sources: dict[str, str] = {}
+    file_keys = {field_name: key for key, (field_name, _kind) in _FILE_SETTINGS.items()}
     for name in HostSettings.__dataclass_fields__:
-        if name == "options":
+        if name in ("options", "sources"):
             continue
         value = given.get(name)
         if value is None or (isinstance(value, tuple) and not value):
             value = config.settings.get(name)
+            if value is not None and name in file_keys:
+                sources[name] = f"config file {config.path} ({file_keys[name]})"
+        elif given_sources and name in given_sources:
+            sources[name] = given_sources[name]
         if value is not None:
             values[name] = value
-    return HostSettings(**values, options=(*config.options, *options))
+    return HostSettings(
+        **values, options=(*config.options, *options), sources=MappingProxyType(sources)
+    )

@@ -16,7 +16,7 @@ import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -166,6 +166,8 @@ class PluginRecord:
     error: str | None = None
     options: tuple[Option, ...] = ()
     hooks: PluginHooks | None = None
+    options_known: bool = False
+    """A disabled plugin imported only to check the settings given for it."""
 
     @property
     def source(self) -> str:
@@ -240,20 +242,31 @@ def discover_plugins(
     disable: Sequence[str] = (),
     plugin_modules: Sequence[str | Path] = (),
     group: str = ENTRY_POINT_GROUP,
+    options_of: Collection[str] = (),
+    sources: Mapping[str, str] | None = None,
 ) -> list[PluginRecord]:
     """Find every plugin and load the selected ones; return one record each, in load order.
 
     Entry points come first, sorted by name, then ``plugin_modules`` in the order
     given (plugin name = file stem). Without ``enable`` every plugin is selected;
-    ``disable`` wins over ``enable``. Unselected plugins are never imported. An
-    unknown name in ``enable``/``disable`` or an unreadable module file is a
-    ConfigError; any failure of a plugin itself ends up in its record's ``error``.
+    ``disable`` wins over ``enable``. Unselected plugins are never imported, except
+    those named in ``options_of`` (plugins that settings are given for): they are
+    imported for their declared options only, so those settings can be checked, and
+    stay disabled. An unknown name in ``enable``/``disable`` or an unreadable module
+    file is a ConfigError naming where it came from (``sources``: ``enable``,
+    ``disable``, ``plugin_modules`` → a label such as ``config file h.toml (enable)``);
+    any failure of a plugin itself ends up in its record's ``error``.
     """
+    sources = sources or {}
+    module_source = sources.get("plugin_modules", "--plugin-module")
     candidates = _entry_point_candidates(group) + [
-        _module_candidate(Path(path)) for path in plugin_modules
+        _module_candidate(Path(path), module_source) for path in plugin_modules
     ]
     names = {candidate.name for candidate in candidates}
-    for option, wanted in (("--enable", enable), ("--disable", disable)):
+    for option, wanted in (
+        (sources.get("enable", "--enable"), enable),
+        (sources.get("disable", "--disable"), disable),
+    ):
         unknown = [name for name in wanted if name not in names]
         if unknown:
             available = ", ".join(sorted(names)) or "none are installed"
@@ -264,7 +277,10 @@ def discover_plugins(
     loaded_from: dict[str, str] = {}
     for candidate in candidates:
         selected = (not enable or candidate.name in enable) and candidate.name not in disable
-        if not selected:
+        if not selected and candidate.name in options_of:
+            loaded = _load(candidate)
+            records.append(replace(loaded, enabled=False, hooks=None, options_known=True))
+        elif not selected:
             records.append(candidate.record(enabled=False))
         elif candidate.name in loaded_from:
             records.append(
@@ -295,13 +311,13 @@ def _entry_point_candidates(group: str) -> list[_Candidate]:
     return sorted(candidates, key=lambda candidate: candidate.name)
 
 
-def _module_candidate(path: Path) -> _Candidate:
+def _module_candidate(path: Path, source: str = "--plugin-module") -> _Candidate:
     try:
         with path.open("rb"):
             pass
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ConfigError(f"cannot read --plugin-module {path}: {reason}") from None
+        raise ConfigError(f"cannot read {source} {path}: {reason}") from None
     return _Candidate(path.stem, lambda: _import_file(path), module_path=path)
 
 
@@ -392,7 +408,8 @@ def activate_plugins(
     """Resolve options, call each active plugin's ``devplugin_scanners``, validate the result.
 
     Person's errors raise ConfigError before any scanner hook runs: a setting for a
-    plugin that does not exist, an unknown option, a bad value. A ConfigError raised
+    plugin that does not exist, an unknown option, a bad value (also for a disabled
+    plugin whose options discovery read, see ``options_of``). A ConfigError raised
     by a hook is re-raised with the plugin's name. Any other failure (the hook raises,
     returns garbage, an invalid or already used namespace) leaves that plugin out.
     """
@@ -403,6 +420,18 @@ def activate_plugins(
             raise ConfigError(
                 f"unknown plugin {setting.plugin!r} in {setting.source}; "
                 f"available plugins: {available}"
+            )
+    targeted = {setting.plugin for setting in options}
+    for plugin in plugins:
+        if plugin.active or plugin.name not in targeted:
+            continue
+        if plugin.options_known and plugin.error is None:
+            resolve_plugin_options(plugin.name, plugin.options, options)  # raises if wrong
+        elif plugin.error is not None:
+            log.warning(
+                "settings for plugin %r are not checked: it failed to load (%s)",
+                plugin.name,
+                plugin.error,
             )
     configs = {
         plugin.name: PluginConfig(

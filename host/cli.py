@@ -31,6 +31,7 @@ from host._config import (
     parse_set_item,
     read_config_file,
     resolve_settings,
+    split_env_items,
     split_names,
 )
 
@@ -52,6 +53,44 @@ class _UsageError(click.ClickException):
     """A person's mistake: one line on stderr, exit status 2."""
 
     exit_code = EXIT_USAGE
+
+
+class _NothingToRun(click.ClickException):
+    """No scanner to run (scan, run and simulate alike): one line on stderr, exit status 1."""
+
+    exit_code = EXIT_FAILED
+
+
+class _OneLineErrors(click.Group):
+    """Every error click reports (usage errors included) is one line: ``Error: ...``.
+
+    Click prints a usage error with the command's usage and a hint on lines of their own;
+    here the message says where to look instead, so scripts and logs get one line.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line; in standalone mode print errors as one line and exit."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            raise SystemExit(EXIT_FAILED) from None
+        except click.ClickException as exc:
+            message = " ".join(exc.format_message().split())
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                message += f" (see {exc.ctx.command_path} --help)"
+            click.echo(f"Error: {message}", err=True)
+            raise SystemExit(exc.exit_code) from None
+        raise SystemExit(result if isinstance(result, int) else 0)
 
 
 @contextmanager
@@ -125,14 +164,17 @@ def _selection_options(command: F) -> F:
 
 
 def _set_option(command: F) -> F:
-    return _option(
+    # DEVPLUGIN_SET is read by _set_items, not by click: click would split it at every
+    # space, and a value (JSON) may hold spaces.
+    return click.option(
         "--set",
         "set_items",
-        envvar="DEVPLUGIN_SET",
         multiple=True,
         metavar="PLUGIN.KEY=VALUE",
-        help="Set a plugin option (repeatable; space-separated in DEVPLUGIN_SET, which "
-        "--set overrides key by key). `devplugin-host plugins` lists the options.",
+        help="Set a plugin option (repeatable). Also DEVPLUGIN_SET: one item a line when a "
+        "value holds spaces (JSON), else space-separated; --set overrides it key by key. "
+        "Options of a plugin that is not enabled are checked too. `devplugin-host plugins` "
+        "lists the options.  [env var: DEVPLUGIN_SET]",
     )(command)
 
 
@@ -182,22 +224,36 @@ def _settings(params: dict[str, Any], **defaults: Any) -> HostSettings:
     given["plugin_modules"] = tuple(given.get("plugin_modules") or ())
     config = read_config_file(given["config"]) if given.get("config") else None
     return resolve_settings(
-        given, config, _set_items(ctx, params.get("set_items") or ()), defaults=defaults
+        given,
+        config,
+        _set_items(params.get("set_items") or ()),
+        defaults=defaults,
+        given_sources=_given_sources(ctx),
     )
 
 
-def _set_items(ctx: click.Context, items: Sequence[str]) -> list[OptionSetting]:
+def _given_sources(ctx: click.Context) -> dict[str, str]:
+    """Each option given on the command line or in the environment, by where it came from."""
+    sources = {}
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name is None:
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is ParameterSource.COMMANDLINE:
+            sources[param.name] = max(param.opts, key=len)
+        elif source is ParameterSource.ENVIRONMENT and isinstance(param.envvar, str):
+            sources[param.name] = param.envvar
+    return sources
+
+
+def _set_items(items: Sequence[str]) -> list[OptionSetting]:
     # Each --set is its own setting, so DEVPLUGIN_SET and --set merge key by key
     # (the command line wins) instead of the command line hiding the variable.
-    source = ctx.get_parameter_source("set_items")
-    settings = []
-    if source is ParameterSource.COMMANDLINE:
-        settings += [
-            parse_set_item(item, "DEVPLUGIN_SET")
-            for item in os.environ.get("DEVPLUGIN_SET", "").split()
-        ]
-    label = "DEVPLUGIN_SET" if source is ParameterSource.ENVIRONMENT else "--set"
-    return settings + [parse_set_item(item, label) for item in items]
+    settings = [
+        parse_set_item(item, "DEVPLUGIN_SET")
+        for item in split_env_items(os.environ.get("DEVPLUGIN_SET", ""))
+    ]
+    return settings + [parse_set_item(item, "--set") for item in items]
 
 
 def _discover(settings: HostSettings) -> list[PluginRecord]:
@@ -206,7 +262,11 @@ def _discover(settings: HostSettings) -> list[PluginRecord]:
 
     configure_logging(settings.log_level, settings.log_format)
     return discover_plugins(
-        enable=settings.enable, disable=settings.disable, plugin_modules=settings.plugin_modules
+        enable=settings.enable,
+        disable=settings.disable,
+        plugin_modules=settings.plugin_modules,
+        options_of={setting.plugin for setting in settings.options},
+        sources=settings.sources,
     )
 
 
@@ -224,7 +284,24 @@ def _activate(settings: HostSettings) -> Activation:
     return activation
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _require_scanners(activation: Activation) -> None:
+    """Stop with one line and exit status 1 when there is no scanner to run."""
+    if activation.scanners:
+        return
+    if not any(plugin.enabled for plugin in activation.plugins):
+        reason = "no plugin is enabled (see --enable and --disable; `devplugin-host plugins`)"
+    elif activation.failures:
+        reason = "every enabled plugin failed or returned no scanner (see the errors above)"
+    else:
+        reason = "the enabled plugins returned no scanner"
+    raise _NothingToRun(f"no scanners to run: {reason}")
+
+
+@click.group(
+    "devplugin-host",
+    cls=_OneLineErrors,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, "--version", "-V", prog_name="devplugin-host")
 def main() -> None:
     """Host any number of Kubernetes device plugins in one process.
@@ -262,9 +339,9 @@ def plugins(as_json: bool, **params: Any) -> None:
 
 
 @main.command(
-    epilog="Exit status: 0 when every scanner reported its devices; 1 when a plugin failed "
-    "to load or a scanner raised, returned without notifying or timed out; 2 for a "
-    "usage or configuration error."
+    epilog="Exit status: 0 when every scanner reported its devices (none found is no "
+    "error); 1 when there is nothing to scan, a plugin failed to load or a scanner raised, "
+    "returned without notifying or timed out; 2 for a usage or configuration error."
 )
 @_selection_options
 @_set_option
@@ -284,6 +361,7 @@ def scan(timeout: float, as_json: bool, **params: Any) -> None:
 
     with _config_errors():
         activation = _activate(_settings(params))
+    _require_scanners(activation)
     outcomes = asyncio.run(scan_all(activation.scanners, timeout))
     for outcome in outcomes:
         if outcome.error:
@@ -365,6 +443,7 @@ def run(**params: Any) -> None:
     with _config_errors():
         settings = _settings(params)
         activation = _activate(settings)
+    _require_scanners(activation)
     raise SystemExit(
         run_host(
             activation.scanners,
@@ -382,7 +461,8 @@ KUBELET_MODES = ("1.24", "1.25", "1.36")
 
 @main.command(
     epilog="Exit status: 0 when every resource registered, every --allocate succeeded and "
-    "every kubelet restart was followed by re-registration; 1 when a plugin failed to load, "
+    "every kubelet restart was followed by re-registration; 1 when there is nothing to "
+    "simulate, a plugin failed to load, "
     "a resource did not register within --timeout (at the start or after a restart), or an "
     "allocation failed; 2 for a usage or configuration error."
 )
@@ -473,9 +553,7 @@ def simulate(
     with _config_errors():
         requests = tuple(parse_allocation(item) for item in allocations)
         activation = _activate(_settings(params, log_level="warning"))
-    if not activation.scanners:
-        log.error("no scanners to run: every enabled plugin failed or none returned a scanner")
-        raise SystemExit(EXIT_FAILED)
+    _require_scanners(activation)
     plan = SimulationPlan(
         allocations=requests,
         restart_every=restart_every,
