@@ -7,6 +7,8 @@ managers); :func:`build_slices` is the pure mapping from a snapshot to slices.
 
 from __future__ import annotations
 
+from host.dra._client import kube_client
+from host.dra._publisher import PublisherStatus, ResourceSlicePublisher
 from host.dra._slices import (
     BuildResult,
     build_slices,
@@ -18,9 +20,12 @@ from host.dra._slices import (
 
 __all__ = [
     "BuildResult",
+    "PublisherStatus",
+    "ResourceSlicePublisher",
     "build_slices",
     "device_name",
     "device_names",
+    "kube_client",
     "slice_name",
     "unhealthy_taint_key",
 ]

@@ -1,0 +1,389 @@
+"""Keeps one DRA driver's ResourceSlices on one node in sync with the newest scanner snapshot.
+
+Feed it with :meth:`ResourceSlicePublisher.update` (non-blocking; only the newest
+snapshot matters). A background task lists the node's slices of the driver (field
+selector ``spec.driver=<driver>,spec.nodeName=<node>``) and adopts them, so a restarted
+host takes over its predecessor's slices; then it creates, updates and deletes only
+the slices whose content changed, bumping ``spec.pool.generation`` whenever more than
+one slice changes (the ``k8s.io/dynamic-resource-allocation/resourceslice``
+controller's rule). Conflicts re-read and retry at once; other failures retry with
+capped exponential backoff and jitter. A periodic re-list republishes slices someone
+else deleted (kubelet wipes them when it restarts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import lightkube
+from lightkube.resources.core_v1 import Node
+from lightkube.resources.resource_v1 import ResourceSlice
+
+from host.dra._client import api_error_code, kube_client
+from host.dra._slices import Snapshot, build_slices
+
+__all__ = ["PublisherStatus", "ResourceSlicePublisher"]
+
+log = logging.getLogger("host.dra")
+
+_QUICK_RETRIES = 5
+"""Conflicts in a row retried at once (after a re-list) before backing off."""
+
+
+class _Stale(Exception):
+    """The cached view of the slices is out of date (409, 404): re-list and retry."""
+
+
+@dataclass(frozen=True)
+class PublisherStatus:
+    """What the publisher has done so far (for logs, tests and health checks)."""
+
+    synced: bool
+    """The newest snapshot is what the API server holds."""
+    slices: tuple[str, ...]
+    """Names of the slices as last seen on the API server."""
+    generation: int
+    """The pool generation as last published."""
+    failures: int
+    """Failed attempts in a row (0 once an attempt succeeds)."""
+    last_error: str | None
+    """The most recent failure, kept until the next success."""
+
+
+def _content(obj: dict[str, Any]) -> str:
+    """Render what a slice says, minus what the server adds: comparable across writers."""
+    spec = copy.deepcopy(obj.get("spec") or {})
+    (spec.get("pool") or {}).pop("generation", None)
+    for device in spec.get("devices") or ():
+        for taint in device.get("taints") or ():
+            taint.pop("timeAdded", None)
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return json.dumps([spec, owners], sort_keys=True)
+
+
+def _resource(obj: dict[str, Any]) -> ResourceSlice:
+    return cast(ResourceSlice, ResourceSlice.from_dict(obj))
+
+
+def _generation(obj: dict[str, Any]) -> int:
+    return int(((obj.get("spec") or {}).get("pool") or {}).get("generation") or 0)
+
+
+class ResourceSlicePublisher:
+    """Publishes the devices of one driver on one node as ResourceSlices, kept in sync.
+
+    ``ResourceSlicePublisher(driver, node_name, client=None, *, kubeconfig=None, ...)``:
+    ``client`` is a lightkube ``AsyncClient`` the caller owns; without one the publisher
+    makes its own from ``kubeconfig`` (or the detected configuration) and closes it on
+    :meth:`stop`. ``node_uid`` skips the Node lookup for the owner reference.
+    ``resync_interval`` is how often the slices are re-listed when nothing changes;
+    ``retry_initial``/``retry_max`` bound the backoff between failed attempts;
+    ``request_timeout`` bounds each API request of an owned client.
+    """
+
+    def __init__(
+        self,
+        driver: str,
+        node_name: str,
+        client: lightkube.AsyncClient | None = None,
+        *,
+        kubeconfig: str | Path | None = None,
+        node_uid: str | None = None,
+        resync_interval: float = 30.0,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.driver = driver
+        self.node_name = node_name
+        self._own_client = client is None
+        self._client = client or kube_client(kubeconfig, timeout=request_timeout)
+        self._node_uid = node_uid
+        self._resync_interval = resync_interval
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._latest: tuple[Snapshot, bool] | None = None
+        self._version = 0
+        self._published = 0
+        self._stale = True
+        self._existing: dict[str, dict[str, Any]] = {}
+        self._written: dict[str, tuple[str, str]] = {}
+        self._problems: frozenset[str] = frozenset()
+        self._failures = 0
+        self._last_error: str | None = None
+        self._generation = 0
+        self._wake = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._attempted = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.on_published: Callable[[], None] = lambda: None
+        """Called after each successful sync (tests and benchmarks observe it)."""
+
+    # -- public --------------------------------------------------------------------
+
+    def update(self, snapshot: Snapshot, scan_failed: bool = False) -> None:
+        """Publish ``snapshot`` (device type -> id -> DeviceInfo) as soon as possible.
+
+        Never blocks; a snapshot superseded before it was published is skipped.
+        ``scan_failed`` taints every device (the scanner failed; its devices are unknown).
+        """
+        self._latest = (snapshot, scan_failed)
+        self._version += 1
+        self._synced.clear()
+        self._wake.set()
+
+    def request_resync(self) -> None:
+        """Re-list the slices and repair any difference now, not at the next interval."""
+        self._stale = True
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Start the background task (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"dra publisher {self.driver}")
+
+    async def stop(self, *, cleanup: bool = False) -> None:
+        """Stop publishing; the slices stay unless ``cleanup`` (then they are deleted)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            if cleanup:
+                await self._delete_all()
+        finally:
+            if self._own_client:
+                await self._client.close()
+
+    async def __aenter__(self) -> ResourceSlicePublisher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_synced(self) -> None:
+        """Wait until the newest snapshot is published (wrap in ``asyncio.timeout``)."""
+        await self._synced.wait()
+
+    async def wait_status(self, predicate: Callable[[PublisherStatus], bool]) -> PublisherStatus:
+        """Wait until ``predicate(status)`` holds, re-checked after every attempt; return it.
+
+        Wrap in ``asyncio.timeout``; e.g. ``await p.wait_status(lambda s: s.failures > 0)``.
+        """
+        while not predicate(status := self.status):
+            await self._attempted.wait()
+        return status
+
+    def _attempt_done(self) -> None:
+        self._attempted.set()
+        self._attempted = asyncio.Event()
+
+    @property
+    def status(self) -> PublisherStatus:
+        """A snapshot of the publisher's state."""
+        return PublisherStatus(
+            synced=self._synced.is_set(),
+            slices=tuple(sorted(self._existing)),
+            generation=self._generation,
+            failures=self._failures,
+            last_error=self._last_error,
+        )
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        quick = 0
+        while True:
+            self._wake.clear()
+            pending = self._latest is not None and (self._published != self._version or self._stale)
+            if not pending:
+                try:
+                    async with asyncio.timeout(self._resync_interval):
+                        await self._wake.wait()
+                except TimeoutError:
+                    self._stale = True
+                continue
+            version = self._version
+            try:
+                await self._sync()
+            except asyncio.CancelledError:
+                raise
+            except _Stale as exc:
+                self._stale = True
+                quick += 1
+                if quick <= _QUICK_RETRIES:
+                    log.debug("DRA driver %s: %s; re-reading the slices", self.driver, exc)
+                    continue
+                await self._failed(exc)
+                continue
+            except Exception as exc:
+                self._stale = True
+                await self._failed(exc)
+                continue
+            quick = 0
+            if self._failures:
+                log.info(
+                    "DRA driver %s: ResourceSlices published again after %d failed attempts",
+                    self.driver,
+                    self._failures,
+                )
+            self._failures, self._last_error = 0, None
+            self._published = version
+            if version == self._version:
+                self._synced.set()
+            self._attempt_done()
+            self.on_published()
+
+    async def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        self._attempt_done()
+        capped = min(self._retry_max, self._retry_initial * 2 ** (self._failures - 1))
+        delay = capped * random.uniform(0.5, 1.0)
+        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        log.log(
+            level,
+            "DRA driver %s on node %s: publishing ResourceSlices failed (%s); retrying in %.1f s",
+            self.driver,
+            self.node_name,
+            self._last_error,
+            delay,
+        )
+        await asyncio.sleep(delay)
+
+    # -- one sync ------------------------------------------------------------------
+
+    async def _sync(self) -> None:
+        assert self._latest is not None
+        snapshot, scan_failed = self._latest
+        if self._node_uid is None:
+            node = await self._client.get(Node, self.node_name)
+            self._node_uid = node.metadata.uid if node.metadata is not None else None
+            if not self._node_uid:
+                raise RuntimeError(f"node {self.node_name!r} has no uid")
+        if self._stale:
+            await self._list()
+        result = build_slices(
+            driver=self.driver,
+            node_name=self.node_name,
+            node_uid=self._node_uid,
+            snapshot=snapshot,
+            scan_failed=scan_failed,
+        )
+        self._report(result.problems)
+        desired = {s["metadata"]["name"]: s for s in result.slices}
+        existing = self._existing
+        current = max((_generation(s) for s in existing.values()), default=0)
+        changed = [n for n in desired if not self._unchanged(n, desired[n], current)]
+        obsolete = [n for n in existing if n not in desired]
+        if not changed and not obsolete:
+            self._generation = current
+            return
+        if len(changed) == 1 and not obsolete and changed[0] in existing:
+            generation, writes = current, changed  # one object: updated atomically in place
+        else:
+            generation, writes = current + 1, list(desired)
+        for name in writes:
+            desired[name]["spec"]["pool"]["generation"] = generation
+            await self._write(desired[name])
+        for name in obsolete:
+            await self._delete(name)
+        self._generation = generation
+
+    def _unchanged(self, name: str, want: dict[str, Any], generation: int) -> bool:
+        have = self._existing.get(name)
+        if have is None or _generation(have) != generation:
+            return False
+        content = _content(want)
+        # After our own write the server's copy may differ in fields it dropped (a
+        # disabled feature gate): what we wrote is what counts while the object is ours.
+        if self._written.get(name) == (have["metadata"].get("resourceVersion"), content):
+            return True
+        return _content(have) == content
+
+    async def _list(self) -> None:
+        fields: dict[str, Any] = {"spec.driver": self.driver, "spec.nodeName": self.node_name}
+        found: dict[str, dict[str, Any]] = {}
+        async for item in self._client.list(ResourceSlice, fields=fields):
+            obj = item.to_dict()
+            found[obj["metadata"]["name"]] = obj
+        adopted = set(found) - set(self._existing)
+        if adopted and not self._existing:
+            log.info(
+                "DRA driver %s on node %s: adopting %d existing ResourceSlices",
+                self.driver,
+                self.node_name,
+                len(adopted),
+            )
+        self._existing = found
+        self._stale = False
+
+    def _keep_taint_times(self, want: dict[str, Any]) -> None:
+        """Keep ``timeAdded`` of taints that were already there (the server sets it once)."""
+        times = {
+            (device["name"], taint.get("key"), taint.get("effect")): taint["timeAdded"]
+            for have in self._existing.values()
+            for device in (have.get("spec") or {}).get("devices") or ()
+            for taint in device.get("taints") or ()
+            if taint.get("timeAdded")
+        }
+        if not times:
+            return
+        for device in want["spec"].get("devices") or ():
+            for taint in device.get("taints") or ():
+                known = times.get((device["name"], taint["key"], taint["effect"]))
+                if known is not None:
+                    taint["timeAdded"] = known
+
+    async def _write(self, want: dict[str, Any]) -> None:
+        name = want["metadata"]["name"]
+        content = _content(want)
+        self._keep_taint_times(want)
+        have = self._existing.get(name)
+        try:
+            if have is None:
+                result = await self._client.create(_resource(want))
+            else:
+                body = copy.deepcopy(want)
+                body["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"]
+                result = await self._client.replace(_resource(body))
+        except Exception as exc:
+            code = api_error_code(exc)
+            if code in (404, 409):
+                raise _Stale(f"slice {name}: HTTP {code}") from exc
+            raise
+        obj = result.to_dict()
+        self._existing[name] = obj
+        self._written[name] = (obj["metadata"].get("resourceVersion", ""), content)
+
+    async def _delete(self, name: str) -> None:
+        try:
+            await self._client.delete(ResourceSlice, name)
+        except Exception as exc:
+            if api_error_code(exc) != 404:
+                raise
+        self._existing.pop(name, None)
+        self._written.pop(name, None)
+
+    async def _delete_all(self) -> None:
+        await self._list()
+        for name in list(self._existing):
+            await self._delete(name)
+        log.info("DRA driver %s on node %s: ResourceSlices deleted", self.driver, self.node_name)
+
+    def _report(self, problems: list[str]) -> None:
+        current = frozenset(problems)
+        for problem in sorted(current - self._problems):
+            log.warning("DRA driver %s: %s", self.driver, problem)
+        self._problems = current

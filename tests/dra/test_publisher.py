@@ -1,0 +1,434 @@
+"""The publisher keeps the node's slices in sync: adoption, minimal writes, conflicts, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceInfo
+from host.dra import ResourceSlicePublisher, device_name, slice_name, unhealthy_taint_key
+from host.testing import FakeApiServer
+from host.testing._apiserver_store import NODES
+from tests.dra.schema import assert_schema_valid
+
+DRIVER = "gpu.intel.com"
+NODE = "node-1"
+NODE_UID = "0b9b5a1c-1111-4000-8000-00000000abcd"
+pytestmark = pytest.mark.asyncio
+
+
+def gpus(
+    count: int, unhealthy: set[int] = frozenset(), type_: str = "i915"
+) -> dict[str, dict[str, DeviceInfo]]:  # type: ignore[assignment]
+    return {
+        type_: {
+            f"card{i}-0": DeviceInfo(state=UNHEALTHY if i in unhealthy else HEALTHY)
+            for i in range(count)
+        }
+    }
+
+
+@contextlib.asynccontextmanager
+async def publishing(kubeconfig: Path, **kwargs: Any) -> AsyncIterator[ResourceSlicePublisher]:
+    kwargs.setdefault("retry_initial", 0.02)
+    kwargs.setdefault("retry_max", 0.3)
+    kwargs.setdefault("request_timeout", 2.0)
+    publisher = ResourceSlicePublisher(DRIVER, NODE, kubeconfig=kubeconfig, **kwargs)
+    await publisher.start()
+    try:
+        yield publisher
+    finally:
+        await publisher.stop()
+
+
+async def synced(publisher: ResourceSlicePublisher, timeout: float = 10) -> None:  # noqa: ASYNC109
+    async with asyncio.timeout(timeout):
+        await publisher.wait_synced()
+
+
+async def failures(
+    publisher: ResourceSlicePublisher,
+    count: int,
+    timeout: float = 10,  # noqa: ASYNC109 - a timeout argument reads best in tests
+) -> None:
+    async with asyncio.timeout(timeout):
+        await publisher.wait_status(lambda s: s.failures >= count)
+
+
+def devices(api: FakeApiServer) -> dict[str, dict[str, Any]]:
+    """Every published device by name; fails on a device name seen twice (a duplicate)."""
+    found: dict[str, dict[str, Any]] = {}
+    for one in api.resource_slices(driver=DRIVER, node_name=NODE):
+        for device in one["spec"].get("devices", ()):
+            assert device["name"] not in found, f"duplicate device {device['name']}"
+            found[device["name"]] = device
+    return found
+
+
+def pool_complete(api: FakeApiServer) -> bool:
+    """All slices share one generation and their count matches resourceSliceCount."""
+    slices = api.resource_slices(driver=DRIVER, node_name=NODE)
+    pools = {
+        (s["spec"]["pool"]["generation"], s["spec"]["pool"]["resourceSliceCount"]) for s in slices
+    }
+    return len(pools) == 1 and next(iter(pools))[1] == len(slices)
+
+
+def matches(api: FakeApiServer, snapshot: dict[str, dict[str, DeviceInfo]]) -> Callable[[], bool]:
+    """A condition: the server holds exactly ``snapshot``'s devices, healthy ones untainted."""
+
+    def check() -> bool:
+        want = {
+            device_name(t, i): info.state == HEALTHY
+            for t, ids in snapshot.items()
+            for i, info in ids.items()
+        }
+        have = devices(api)
+        return (
+            set(have) == set(want)
+            and all(("taints" not in have[n]) == healthy for n, healthy in want.items())
+            and pool_complete(api)
+        )
+
+    return check
+
+
+def writes(api: FakeApiServer, since: int = 0) -> list[str]:
+    return [
+        f"{r.method} {r.path.rsplit('/', 1)[-1]}"
+        for r in api.requests[since:]
+        if r.method in ("POST", "PUT", "DELETE")
+    ]
+
+
+@pytest.fixture
+def node(apiserver: FakeApiServer) -> dict[str, Any]:
+    return apiserver.add_node(NODE, uid=NODE_UID)
+
+
+@pytest.mark.usefixtures("node")
+class TestPublishing:
+    async def test_first_snapshot_publishes_valid_slices(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """300 devices: three valid slices, generation 1, owned by the Node (uid looked up)."""
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.update(gpus(300))
+            await synced(publisher)
+        slices = apiserver.resource_slices()
+        assert [s["metadata"]["name"] for s in slices] == [
+            slice_name(DRIVER, NODE, i) for i in range(3)
+        ]
+        for one in slices:
+            assert one["spec"]["pool"] == {"name": NODE, "generation": 1, "resourceSliceCount": 3}
+            assert one["metadata"]["ownerReferences"][0]["uid"] == NODE_UID
+            assert_schema_valid(one)
+        assert len(devices(apiserver)) == 300
+        assert publisher.status.synced
+        assert publisher.status.generation == 1
+
+    async def test_nothing_before_the_first_snapshot(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """Before update() the publisher writes nothing (an unscanned node is not 'empty')."""
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.request_resync()
+            assert not publisher.status.synced
+        assert writes(apiserver) == []
+
+    async def test_unhealthy_device_becomes_a_taint_in_one_update(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """A device turning Unhealthy is tainted by one PUT of its slice, same generation."""
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.update(gpus(4))
+            await synced(publisher)
+            before = len(apiserver.requests)
+            publisher.update(gpus(4, unhealthy={2}))
+            await synced(publisher)
+        assert writes(apiserver, before) == [f"PUT {slice_name(DRIVER, NODE, 0)}"]
+        tainted = devices(apiserver)[device_name("i915", "card2-0")]
+        assert tainted["taints"][0]["key"] == unhealthy_taint_key(DRIVER)
+        assert tainted["taints"][0]["effect"] == "NoSchedule"
+        assert apiserver.resource_slices()[0]["spec"]["pool"]["generation"] == 1
+        assert matches(apiserver, gpus(4, unhealthy={2}))()
+
+    async def test_scan_failed_taints_everything(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """scan_failed: every device tainted, re-split at 64 per slice; healthy again later."""
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.update(gpus(200))
+            await synced(publisher)
+            publisher.update(gpus(200), scan_failed=True)
+            await synced(publisher)
+            assert all("taints" in d for d in devices(apiserver).values())
+            assert len(apiserver.resource_slices()) == 4
+            assert pool_complete(apiserver)
+            publisher.update(gpus(200))
+            await synced(publisher)
+        assert matches(apiserver, gpus(200))()
+        assert len(apiserver.resource_slices()) == 2
+
+    async def test_same_snapshot_writes_nothing(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """An equal snapshot, or a forced re-list, changes nothing on the server."""
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.update(gpus(130))
+            await synced(publisher)
+            before = len(apiserver.requests)
+            publisher.update(gpus(130))
+            await synced(publisher)
+            lists = sum(r.method == "GET" for r in apiserver.requests)
+            publisher.request_resync()
+            await apiserver.wait_for(
+                lambda: sum(r.method == "GET" for r in apiserver.requests) > lists, what="re-list"
+            )
+            await synced(publisher)
+        assert writes(apiserver, before) == []
+
+    async def test_growing_and_shrinking_bumps_the_generation(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """A change spanning slices rewrites all with generation+1 and deletes leftovers."""
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.update(gpus(300))
+            await synced(publisher)
+            publisher.update(gpus(100))
+            await synced(publisher)
+        slices = apiserver.resource_slices()
+        assert len(slices) == 1
+        assert slices[0]["spec"]["pool"] == {"name": NODE, "generation": 2, "resourceSliceCount": 1}
+        assert matches(apiserver, gpus(100))()
+
+    async def test_empty_snapshot_is_one_empty_slice(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """All devices gone: one slice without devices says the pool is empty."""
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.update(gpus(2))
+            await synced(publisher)
+            publisher.update({})
+            await synced(publisher)
+        (only,) = apiserver.resource_slices()
+        assert "devices" not in only["spec"]
+
+    async def test_taint_time_is_kept_across_updates(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """A taint keeps the timeAdded the server gave it when its slice is rewritten."""
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.update(gpus(3, unhealthy={0}))
+            await synced(publisher)
+            first = devices(apiserver)[device_name("i915", "card0-0")]["taints"][0]["timeAdded"]
+            publisher.update(gpus(3, unhealthy={0, 1}))
+            await synced(publisher)
+        assert devices(apiserver)[device_name("i915", "card0-0")]["taints"][0]["timeAdded"] == first
+
+    async def test_updates_coalesce(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """100 snapshots pushed at once: far fewer writes, and the last snapshot wins."""
+        apiserver.latency = 0.01
+        async with publishing(apiserver_kubeconfig) as publisher:
+            for count in range(1, 101):
+                publisher.update(gpus(count % 7 + 1))
+            await synced(publisher)
+        assert len(writes(apiserver)) < 10
+        assert matches(apiserver, gpus(100 % 7 + 1))()
+
+    async def test_device_that_cannot_be_published_is_logged(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A device over the limits is logged once by ID; the others are published."""
+        crowded = DeviceInfo(attributes={f"a{i}": i for i in range(31)})
+        snapshot = {"i915": {"card0-0": crowded, "card1-0": DeviceInfo()}}
+        with caplog.at_level(logging.WARNING, logger="host.dra"):
+            async with publishing(apiserver_kubeconfig) as publisher:
+                publisher.update(snapshot)
+                await synced(publisher)
+                publisher.update(dict(snapshot))
+                await synced(publisher)
+        assert list(devices(apiserver)) == [device_name("i915", "card1-0")]
+        assert [r.getMessage() for r in caplog.records].count(
+            next(r.getMessage() for r in caplog.records if "'card0-0'" in r.getMessage())
+        ) == 1
+
+    async def test_cleanup_on_stop(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """stop() leaves the slices; stop(cleanup=True) deletes them."""
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.update(gpus(200))
+            await synced(publisher)
+        assert len(apiserver.resource_slices()) == 2
+        publisher = ResourceSlicePublisher(DRIVER, NODE, kubeconfig=apiserver_kubeconfig)
+        await publisher.start()
+        await publisher.stop(cleanup=True)
+        assert apiserver.resource_slices() == []
+
+
+@pytest.mark.usefixtures("node")
+class TestAdoption:
+    async def test_restart_adopts_without_duplicates(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """A new publisher finds its predecessor's slices: no create, no duplicate device."""
+        async with publishing(apiserver_kubeconfig) as first:
+            first.update(gpus(300))
+            await synced(first)
+        uids = {s["metadata"]["uid"] for s in apiserver.resource_slices()}
+        before = len(apiserver.requests)
+        async with publishing(apiserver_kubeconfig) as second:
+            second.update(gpus(300))
+            await synced(second)
+            assert writes(apiserver, before) == []
+            second.update(gpus(300, unhealthy={5}))
+            await synced(second)
+        assert {s["metadata"]["uid"] for s in apiserver.resource_slices()} == uids
+        assert not any(w.startswith("POST") for w in writes(apiserver, before))
+        assert matches(apiserver, gpus(300, unhealthy={5}))()
+
+    async def test_foreign_names_are_replaced(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """Slices of the driver on the node under other names (generateName) are removed."""
+        stray = {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceSlice",
+            "metadata": {"name": f"{NODE}-{DRIVER}-x7k2p"},
+            "spec": {
+                "driver": DRIVER,
+                "nodeName": NODE,
+                "pool": {"name": NODE, "generation": 4, "resourceSliceCount": 1},
+                "devices": [{"name": "old-device"}],
+            },
+        }
+        apiserver.put_resource_slice(stray)
+        other_node = dict(
+            stray, metadata={"name": "other"}, spec=dict(stray["spec"], nodeName="node-2")
+        )
+        apiserver.put_resource_slice(other_node)
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.update(gpus(2))
+            await synced(publisher)
+        mine = apiserver.resource_slices(node_name=NODE)
+        assert [s["metadata"]["name"] for s in mine] == [slice_name(DRIVER, NODE, 0)]
+        assert mine[0]["spec"]["pool"]["generation"] == 5
+        assert [s["metadata"]["name"] for s in apiserver.resource_slices(node_name="node-2")] == [
+            "other"
+        ]
+
+    async def test_kubelet_wipe_is_repaired_by_the_resync(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """Slices wiped behind the publisher's back come back at the next re-list."""
+        async with publishing(apiserver_kubeconfig, resync_interval=0.1) as publisher:
+            publisher.update(gpus(3))
+            await synced(publisher)
+            assert apiserver.wipe_resource_slices(f"spec.nodeName={NODE}") == 1
+            await apiserver.wait_for(matches(apiserver, gpus(3)), what="slices republished")
+
+
+@pytest.mark.usefixtures("node")
+class TestFailures:
+    async def test_conflict_is_retried_after_a_re_read(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """Someone else changed the slice: the PUT gets 409, the publisher re-reads and wins."""
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.update(gpus(3))
+            await synced(publisher)
+            theirs = apiserver.resource_slices()[0]
+            theirs["spec"]["devices"] = theirs["spec"]["devices"][:1]
+            apiserver.put_resource_slice(theirs)
+            publisher.update(gpus(3, unhealthy={1}))
+            await synced(publisher)
+        assert any(r.code == 409 for r in apiserver.requests)
+        assert matches(apiserver, gpus(3, unhealthy={1}))()
+
+    async def test_injected_conflicts_and_server_errors(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """409s then a 500 on writes: retried until the state is published."""
+        apiserver.fail_next("POST", "resourceslices$", times=3)
+        apiserver.fail_next("POST", "resourceslices$", 500, "InternalError", "etcd timeout")
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.update(gpus(2))
+            await synced(publisher)
+            assert publisher.status.failures == 0
+        assert [r.code for r in apiserver.requests if r.method == "POST"] == [
+            409,
+            409,
+            409,
+            500,
+            201,
+        ]
+        assert matches(apiserver, gpus(2))()
+
+    async def test_missing_node_is_retried(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """No Node yet: the failure is logged and retried; the Node's arrival unblocks it."""
+        apiserver.store.delete(NODES, NODE)
+        with caplog.at_level(logging.WARNING, logger="host.dra"):
+            async with publishing(apiserver_kubeconfig) as publisher:
+                publisher.update(gpus(1))
+                await failures(publisher, 2)
+                assert "404" in (publisher.status.last_error or "") or "not found" in (
+                    publisher.status.last_error or ""
+                )
+                apiserver.add_node(NODE, uid="late-uid")
+                await synced(publisher)
+        assert apiserver.resource_slices()[0]["metadata"]["ownerReferences"][0]["uid"] == "late-uid"
+        assert any("publishing ResourceSlices failed" in r.getMessage() for r in caplog.records)
+
+    @pytest.mark.parametrize("mode", ["unavailable", "refuse", "hang", "drop-response"])
+    async def test_short_outage_of_each_kind(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path, mode: Any
+    ) -> None:
+        """During any kind of outage updates pile up; afterwards the newest state, no duplicates."""
+        async with publishing(apiserver_kubeconfig, request_timeout=0.5) as publisher:
+            publisher.update(gpus(130))
+            await synced(publisher)
+            apiserver.begin_outage(mode)
+            publisher.update(gpus(300, unhealthy={7}))
+            await failures(publisher, 1)
+            publisher.update(gpus(260, unhealthy={9}))
+            await apiserver.end_outage()
+            await synced(publisher)
+        assert matches(apiserver, gpus(260, unhealthy={9}))()
+
+    async def test_ten_second_outage_loses_nothing(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """A 10 s outage with changes during it: the newest state lands once, no duplicates."""
+        async with publishing(apiserver_kubeconfig, retry_max=1.0) as publisher:
+            publisher.update(gpus(500))
+            await synced(publisher)
+            uids = {
+                s["metadata"]["name"]: s["metadata"]["uid"] for s in apiserver.resource_slices()
+            }
+            apiserver.begin_outage("unavailable", duration=10)
+            for step in range(5):
+                publisher.update(gpus(500 - step * 40, unhealthy={step}))
+                await failures(publisher, step + 1, timeout=15)
+            final = gpus(420, unhealthy={1, 2, 3})
+            publisher.update(final)
+            await apiserver.wait_for(
+                lambda: apiserver.outage is None, timeout=15, what="outage end"
+            )
+            await synced(publisher, timeout=15)
+        assert matches(apiserver, final)()
+        # slices that existed before the outage are the same objects, updated in place
+        kept = [s for s in apiserver.resource_slices() if s["metadata"]["name"] in uids]
+        assert len(kept) == len(uids)
+        assert all(uids[s["metadata"]["name"]] == s["metadata"]["uid"] for s in kept)
+        assert len(devices(apiserver)) == 420
