@@ -141,10 +141,13 @@ async def scan_all(scanners: Sequence[ScannerRecord], seconds: float) -> list[Sc
 
 
 async def _scan_once(record: ScannerRecord, seconds: float) -> ScanOutcome:
+    from host.deviceplugin._guard import describe
     from host.deviceplugin._scanning import run_scan
 
     notifier = _FirstTreeNotifier(asyncio.get_running_loop())
-    scan = asyncio.create_task(run_scan(record.scanner, notifier), name=f"scan {record.namespace}")
+    scan = asyncio.create_task(
+        run_scan(record.scanner, notifier, plugin=record.plugin), name=f"scan {record.namespace}"
+    )
     notified = asyncio.create_task(notifier.notified.wait())
     try:
         await asyncio.wait({scan, notified}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -158,8 +161,9 @@ async def _scan_once(record: ScannerRecord, seconds: float) -> ScanOutcome:
         return ScanOutcome(record, error=f"no devices reported within {seconds:g} s")
     exc = scan.exception()
     if exc is not None:
-        log.debug("scanner of plugin %r failed", record.plugin, exc_info=exc)
-        return ScanOutcome(record, error=f"scan raised {type(exc).__name__}: {exc}")
+        cause = exc.__cause__ or exc
+        log.debug("scanner of plugin %r failed", record.plugin, exc_info=cause)
+        return ScanOutcome(record, error=f"scan raised {describe(cause)}")
     return ScanOutcome(record, error="scan returned without calling notify")
 
 

@@ -26,6 +26,7 @@ import pluggy
 
 from host import _hookspecs
 from host._config import ConfigError, Option, OptionSetting, PluginConfig, resolve_plugin_options
+from host.deviceplugin._guard import PluginCaller, PluginError, call_hook, describe
 
 if TYPE_CHECKING:
     from host._api.api_pb2 import AllocateResponse
@@ -68,6 +69,7 @@ class PluginHooks:
     def __init__(self, name: str, manager: pluggy.PluginManager) -> None:
         self.name = name
         self._manager = manager
+        self._caller: PluginCaller | None = None  # made on first use, on the loop
 
     def implements(self, hook_name: str) -> bool:
         """Tell whether the plugin implements the hook ``hook_name``."""
@@ -78,10 +80,15 @@ class PluginHooks:
         """Call ``devplugin_options``: the plugin's declared options, names unique."""
         options: list[Option] = []
         try:
-            for result in self._manager.hook.devplugin_options():
+            results = call_hook(
+                self.name, "devplugin_options", self._manager.hook.devplugin_options
+            )
+            for result in results:
                 options.extend(_items(result, "devplugin_options", "a list of Option"))
         except PluginHookError:
             raise
+        except PluginError as exc:
+            raise _hook_failed("devplugin_options", exc.__cause__ or exc) from exc.__cause__
         except Exception as exc:
             raise _hook_failed("devplugin_options", exc) from exc
         seen: set[str] = set()
@@ -102,35 +109,58 @@ class PluginHooks:
         """
         pairs: list[tuple[str, Scanner]] = []
         try:
-            for result in self._manager.hook.devplugin_scanners(config=config):
+            results = call_hook(
+                self.name,
+                "devplugin_scanners",
+                self._manager.hook.devplugin_scanners,
+                config=config,
+            )
+            for result in results:
                 for item in _items(result, "devplugin_scanners", "(namespace, scanner) pairs"):
                     pairs.append(_scanner_pair(item))
         except (PluginHookError, ConfigError):
             raise
+        except PluginError as exc:
+            if isinstance(exc.__cause__, ConfigError):
+                raise exc.__cause__ from None
+            raise _hook_failed("devplugin_scanners", exc.__cause__ or exc) from exc.__cause__
         except Exception as exc:
             raise _hook_failed("devplugin_scanners", exc) from exc
         return pairs
 
     async def post_allocate(self, resource_name: str, response: AllocateResponse) -> None:
-        """Call ``devplugin_post_allocate``, awaiting it when it is a coroutine.
+        """Call ``devplugin_post_allocate`` behind the plugin's wall, with a deadline.
 
-        Its exception is re-raised with the plugin's name, for the Allocate's error status.
+        Plain implementations run in the plugin's worker threads, coroutines on the
+        loop. Any failure comes out as a PluginError naming the plugin, for the
+        Allocate's error status.
         """
-        try:
-            for result in self._manager.hook.devplugin_post_allocate(
-                resource_name=resource_name, response=response
-            ):
-                if inspect.isawaitable(result):
-                    await result
-        except Exception as exc:
-            raise RuntimeError(
-                f"plugin {self.name!r}: devplugin_post_allocate failed for {resource_name}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        if self._caller is None:
+            self._caller = PluginCaller(self.name)
+        await self._caller.call(
+            f"devplugin_post_allocate for {resource_name}",
+            self._post_allocate_results,
+            resource_name,
+            response,
+        )
+
+    def _post_allocate_results(
+        self, resource_name: str, response: AllocateResponse
+    ) -> Awaitable[None] | None:
+        results = self._manager.hook.devplugin_post_allocate(
+            resource_name=resource_name, response=response
+        )
+        pending = [result for result in results if inspect.isawaitable(result)]
+        return _await_all(pending) if pending else None
+
+
+async def _await_all(awaitables: Sequence[Awaitable[Any]]) -> None:
+    for awaitable in awaitables:
+        await awaitable
 
 
 def _hook_failed(hook: str, exc: BaseException) -> PluginHookError:
-    return PluginHookError(f"{hook} raised {type(exc).__name__}: {exc}")
+    return PluginHookError(f"{hook} raised {describe(exc)}")
 
 
 def _items(result: Any, hook: str, expected: str) -> Iterable[Any]:
@@ -339,11 +369,12 @@ def _import_file(path: Path) -> ModuleType:
 
 def _load(candidate: _Candidate) -> PluginRecord:
     try:
-        plugin = candidate.load()
-    # SystemExit too: a plugin calling sys.exit() at import must not end the host.
-    except (Exception, SystemExit) as exc:
-        log.debug("plugin %r failed to import", candidate.name, exc_info=exc)
-        return candidate.record(error=f"failed to import: {type(exc).__name__}: {exc}")
+        # Any BaseException: a plugin calling sys.exit() at import must not end the host.
+        plugin = call_hook(candidate.name, "import", candidate.load)
+    except PluginError as exc:
+        cause = exc.__cause__ or exc
+        log.debug("plugin %r failed to import", candidate.name, exc_info=cause)
+        return candidate.record(error=f"failed to import: {describe(cause)}")
     manager = pluggy.PluginManager(_hookspecs.PROJECT_NAME)
     manager.add_hookspecs(_hookspecs)
     try:

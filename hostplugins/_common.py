@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from host.deviceplugin import DeviceSpec, pluginapi
+from host.deviceplugin import DeviceSpec
 from hostplugins._options import as_bool, as_int, as_seconds, plugin_error
 from hostplugins._scanloop import PeriodicScanner, add_problem, no_hardware
 from hostplugins._sysfs import natural_key, numa_topology, read_attr
@@ -28,6 +28,6 @@ __all__ = [
 ]
 
 
-def device_spec(path: Path) -> pluginapi.DeviceSpec:
+def device_spec(path: Path) -> DeviceSpec:
     """Return the Go plugins' ``S(path)``: the node at the same path in the container, ``rw``."""
     return DeviceSpec(host_path=str(path), container_path=str(path), permissions="rw")

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from host.deviceplugin import pluginapi
+from host.deviceplugin import NUMANode, TopologyInfo
 
 __all__ = ["natural_key", "numa_ids", "numa_topology", "read_attr", "topology_of"]
 
@@ -50,14 +50,14 @@ def numa_ids(device_dir: Path, sysfs_root: Path) -> set[int]:
     return set()
 
 
-def topology_of(ids: Iterable[int]) -> pluginapi.TopologyInfo | None:
+def topology_of(ids: Iterable[int]) -> TopologyInfo | None:
     """Return a TopologyInfo with NUMA nodes ``ids`` (sorted), or None when there are none."""
     nodes = sorted(set(ids))
     if not nodes:
         return None
-    return pluginapi.TopologyInfo(nodes=[pluginapi.NUMANode(ID=i) for i in nodes])
+    return TopologyInfo(nodes=tuple(NUMANode(ID=i) for i in nodes))
 
 
-def numa_topology(device_dir: Path, sysfs_root: Path) -> pluginapi.TopologyInfo | None:
+def numa_topology(device_dir: Path, sysfs_root: Path) -> TopologyInfo | None:
     """Return the NUMA nodes of the sysfs device ``device_dir`` as a TopologyInfo, or None."""
     return topology_of(numa_ids(device_dir, sysfs_root))

@@ -17,6 +17,7 @@ from host._loader import (
     activate_plugins,
     discover_plugins,
 )
+from host.deviceplugin._guard import PluginError
 from tests.fixtures.builtins import BUILTIN_PLUGINS
 from tests.fixtures.plugin_dists import LOCAL_HOOKS
 from tests.fixtures.plugin_site import PluginSite, make_plugin_site
@@ -530,10 +531,10 @@ class TestPostAllocate:
             "    raise PermissionError('quota exceeded')\n",
         )
         (hook,) = activate(discover()).post_allocators
-        with pytest.raises(RuntimeError) as info:
+        with pytest.raises(PluginError) as info:
             asyncio.run(hook("a.example.com/x", api_pb2.AllocateResponse()))
         assert str(info.value) == (
-            "plugin 'angry': devplugin_post_allocate failed for a.example.com/x: "
+            "plugin 'angry': devplugin_post_allocate for a.example.com/x raised "
             "PermissionError: quota exceeded"
         )
 

@@ -53,6 +53,8 @@ REGISTER_CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
 """Options of the channel each Register call dials."""
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+"""Largest request a resource's server accepts (gRPC answers RESOURCE_EXHAUSTED above)."""
 
 
 class SocketInUseError(RuntimeError):
@@ -229,12 +231,14 @@ class ResourceEndpoint:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         server = grpc.aio.server(
             options=[
-                # GetPreferredAllocation carries every available ID: allow big requests.
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                # GetPreferredAllocation carries every available ID, and kubelet only
+                # knows IDs that fit in its 4 MiB ListAndWatch limit: twice that covers
+                # any real request and bounds what a request can make us decode.
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.so_reuseport", 0),
             ]
         )
-        api_pb2_grpc.add_DevicePluginServicer_to_server(self.service, server)
+        server.add_generic_rpc_handlers((self.service.rpc_handler(),))
         server.add_insecure_port(f"unix:{path}")
         await server.start()
         self._server = server

@@ -8,19 +8,18 @@ import functools
 import logging
 import os
 import signal
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from host.deviceplugin._cdi import DEFAULT_CDI_DIR, CdiSpecWriter, qualified_name
 from host.deviceplugin._endpoint import Backoff, ResourceEndpoint
+from host.deviceplugin._feed import ScannerFeed, Snapshot
+from host.deviceplugin._guard import DEFAULT_CALL_TIMEOUT, PluginCaller
 from host.deviceplugin._names import resource_name_error
-from host.deviceplugin._scanning import run_scan
 from host.deviceplugin._service import DevicePluginService, PostAllocateHook
-from host.deviceplugin._types import HEALTHY, DeviceInfo, DeviceTree, Scanner
+from host.deviceplugin._types import HEALTHY, DeviceInfo, Notifier, Scanner
 from host.deviceplugin._watcher import PluginDirWatcher
 
 __all__ = [
@@ -35,8 +34,6 @@ log = logging.getLogger("host.deviceplugin.manager")
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins/"
 """Where kubelet looks for device-plugin sockets (hard-coded in kubelet)."""
 
-Snapshot = dict[str, dict[str, DeviceInfo]]
-
 
 @dataclass(frozen=True)
 class ResourceStatus:
@@ -49,29 +46,6 @@ class ResourceStatus:
     registered: bool
     ready: bool
     registrations: int
-
-
-class _ManagerNotifier:
-    """The Notifier handed to the scanner: freezes each tree and hands it to the loop."""
-
-    def __init__(self, manager: Manager) -> None:
-        self._manager = manager
-
-    def notify(self, tree: DeviceTree) -> None:
-        """Publish ``tree``; callable from any thread, never blocks the scanner."""
-        if not isinstance(tree, DeviceTree):
-            raise TypeError(f"notify() expects a DeviceTree, got {type(tree).__name__}")
-        # Freeze now: the scanner may go on mutating its tree after notify returns.
-        frozen: Snapshot = {dev_type: _copy_devices(tree[dev_type]) for dev_type in tree}
-        self._manager._submit(frozen)
-
-
-def _copy_devices(devices: Mapping[str, DeviceInfo]) -> dict[str, DeviceInfo]:
-    # DeviceTree hands out read-only proxies: their copy() copies the dict underneath in
-    # one go, where dict(proxy) looks every key up again (10x slower at 100,000 devices).
-    if isinstance(devices, MappingProxyType):
-        return devices.copy()
-    return dict(devices)
 
 
 class Manager:
@@ -99,6 +73,7 @@ class Manager:
         plugin_name: str | None = None,
         scan_backoff: tuple[float, float] = (1.0, 60.0),
         register_backoff: tuple[float, float] = (0.5, 30.0),
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
     ) -> None:
         self.plugin_name = plugin_name or namespace
         reason = resource_name_error(f"{namespace}/x")
@@ -120,26 +95,30 @@ class Manager:
         self.cdi_dir = Path(cdi_dir)
         self._watcher = watcher or PluginDirWatcher(self.plugin_dir, self.kubelet_socket)
         self._post_allocators = tuple(post_allocators)
-        self._scan_backoff = scan_backoff
         self._register_backoff = register_backoff
         self._cdi = CdiSpecWriter(self.cdi_dir)
+        self._feed = ScannerFeed(self.plugin_name, namespace, scanner, backoff=scan_backoff)
+        self._feed.subscribe(self._apply)
+        self._caller = PluginCaller(self.plugin_name, timeout=call_timeout)
         self._tree: Snapshot = {}
         self._services: dict[str, DevicePluginService] = {}
         self._endpoints: dict[str, ResourceEndpoint] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._invalid_types: set[str] = set()
         self._scan_failed = False
-        self._pending: Snapshot | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
-        self._notifier = _ManagerNotifier(self)
+        self._serving = False
 
     # -- public -----------------------------------------------------------------------
 
     @property
-    def notifier(self) -> _ManagerNotifier:
+    def notifier(self) -> Notifier:
         """The Notifier the scanner receives."""
-        return self._notifier
+        return self._feed.notifier
+
+    @property
+    def feed(self) -> ScannerFeed:
+        """The scanner's feed of frozen snapshots (the Manager is one of its consumers)."""
+        return self._feed
 
     @property
     def resources(self) -> Mapping[str, ResourceStatus]:
@@ -166,84 +145,46 @@ class Manager:
 
     async def serve(self) -> None:
         """Scan and serve until cancelled; cancellation stops every server cleanly."""
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+        self._serving = True
         self.plugin_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        scan_task = asyncio.create_task(self._supervise_scan(), name=f"scan {self.namespace}")
+        feed = asyncio.create_task(self._feed.run(), name=f"feed {self.namespace}")
         try:
             await asyncio.Future()  # until cancelled
         finally:
-            scan_task.cancel()
-            self._loop_thread = None
+            self._serving = False
+            feed.cancel()
             await self._stop_all()
             with contextlib.suppress(asyncio.CancelledError):
-                await scan_task
+                await feed
+            self._caller.close()
 
-    # -- scanning ---------------------------------------------------------------------
+    # -- snapshots ----------------------------------------------------------------------
 
-    async def _supervise_scan(self) -> None:
-        backoff = Backoff(*self._scan_backoff)
-        while True:
-            try:
-                await run_scan(self.scanner, self._notifier)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                delay = backoff.next()
-                log.exception(
-                    "plugin %r: scanner failed; its devices are Unhealthy until it notifies "
-                    "again; restarting it in %.1f s",
-                    self.plugin_name,
-                    delay,
-                )
-                self._set_scan_failed(True)
-                await asyncio.sleep(delay)
-                continue
-            log.info(
-                "plugin %r: scanner returned; serving the last devices it reported",
-                self.plugin_name,
-            )
+    def _apply(self, tree: Snapshot, scan_failed: bool) -> None:
+        if not self._serving:
             return
-
-    def _set_scan_failed(self, failed: bool) -> None:
-        if failed == self._scan_failed:
-            return
-        self._scan_failed = failed
-        for service in self._services.values():
-            service.update(all_unhealthy=failed)
-
-    def _submit(self, tree: Snapshot) -> None:
-        loop, loop_thread = self._loop, self._loop_thread
-        if loop is None or loop_thread is None:
-            return  # not serving (yet, or any more): nothing to publish to
-        first = self._pending is None
-        self._pending = tree
-        if not first:
-            return  # an apply is already scheduled; it will take the newest tree
-        if threading.get_ident() == loop_thread:
-            loop.call_soon(self._apply_pending)
-        else:
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody listens
-                loop.call_soon_threadsafe(self._apply_pending)
-
-    def _apply_pending(self) -> None:
-        tree, self._pending = self._pending, None
-        if tree is None or self._loop_thread is None:
-            return
-        self._set_scan_failed(False)
+        if scan_failed != self._scan_failed:
+            self._scan_failed = scan_failed
+            for service in self._services.values():
+                service.update(all_unhealthy=scan_failed)
         old = self._tree
+        if tree is old:
+            return
         self._tree = tree
         for dev_type, devices in tree.items():
-            if dev_type not in old:
+            before = old.get(dev_type)
+            if before is devices:
+                continue  # unchanged: the feed kept the same mapping
+            if before is None:
                 self._add_type(dev_type, devices)
-            elif old[dev_type] != devices:
-                self._update_type(dev_type, devices, old[dev_type])
+            elif before != devices:
+                self._update_type(dev_type, devices, before)
         for dev_type in old.keys() - tree.keys():
             self._remove_type(dev_type, old[dev_type])
 
     # -- resources --------------------------------------------------------------------
 
-    def _add_type(self, dev_type: str, devices: dict[str, DeviceInfo]) -> None:
+    def _add_type(self, dev_type: str, devices: Mapping[str, DeviceInfo]) -> None:
         resource_name = f"{self.namespace}/{dev_type}"
         reason = resource_name_error(resource_name)
         if reason is not None:
@@ -262,6 +203,7 @@ class Manager:
         service = DevicePluginService(
             resource_name,
             self.scanner,
+            caller=self._caller,
             post_allocators=self._post_allocators,
             cdi_name=qualified_name,
         )
@@ -282,7 +224,7 @@ class Manager:
         )
 
     def _update_type(
-        self, dev_type: str, devices: dict[str, DeviceInfo], old: dict[str, DeviceInfo]
+        self, dev_type: str, devices: Mapping[str, DeviceInfo], old: Mapping[str, DeviceInfo]
     ) -> None:
         service = self._services.get(dev_type)
         if service is None:
@@ -290,7 +232,7 @@ class Manager:
         self._sync_cdi(dev_type, devices, old)
         service.update(devices)
 
-    def _remove_type(self, dev_type: str, old: dict[str, DeviceInfo]) -> None:
+    def _remove_type(self, dev_type: str, old: Mapping[str, DeviceInfo]) -> None:
         self._invalid_types.discard(dev_type)
         self._services.pop(dev_type, None)
         self._endpoints.pop(dev_type, None)

@@ -1,4 +1,4 @@
-"""Running a scanner's methods, whether they are plain functions or coroutines."""
+"""Running a scanner's ``scan``, whether a plain function or a coroutine, behind a wall."""
 
 from __future__ import annotations
 
@@ -9,33 +9,35 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from host.deviceplugin._guard import PluginError, describe, is_host_cancellation
 from host.deviceplugin._types import Notifier, Scanner
 
-__all__ = ["call_plugin_method", "run_scan"]
+__all__ = ["run_scan"]
 
 T = TypeVar("T")
 
 
-async def call_plugin_method(method: Callable[..., T | Awaitable[T]], *args: Any) -> T:
-    """Call a plugin method inline; await its result when it returns an awaitable.
-
-    Plain methods run on the event loop: Allocate-path methods are expected to be
-    quick (kubelet has no deadline on them and admits pods serially).
-    """
-    result = method(*args)
-    if inspect.isawaitable(result):
-        return await result
-    return result
-
-
-async def run_scan(scanner: Scanner, notifier: Notifier) -> None:
+async def run_scan(scanner: Scanner, notifier: Notifier, *, plugin: str = "?") -> None:
     """Run ``scanner.scan(notifier)`` until it returns; cancelling this stops a coroutine scan.
+
+    Whatever the scan lets out (``SystemExit`` and ``KeyboardInterrupt`` included)
+    comes out as a :class:`~host.deviceplugin._guard.PluginError` naming ``plugin``;
+    only a cancellation of this task by the host passes through.
 
     A plain ``scan`` runs in a daemon thread of its own rather than the default
     executor: a blocking scan loop never returns, and ``asyncio.run`` would wait for
     the executor at shutdown forever. Cancelling abandons such a thread (it can only
     be stopped by its own logic); its later notifications are ignored by the caller.
     """
+    try:
+        await _run_scan(scanner, notifier)
+    except BaseException as exc:
+        if is_host_cancellation(exc):
+            raise
+        raise PluginError(plugin, "scan", f"raised {describe(exc)}") from exc
+
+
+async def _run_scan(scanner: Scanner, notifier: Notifier) -> None:
     scan = scanner.scan
     if inspect.iscoroutinefunction(scan) or inspect.iscoroutinefunction(
         getattr(scan, "__call__", None)  # noqa: B004 - callables with async __call__

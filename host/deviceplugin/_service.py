@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,18 +12,52 @@ import grpc
 
 from host._api import api_pb2 as pluginapi
 from host._api import api_pb2_grpc
-from host.deviceplugin._scanning import call_plugin_method
+from host.deviceplugin._guard import PluginCaller, PluginError
 from host.deviceplugin._types import HEALTHY, UNHEALTHY, DeviceInfo, UseDefaultMethodError
 
-__all__ = ["KUBELET_MAX_MESSAGE", "DevicePluginService", "PostAllocateHook"]
+__all__ = [
+    "KUBELET_MAX_MESSAGE",
+    "MAX_STREAMS",
+    "DevicePluginService",
+    "PostAllocateHook",
+    "id_cap",
+]
 
 log = logging.getLogger("host.deviceplugin.server")
 
 KUBELET_MAX_MESSAGE = 4 * 1024 * 1024
 """Kubelet's gRPC receive limit: a larger ListAndWatch message fails its stream."""
 
-PostAllocateHook = Callable[[str, pluginapi.AllocateResponse], Awaitable[None] | None]
+PostAllocateHook = Callable[[str, pluginapi.AllocateResponse], Awaitable[None]]
 """A cross-cutting post-allocate hook: ``hook(resource_name, response)``."""
+
+
+MAX_STREAMS = 8
+"""ListAndWatch streams one resource serves at once; more are refused (RESOURCE_EXHAUSTED).
+
+Kubelet keeps exactly one (two for a moment around a re-registration). Each stream
+can hold a full device list in gRPC's send buffers while its reader is slow, so the
+cap bounds memory: 8 streams of a 4 MiB list stay far below the DaemonSet's limit.
+"""
+
+MIN_ID_CAP = 128
+"""Device IDs a request may name however few devices the resource has."""
+
+_INLINE_DEVICES = 2_000
+"""Device lists larger than this are encoded in a worker thread, off the loop."""
+
+_INLINE_DECODE = 64 * 1024
+"""Request bytes decoded on the loop; larger requests are decoded in a worker thread."""
+
+
+def id_cap(device_count: int) -> int:
+    """Return the most device IDs one request may name: 10x the devices, 128 at least.
+
+    Far above anything kubelet sends (it names each device once, and only devices it
+    was told about), and low enough that no request can make the host do unbounded
+    work or hold unbounded memory.
+    """
+    return max(MIN_ID_CAP, 10 * device_count)
 
 
 MAX_STATUS_MESSAGE = 2048
@@ -65,11 +100,16 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         resource_name: str,
         scanner: Any,
         *,
+        caller: PluginCaller | None = None,
         post_allocators: Sequence[PostAllocateHook] = (),
         cdi_name: Callable[[Mapping[str, Any]], str] | None = None,
         on_stream_closed: Callable[[int], None] | None = None,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         self.resource_name = resource_name
+        self._caller = caller or PluginCaller(resource_name)
+        self._max_streams = max_streams
+        self._failures = _FailureLog(resource_name)
         self._allocate = getattr(scanner, "allocate", None)
         self._post_allocate = getattr(scanner, "post_allocate", None)
         self._preferred = getattr(scanner, "get_preferred_allocation", None)
@@ -84,7 +124,10 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         self._devices: Mapping[str, DeviceInfo] = {}
         self._all_unhealthy = False
         self._snapshot = pluginapi.ListAndWatchResponse()
+        self._snapshot_bytes = b""
         self._version = 0
+        self._generation = 0
+        self._encoder: asyncio.Task[None] | None = None
         self._streams: dict[asyncio.Event, int] = {}
         self._stream_seq = 0
         self._closed = False
@@ -118,12 +161,43 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
     def update(
         self, devices: Mapping[str, DeviceInfo] | None = None, *, all_unhealthy: bool | None = None
     ) -> None:
-        """Replace the devices (and/or force them all Unhealthy) and wake every stream."""
+        """Replace the devices (and/or force them all Unhealthy) and wake every stream.
+
+        Allocate sees the new devices at once. The device list streams send is encoded
+        here for small lists, and in a worker thread for large ones (the loop is shared
+        by every resource); a list superseded while being encoded is never sent.
+        """
         if devices is not None:
             self._devices = devices
         if all_unhealthy is not None:
             self._all_unhealthy = all_unhealthy
-        self._snapshot = self._build_snapshot()
+        self._generation += 1
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            inline = True  # no loop (a plain call): nothing to keep free
+        else:
+            inline = len(self._devices) <= _INLINE_DEVICES
+        if inline:
+            self._install(*self._encode(self._devices, self._all_unhealthy))
+        elif self._encoder is None or self._encoder.done():
+            self._encoder = asyncio.get_running_loop().create_task(
+                self._encode_off_loop(), name=f"encode {self.resource_name}"
+            )
+
+    async def _encode_off_loop(self) -> None:
+        while True:
+            generation, devices, forced = self._generation, self._devices, self._all_unhealthy
+            encoded = await asyncio.to_thread(self._encode, devices, forced)
+            if generation == self._generation and not self._closed:
+                self._install(*encoded)
+                return
+            if self._closed:
+                return
+
+    def _install(self, snapshot: pluginapi.ListAndWatchResponse, data: bytes) -> None:
+        self._snapshot = snapshot
+        self._snapshot_bytes = data
         self._version += 1
         for wake in self._streams:
             wake.set()
@@ -131,21 +205,27 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
     def close(self) -> None:
         """End every ListAndWatch stream (the server is going away)."""
         self._closed = True
+        if self._encoder is not None:
+            self._encoder.cancel()
         for wake in self._streams:
             wake.set()
 
-    def _build_snapshot(self) -> pluginapi.ListAndWatchResponse:
-        forced = self._all_unhealthy
+    def _encode(
+        self, devices: Mapping[str, DeviceInfo], forced: bool
+    ) -> tuple[pluginapi.ListAndWatchResponse, bytes]:
         snapshot = pluginapi.ListAndWatchResponse()
         # Built in place: Device messages made apart would each be copied in again.
         add = snapshot.devices.add
-        for dev_id, info in self._devices.items():
+        for dev_id, info in devices.items():
             health = UNHEALTHY if forced else info.state
-            if info.topology is None:
+            topology = info.topology_message
+            if topology is None:
                 add(ID=dev_id, health=health)
             else:
-                add(ID=dev_id, health=health, topology=info.topology)
-        size = snapshot.ByteSize()
+                add(ID=dev_id, health=health, topology=topology)
+        # Encoded once per change, here: every stream sends these same bytes.
+        data = snapshot.SerializeToString()
+        size = len(data)
         if size > KUBELET_MAX_MESSAGE:
             log.error(
                 "resource %s: the device list is %d bytes, over kubelet's %d-byte limit; "
@@ -154,7 +234,65 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                 size,
                 KUBELET_MAX_MESSAGE,
             )
-        return snapshot
+        return snapshot, data
+
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        """Return the ``v1beta1.DevicePlugin`` service as a handler for a gRPC server.
+
+        Unlike the generated registration, ListAndWatch sends the pre-encoded device
+        list (encoded once per change, not once per stream and send) and large
+        requests are decoded off the loop.
+        """
+        unary = grpc.unary_unary_rpc_method_handler
+        return grpc.method_handlers_generic_handler(
+            "v1beta1.DevicePlugin",
+            {
+                "GetDevicePluginOptions": unary(
+                    self.GetDevicePluginOptions,
+                    request_deserializer=pluginapi.Empty.FromString,
+                    response_serializer=pluginapi.DevicePluginOptions.SerializeToString,
+                ),
+                "ListAndWatch": grpc.unary_stream_rpc_method_handler(
+                    self._list_and_watch_encoded,
+                    request_deserializer=pluginapi.Empty.FromString,
+                    response_serializer=_pass_bytes,
+                ),
+                "GetPreferredAllocation": unary(
+                    self._decoding(
+                        pluginapi.PreferredAllocationRequest, self.GetPreferredAllocation
+                    ),
+                    response_serializer=pluginapi.PreferredAllocationResponse.SerializeToString,
+                ),
+                "Allocate": unary(
+                    self._decoding(pluginapi.AllocateRequest, self.Allocate),
+                    response_serializer=pluginapi.AllocateResponse.SerializeToString,
+                ),
+                "PreStartContainer": unary(
+                    self._decoding(pluginapi.PreStartContainerRequest, self.PreStartContainer),
+                    response_serializer=pluginapi.PreStartContainerResponse.SerializeToString,
+                ),
+            },
+        )
+
+    def _decoding(
+        self, message_type: Any, handler: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[bytes, Any], Awaitable[Any]]:
+        async def decode_then_handle(data: bytes, context: Any) -> Any:
+            request = message_type()
+            try:
+                if len(data) <= _INLINE_DECODE:
+                    request.ParseFromString(data)
+                else:
+                    await asyncio.to_thread(request.ParseFromString, data)
+            except Exception as exc:  # DecodeError, or a message nested too deep
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"resource {self.resource_name}: cannot decode the "
+                    f"{message_type.DESCRIPTOR.name}: {exc}",
+                )
+            return await handler(request, context)
+
+        return decode_then_handle
 
     # -- RPCs -----------------------------------------------------------------------
 
@@ -168,6 +306,18 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         self, request: pluginapi.Empty, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pluginapi.ListAndWatchResponse]:
         """Send the full device list now and after every change, until the server stops."""
+        async for data in self._list_and_watch_encoded(request, context):
+            yield pluginapi.ListAndWatchResponse.FromString(data)
+
+    async def _list_and_watch_encoded(
+        self, request: pluginapi.Empty, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        if len(self._streams) >= self._max_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"resource {self.resource_name}: {len(self._streams)} ListAndWatch streams "
+                f"are open already, the most one resource serves (kubelet keeps one)",
+            )
         wake = asyncio.Event()
         seq = self._stream_seq
         self._stream_seq += 1
@@ -176,8 +326,10 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
             sent = -1
             while not self._closed:
                 if sent != self._version:
+                    # Only the newest list is ever sent: a slow reader that falls
+                    # behind skips the lists superseded while it was not reading.
                     sent = self._version
-                    yield self._snapshot
+                    yield self._snapshot_bytes
                 else:
                     await wake.wait()
                     wake.clear()
@@ -199,14 +351,15 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
     async def _allocate_response(
         self, request: pluginapi.AllocateRequest
     ) -> pluginapi.AllocateResponse:
+        self._check_ids("Allocate", [creq.devices_ids for creq in request.container_requests])
         response: pluginapi.AllocateResponse | None = None
         if callable(self._allocate):
             try:
-                result = await call_plugin_method(self._allocate, request)
-            except UseDefaultMethodError:
+                result = await self._caller.call("allocate", self._allocate, request)
+            except PluginError as exc:
+                if not isinstance(exc.__cause__, UseDefaultMethodError):
+                    raise self._plugin_failure(exc) from exc
                 result = None
-            except Exception as exc:
-                raise self._plugin_failure("allocate", exc) from exc
             if isinstance(result, pluginapi.AllocateResponse):
                 response = result
             elif result is not None and not isinstance(result, UseDefaultMethodError):
@@ -219,15 +372,17 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
             response = self.default_allocate(request)
         if callable(self._post_allocate):
             try:
-                await call_plugin_method(self._post_allocate, response)
-            except Exception as exc:
-                raise self._plugin_failure("post_allocate", exc) from exc
+                await self._caller.call("post_allocate", self._post_allocate, response)
+            except PluginError as exc:
+                raise self._plugin_failure(exc) from exc
         for hook in self._post_allocators:
             try:
-                await call_plugin_method(hook, self.resource_name, response)
-            except Exception as exc:
+                await hook(self.resource_name, response)
+            except PluginError as exc:
+                raise self._plugin_failure(exc) from exc
+            except Exception as exc:  # a hook the host wired without a wall of its own
                 raise self._plugin_failure(
-                    f"post-allocate hook {getattr(hook, '__qualname__', hook)!s}", exc
+                    PluginError("?", f"post-allocate hook {hook!r}", f"raised {exc!r}")
                 ) from exc
         if request.container_requests and not response.container_responses:
             raise RpcError(
@@ -236,6 +391,26 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                 "container responses (kubelet rejects that)",
             )
         return response
+
+    def _check_ids(self, call: str, id_lists: Sequence[Sequence[str]]) -> None:
+        """Refuse requests naming too many IDs, or one ID twice, before any work on them."""
+        total = sum(len(ids) for ids in id_lists)
+        cap = id_cap(len(self._devices))
+        if total > cap:
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"resource {self.resource_name}: {call} names {total} device IDs; at most "
+                f"{cap} are accepted (10 times the {len(self._devices)} devices served)",
+            )
+        seen: set[str] = set()
+        for ids in id_lists:
+            for dev_id in ids:
+                if dev_id in seen:
+                    raise RpcError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"resource {self.resource_name}: {call} names device {dev_id!r} twice",
+                    )
+                seen.add(dev_id)
 
     def default_allocate(self, request: pluginapi.AllocateRequest) -> pluginapi.AllocateResponse:
         """Build the response from the advertised DeviceInfo of every requested ID."""
@@ -266,8 +441,19 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                         grpc.StatusCode.FAILED_PRECONDITION,
                         f"resource {self.resource_name}: device {dev_id!r} is unhealthy",
                     )
-                cresp.devices.extend(info.nodes)
-                cresp.mounts.extend(info.mounts)
+                add_node, add_mount = cresp.devices.add, cresp.mounts.add
+                for node in info.nodes:
+                    add_node(
+                        container_path=node.container_path,
+                        host_path=node.host_path,
+                        permissions=node.permissions,
+                    )
+                for mount in info.mounts:
+                    add_mount(
+                        container_path=mount.container_path,
+                        host_path=mount.host_path,
+                        read_only=mount.read_only,
+                    )
                 cresp.envs.update(info.envs)
                 cresp.annotations.update(info.annotations)
                 if info.cdi_spec is not None and self._cdi_name is not None:
@@ -291,10 +477,15 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                     f"resource {self.resource_name}: the plugin has no preferred allocation "
                     "(get_preferred_allocation_available is false)",
                 )
+            for creq in request.container_requests:
+                self._check_ids("GetPreferredAllocation", [creq.available_deviceIDs])
+                self._check_ids("GetPreferredAllocation", [creq.must_include_deviceIDs])
             try:
-                result = await call_plugin_method(self._preferred, request)
-            except Exception as exc:
-                raise self._plugin_failure("get_preferred_allocation", exc) from exc
+                result = await self._caller.call(
+                    "get_preferred_allocation", self._preferred, request
+                )
+            except PluginError as exc:
+                raise self._plugin_failure(exc) from exc
             if not isinstance(result, pluginapi.PreferredAllocationResponse):
                 raise RpcError(
                     grpc.StatusCode.INTERNAL,
@@ -319,22 +510,56 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                     f"resource {self.resource_name}: the plugin has no pre-start step "
                     "(pre_start_required is false)",
                 )
+            self._check_ids("PreStartContainer", [request.devices_ids])
             try:
-                await call_plugin_method(self._pre_start, request)
-            except Exception as exc:
-                raise self._plugin_failure("pre_start_container", exc) from exc
+                await self._caller.call("pre_start_container", self._pre_start, request)
+            except PluginError as exc:
+                raise self._plugin_failure(exc) from exc
             return pluginapi.PreStartContainerResponse()
         except RpcError as err:
             await context.abort(err.code, err.message)
             raise
 
-    def _plugin_failure(self, method: str, exc: Exception) -> RpcError:
+    def _plugin_failure(self, exc: PluginError) -> RpcError:
         # A ValueError is the plugin's way of saying the request is bad; anything else
-        # is the plugin's own failure. Either way the server stays up.
-        if isinstance(exc, ValueError):
+        # (SystemExit and KeyboardInterrupt included) is the plugin's own failure.
+        # Either way the server stays up and kubelet gets an answer.
+        if isinstance(exc.__cause__, ValueError):
             code = grpc.StatusCode.INVALID_ARGUMENT
-            log.info("resource %s: %s rejected the request: %s", self.resource_name, method, exc)
+            log.info("resource %s: %s", self.resource_name, exc)
         else:
             code = grpc.StatusCode.INTERNAL
-            log.error("resource %s: %s failed", self.resource_name, method, exc_info=exc)
-        return RpcError(code, f"resource {self.resource_name}: {method} failed: {exc}")
+            self._failures.log(exc)
+        return RpcError(code, f"resource {self.resource_name}: {exc}")
+
+
+class _FailureLog:
+    """Logs a plugin's failures at ERROR: the first at once, then one line a minute.
+
+    A plugin failing every Allocate of a busy node must not drown the log.
+    """
+
+    INTERVAL = 60.0
+
+    def __init__(self, resource_name: str) -> None:
+        self._resource_name = resource_name
+        self._last = -self.INTERVAL
+        self._suppressed = 0
+
+    def log(self, exc: PluginError) -> None:
+        now = time.monotonic()
+        if now - self._last < self.INTERVAL:
+            self._suppressed += 1
+            return
+        more = (
+            f" ({self._suppressed} more failures since the last report)" if self._suppressed else ""
+        )
+        self._last, self._suppressed = now, 0
+        log.error("resource %s: %s%s", self._resource_name, exc, more, exc_info=exc.__cause__)
+
+
+def _pass_bytes(message: Any) -> bytes:
+    """Serialize a response; pre-encoded bytes pass as they are."""
+    if isinstance(message, bytes):
+        return message
+    return message.SerializeToString()  # type: ignore[no-any-return]

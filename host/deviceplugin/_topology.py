@@ -31,7 +31,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from host._api import api_pb2 as pluginapi
+from host.deviceplugin._types import NUMANode, TopologyInfo
 
 __all__ = ["find_sysfs_device", "topology_for_nodes"]
 
@@ -86,7 +86,7 @@ def find_sysfs_device(
 
 def topology_for_nodes(
     paths: Sequence[str], *, sysfs_root: str | os.PathLike[str] = "/sys"
-) -> pluginapi.TopologyInfo | None:
+) -> TopologyInfo | None:
     """Return the NUMA nodes of the devices behind device nodes ``paths``, or None.
 
     For each path: find its sysfs device (:func:`find_sysfs_device`), walk up from it
@@ -107,7 +107,7 @@ def topology_for_nodes(
             numa_ids.update(_parse_numa_ids(hint.numas, provider))
     if not numa_ids:
         return None
-    return pluginapi.TopologyInfo(nodes=[pluginapi.NUMANode(ID=i) for i in sorted(numa_ids)])
+    return TopologyInfo(nodes=tuple(NUMANode(ID=i) for i in sorted(numa_ids)))
 
 
 def _topology_hints(dev_dir: str, root: str, visiting: frozenset[str]) -> dict[str, _Hint]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -36,27 +38,96 @@ HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 """Health of a device kubelet counts in capacity but never allocates."""
 
-# The wire messages serve as the value types: a DeviceSpec built here is the
-# DeviceSpec kubelet receives, with no conversion layer in between.
-DeviceSpec = pluginapi.DeviceSpec
-Mount = pluginapi.Mount
-TopologyInfo = pluginapi.TopologyInfo
-NUMANode = pluginapi.NUMANode
-
 
 class UseDefaultMethodError(Exception):
     """Raised (or returned) by a scanner's ``allocate`` to fall back to the default Allocate."""
 
 
-def _frozen_copy(messages: Iterable[Any], kind: type[Any]) -> tuple[Any, ...]:
-    out = []
-    for message in messages:
-        if not isinstance(message, kind):
-            raise TypeError(f"expected {kind.__name__}, got {type(message).__name__}: {message!r}")
-        copy = kind()
-        copy.CopyFrom(message)
-        out.append(copy)
-    return tuple(out)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""Control characters: never part of a name, an ID or a path the host passes on."""
+
+
+def name_problem(value: str) -> str | None:
+    """Why ``value`` cannot serve as a device ID or type (control characters), or None."""
+    found = _CONTROL.search(value)
+    if found is None:
+        return None
+    return f"contains control character {found.group()!r} at position {found.start()}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """A device node to expose in the container (``v1beta1.DeviceSpec``); immutable.
+
+    ``DeviceSpec(host_path="/dev/dri/card0", container_path="/dev/dri/card0",
+    permissions="rw")``. A ``v1beta1.DeviceSpec`` message is accepted wherever a
+    DeviceSpec is and converted with :meth:`of`.
+    """
+
+    container_path: str = ""
+    host_path: str = ""
+    permissions: str = ""
+
+    @classmethod
+    def of(cls, value: DeviceSpec | pluginapi.DeviceSpec) -> DeviceSpec:
+        """Return ``value`` as a DeviceSpec (a wire message is copied)."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, pluginapi.DeviceSpec):
+            return cls(value.container_path, value.host_path, value.permissions)
+        raise TypeError(f"expected DeviceSpec, got {type(value).__name__}: {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A host path to mount into the container (``v1beta1.Mount``); immutable."""
+
+    container_path: str = ""
+    host_path: str = ""
+    read_only: bool = False
+
+    @classmethod
+    def of(cls, value: Mount | pluginapi.Mount) -> Mount:
+        """Return ``value`` as a Mount (a wire message is copied)."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, pluginapi.Mount):
+            return cls(value.container_path, value.host_path, value.read_only)
+        raise TypeError(f"expected Mount, got {type(value).__name__}: {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class NUMANode:
+    """One NUMA node of a device's topology (``v1beta1.NUMANode``)."""
+
+    ID: int = 0  # the wire name, kept so code written for the message works
+
+
+@dataclass(frozen=True, slots=True)
+class TopologyInfo:
+    """The NUMA nodes a device is attached to (``v1beta1.TopologyInfo``); immutable."""
+
+    nodes: tuple[NUMANode, ...] = ()
+
+    def __post_init__(self) -> None:
+        nodes = tuple(self.nodes)
+        for node in nodes:
+            if not isinstance(node, NUMANode):
+                raise TypeError(f"TopologyInfo nodes must be NUMANode, got {node!r}")
+        object.__setattr__(self, "nodes", nodes)
+
+    @classmethod
+    def of(cls, value: TopologyInfo | pluginapi.TopologyInfo) -> TopologyInfo:
+        """Return ``value`` as a TopologyInfo (a wire message is copied)."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, pluginapi.TopologyInfo):
+            return cls(tuple(NUMANode(node.ID) for node in value.nodes))
+        raise TypeError(f"topology must be a TopologyInfo, got {type(value).__name__}: {value!r}")
+
+    def to_message(self) -> pluginapi.TopologyInfo:
+        """Return the wire message kubelet receives."""
+        return pluginapi.TopologyInfo(nodes=[pluginapi.NUMANode(ID=n.ID) for n in self.nodes])
 
 
 _EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
@@ -72,11 +143,44 @@ def _frozen_map(values: Mapping[str, str] | None, what: str) -> Mapping[str, str
     return MappingProxyType(result)
 
 
+class _FrozenDict(dict[str, Any]):
+    """A dict that refuses changes: a published CDI spec must not move under the host.
+
+    Still a ``dict``, so ``json.dumps`` and ``isinstance(x, dict)`` work as before.
+    """
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a DeviceInfo's CDI spec is read-only; build a new DeviceInfo")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _refuse
+    __ior__ = _refuse
+
+
+class _FrozenList(list[Any]):
+    """A list that refuses changes (see :class:`_FrozenDict`)."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a DeviceInfo's CDI spec is read-only; build a new DeviceInfo")
+
+    __setitem__ = __delitem__ = append = extend = insert = pop = remove = _refuse
+    clear = sort = reverse = __iadd__ = __imul__ = _refuse
+
+
+def _deep_freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _FrozenDict({key: _deep_freeze(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return _FrozenList(_deep_freeze(item) for item in value)
+    return value
+
+
 @dataclass(frozen=True, eq=True, kw_only=True)
 class DeviceInfo:
     """Everything kubelet needs to know about one device: health, nodes, mounts, and more.
 
-    An immutable value; every argument is a keyword::
+    An immutable value, all the way down (device nodes, mounts and topology are frozen
+    dataclasses, maps are read-only, a CDI spec is a read-only copy), so what the host
+    has published cannot change behind its back. Every argument is a keyword::
 
         DeviceInfo(state=HEALTHY,
                    nodes=[DeviceSpec(host_path="/dev/dri/card0",
@@ -84,18 +188,19 @@ class DeviceInfo:
 
     ``topology`` is given directly; :meth:`with_topology` reads it from sysfs instead
     (the Go ``NewDeviceInfo``). ``cdi_spec`` is a CDI spec (JSON-like dict with
-    ``cdiVersion``, ``kind`` and exactly one entry in ``devices``).
+    ``cdiVersion``, ``kind`` and exactly one entry in ``devices``). The ``v1beta1``
+    wire messages (``pluginapi.DeviceSpec`` and friends) are accepted and copied.
     ``attributes`` (name -> str/int/bool/:class:`SemVer`) and ``capacity`` (name ->
     quantity string) are published only by a DRA driver; names are ``[<domain>/]<C
     identifier>`` (domain <= 63, identifier <= 32), string values <= 64 characters.
     """
 
     state: str = HEALTHY
-    nodes: tuple[pluginapi.DeviceSpec, ...] = ()
-    mounts: tuple[pluginapi.Mount, ...] = ()
+    nodes: tuple[DeviceSpec, ...] = ()
+    mounts: tuple[Mount, ...] = ()
     envs: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
-    topology: pluginapi.TopologyInfo | None = None
+    topology: TopologyInfo | None = None
     cdi_spec: Mapping[str, Any] | None = None
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
     capacity: Mapping[str, str] = field(default_factory=dict)
@@ -106,31 +211,74 @@ class DeviceInfo:
                 f"device state must be {HEALTHY!r} or {UNHEALTHY!r}, got {self.state!r}"
             )
         set_ = object.__setattr__
-        set_(self, "nodes", _frozen_copy(self.nodes, pluginapi.DeviceSpec))
-        set_(self, "mounts", _frozen_copy(self.mounts, pluginapi.Mount))
+        set_(self, "nodes", tuple(DeviceSpec.of(node) for node in self.nodes))
+        set_(self, "mounts", tuple(Mount.of(mount) for mount in self.mounts))
         set_(self, "envs", _frozen_map(self.envs, "envs"))
         set_(self, "annotations", _frozen_map(self.annotations, "annotations"))
+        topology_message = None
         if self.topology is not None:
-            if not isinstance(self.topology, pluginapi.TopologyInfo):
-                raise TypeError(f"topology must be a TopologyInfo, got {self.topology!r}")
-            set_(self, "topology", _frozen_copy([self.topology], pluginapi.TopologyInfo)[0])
+            set_(self, "topology", TopologyInfo.of(self.topology))
+            topology_message = self.topology.to_message()
+        # Built once: every ListAndWatch snapshot copies it in.
+        set_(self, "_topology_message", topology_message)
+        cdi_key = None
         if self.cdi_spec is not None:
             from host.deviceplugin._cdi_spec import validate_cdi_spec
 
-            set_(self, "cdi_spec", validate_cdi_spec(self.cdi_spec))
+            checked = validate_cdi_spec(self.cdi_spec)
+            cdi_key = json.dumps(checked, sort_keys=True)
+            set_(self, "cdi_spec", _deep_freeze(checked))
         set_(self, "attributes", frozen_attributes(self.attributes))
         set_(self, "capacity", frozen_capacity(self.capacity))
+        # Hashed once, here: trees compare devices by hash first (see DeviceTree).
+        set_(
+            self,
+            "_hash",
+            hash(
+                (
+                    self.state,
+                    self.nodes,
+                    self.mounts,
+                    frozenset(self.envs.items()),
+                    frozenset(self.annotations.items()),
+                    self.topology,
+                    cdi_key,
+                    # SemVer is a str: the type tells a version from a string.
+                    frozenset((k, type(v).__name__, v) for k, v in self.attributes.items()),
+                    frozenset(self.capacity.items()),
+                )
+            ),
+        )
 
-    # Protobuf messages are unhashable; a DeviceInfo is compared, never hashed.
-    __hash__ = None  # type: ignore[assignment]
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined, no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, DeviceInfo):
+            return NotImplemented
+        if self._hash != other._hash:  # type: ignore[attr-defined]
+            return False
+        return (
+            self.state == other.state
+            and self.nodes == other.nodes
+            and self.mounts == other.mounts
+            and self.envs == other.envs
+            and self.annotations == other.annotations
+            and self.topology == other.topology
+            and self.cdi_spec == other.cdi_spec
+            and self.attributes == other.attributes
+            and self.capacity == other.capacity
+        )
 
     @classmethod
     def with_topology(
         cls,
         *,
         state: str = HEALTHY,
-        nodes: Iterable[pluginapi.DeviceSpec] = (),
-        mounts: Iterable[pluginapi.Mount] = (),
+        nodes: Iterable[DeviceSpec | pluginapi.DeviceSpec] = (),
+        mounts: Iterable[Mount | pluginapi.Mount] = (),
         envs: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
         cdi_spec: Mapping[str, Any] | None = None,
@@ -147,8 +295,8 @@ class DeviceInfo:
         node_list = tuple(nodes)
         return cls(
             state=state,
-            nodes=node_list,
-            mounts=tuple(mounts),
+            nodes=tuple(DeviceSpec.of(node) for node in node_list),
+            mounts=tuple(Mount.of(mount) for mount in mounts),
             envs=envs or {},
             annotations=annotations or {},
             topology=topology_for_nodes([n.host_path for n in node_list], sysfs_root=sysfs_root),
@@ -162,6 +310,14 @@ class DeviceInfo:
             return ()
         return tuple(node.ID for node in self.topology.nodes)
 
+    @property
+    def topology_message(self) -> pluginapi.TopologyInfo | None:
+        """The topology as the wire message (shared: copy it in, never change it)."""
+        return self._topology_message  # type: ignore[attr-defined, no-any-return]
+
+
+_FINGERPRINT_MASK = (1 << 64) - 1
+
 
 class DeviceTree(Mapping[str, Mapping[str, DeviceInfo]]):
     """Devices found by one scan, grouped by device type: ``tree[dev_type][dev_id]``.
@@ -172,16 +328,43 @@ class DeviceTree(Mapping[str, Mapping[str, DeviceInfo]]):
 
     def __init__(self) -> None:
         self._types: dict[str, dict[str, DeviceInfo]] = {}
+        # Per type, the sum of hash((id, info)) over its devices, kept as devices are
+        # added: the notifier tells changed types from unchanged ones without
+        # comparing every device (one changed device among 100,000 costs one type).
+        self._sums: dict[str, int] = {}
+        self._rejected: list[tuple[str, str, str]] = []
 
     def add_device(self, dev_type: str, dev_id: str, info: DeviceInfo) -> None:
-        """Add (or replace) device ``dev_id`` of type ``dev_type``."""
+        """Add (or replace) device ``dev_id`` of type ``dev_type``.
+
+        A type or ID with control characters is not added: the notifier logs it with
+        the device named, and the rest of the tree is served.
+        """
         if not isinstance(dev_type, str) or not dev_type:
             raise ValueError(f"device type must be a non-empty string, got {dev_type!r}")
         if not isinstance(dev_id, str) or not dev_id:
             raise ValueError(f"device ID must be a non-empty string, got {dev_id!r}")
         if not isinstance(info, DeviceInfo):
             raise TypeError(f"device {dev_id!r}: expected a DeviceInfo, got {type(info).__name__}")
-        self._types.setdefault(dev_type, {})[dev_id] = info
+        problem = name_problem(dev_type)
+        if problem is not None:
+            self._rejected.append((dev_type, dev_id, f"device type {problem}"))
+            return
+        problem = name_problem(dev_id)
+        if problem is not None:
+            self._rejected.append((dev_type, dev_id, f"device ID {problem}"))
+            return
+        devices = self._types.setdefault(dev_type, {})
+        total = self._sums.get(dev_type, 0)
+        old = devices.get(dev_id)
+        if old is not None:
+            total -= hash((dev_id, old))
+        devices[dev_id] = info
+        self._sums[dev_type] = (total + hash((dev_id, info))) & _FINGERPRINT_MASK
+
+    def _fingerprint(self, dev_type: str) -> tuple[int, int]:
+        """``(device count, hash sum)`` of one type: equal for equal device sets."""
+        return len(self._types[dev_type]), self._sums[dev_type]
 
     def device_type_count(self, dev_type: str) -> int:
         """Return how many devices of ``dev_type`` the tree holds."""

@@ -69,7 +69,7 @@ def afu_resource_name(interface_id: str, afu_id: str) -> str:
     return f"af-{interface_id[:3]}.{afu_id[:3]}.{encoded}"
 
 
-def _spec(path: Path) -> pluginapi.DeviceSpec:
+def _spec(path: Path) -> DeviceSpec:
     return DeviceSpec(host_path=str(path), container_path=str(path), permissions="rw")
 
 

@@ -93,7 +93,7 @@ class AlwaysHealthy:
 ALWAYS_HEALTHY = AlwaysHealthy()
 
 
-def _spec(path: Path) -> pluginapi.DeviceSpec:
+def _spec(path: Path) -> DeviceSpec:
     return DeviceSpec(host_path=str(path), container_path=str(path), permissions="rw")
 
 
@@ -120,13 +120,13 @@ def _pci_address(card_dir: Path, name: str) -> str | None:
 
 def _card_nodes(
     card: str, device_dir: Path, dri_dir: Path, problems: Problems
-) -> list[pluginapi.DeviceSpec]:
+) -> list[DeviceSpec]:
     try:
         entries = sorted(os.listdir(device_dir / "drm"), key=natural_key)
     except OSError as err:
         problems.add(f"{card}: cannot list {device_dir / 'drm'}: {err.strerror}; card skipped")
         return []
-    nodes: list[pluginapi.DeviceSpec] = []
+    nodes: list[DeviceSpec] = []
     for entry in entries:
         if _CONTROL.fullmatch(entry):
             continue
@@ -140,7 +140,7 @@ def _card_nodes(
 
 def _bypath_mounts(
     settings: GpuSettings, pci_address: str | None, bypath_dir: Path
-) -> list[pluginapi.Mount]:
+) -> list[Mount]:
     if settings.bypath == "none" or not bypath_dir.is_dir():
         return []
     if settings.bypath == "all":
@@ -158,9 +158,9 @@ def _bypath_mounts(
     ]
 
 
-def _mei_nodes(device_dir: Path, devfs_root: Path) -> list[pluginapi.DeviceSpec]:
+def _mei_nodes(device_dir: Path, devfs_root: Path) -> list[DeviceSpec]:
     """MEI nodes of the card's management engine (``<device>/*.mei-*/mei/meiN``)."""
-    nodes: list[pluginapi.DeviceSpec] = []
+    nodes: list[DeviceSpec] = []
     for mei_dir in sorted(device_dir.glob("*.mei-*/mei"), key=lambda p: natural_key(str(p))):
         with contextlib.suppress(OSError):
             for name in sorted(os.listdir(mei_dir), key=natural_key):
@@ -171,7 +171,7 @@ def _mei_nodes(device_dir: Path, devfs_root: Path) -> list[pluginapi.DeviceSpec]
 
 
 def cdi_spec(
-    card: str, nodes: Iterable[pluginapi.DeviceSpec], mounts: Iterable[pluginapi.Mount]
+    card: str, nodes: Iterable[DeviceSpec], mounts: Iterable[Mount]
 ) -> dict[str, Any]:
     """Return the CDI spec describing ``card``: its device nodes and read-only by-path mounts."""
     edits: dict[str, Any] = {
@@ -259,7 +259,7 @@ def scan_once(
         found.add(f"cannot list GPU cards in {drm_dir}: {err.strerror}")
         return tree
 
-    monitoring: dict[str, list[pluginapi.DeviceSpec]] = {}
+    monitoring: dict[str, list[DeviceSpec]] = {}
     for name in names:
         card_dir = drm_dir / name
         if not _wanted(settings, card_dir):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from host.deviceplugin import DeviceSpec, pluginapi
+from host.deviceplugin import DeviceSpec
 from hostplugins import _scanloop
 from hostplugins._allocation import renumber_envs
 from hostplugins._scanloop import Problems
@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-def device_spec(path: Path, devfs_root: Path) -> pluginapi.DeviceSpec:
+def device_spec(path: Path, devfs_root: Path) -> DeviceSpec:
     """Return the ``rw`` spec of device node ``path``.
 
     The host path is the node as found (under ``devfs_root``); the container sees it

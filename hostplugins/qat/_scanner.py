@@ -107,8 +107,8 @@ def _ready(vf: Path, settings: QatSettings, sysfs_root: Path, problems: Problems
 
 def _nodes_and_mounts(
     name: str, settings: QatSettings, sysfs_root: Path, devfs_root: Path
-) -> tuple[list[pluginapi.DeviceSpec], list[pluginapi.Mount]]:
-    def spec(path: Path) -> pluginapi.DeviceSpec:
+) -> tuple[list[DeviceSpec], list[Mount]]:
+    def spec(path: Path) -> DeviceSpec:
         return DeviceSpec(
             host_path=str(path), container_path=_under(devfs_root, path, "/dev"), permissions="rw"
         )
@@ -154,8 +154,8 @@ def scan_once(
         bdf = vf.name
         resource = _resource(vf, debugfs, found)
         name = _ready(vf, settings, sysfs_root, found)
-        nodes: list[pluginapi.DeviceSpec] = []
-        mounts: list[pluginapi.Mount] = []
+        nodes: list[DeviceSpec] = []
+        mounts: list[Mount] = []
         if name is None:
             state = UNHEALTHY
         else:

@@ -145,8 +145,8 @@ class Host:
             self.manager.notifier.notify(self.tree_of(self.infos))
 
     async def run(self) -> None:
-        self.original_apply = self.manager._apply_pending
-        self.manager._apply_pending = self.timed_apply  # type: ignore[method-assign]
+        self.original_apply = self.manager.feed._apply_pending
+        self.manager.feed._apply_pending = self.timed_apply  # type: ignore[method-assign]
         serve = asyncio.create_task(self.manager.serve())
         emit("serving")
         churn = asyncio.create_task(self.churn()) if self.update_interval else None

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
-from host.deviceplugin import UNHEALTHY, Mount, UseDefaultMethodError, pluginapi
+from host.deviceplugin import UNHEALTHY, DeviceSpec, Mount, UseDefaultMethodError, pluginapi
 from host.testing import FakeKubelet
 
 from .conftest import QueueScanner, ServeFn
@@ -41,7 +41,7 @@ class TestDefaultAllocate:
         await kubelet.wait_for_resource("ex.com/a", count=3)
         response = await kubelet.allocate("ex.com/a", ["d0", "d1"])
         (c,) = response.container_responses
-        assert list(c.devices) == [node("/dev/null"), node("/dev/zero")]
+        assert [DeviceSpec.of(d) for d in c.devices] == [node("/dev/null"), node("/dev/zero")]
         assert [m.container_path for m in c.mounts] == ["/usr/lib/x"]
         assert dict(c.envs) == {"X_VISIBLE": "0", "Y": "1"}
         assert dict(c.annotations) == {"ex.com/a": "1"}
@@ -160,7 +160,7 @@ class TestPluginMethods:
         for mode in ("raise-default", "return-default"):
             scanner.allocate_mode = mode
             c = (await kubelet.allocate("ex.com/a", ["d0"])).container_responses[0]
-            assert list(c.devices) == [node("/dev/null")]
+            assert [DeviceSpec.of(d) for d in c.devices] == [node("/dev/null")]
             assert c.annotations["post"] == "done"
 
     @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
-from host.deviceplugin import pluginapi
+from host.deviceplugin import DeviceSpec, pluginapi
 from host.testing import FakeKubelet
 
 from .conftest import QueueScanner, ServeFn
@@ -44,7 +44,9 @@ class TestSeedExample:
             state = await kubelet.wait_for_resource("color.example.com/yellow", count=1, timeout=20)
             assert state.allocatable == 1
             response = await kubelet.allocate("color.example.com/yellow", ["dev0"])
-            assert list(response.container_responses[0].devices) == [node("/dev/null")]
+            assert [DeviceSpec.of(d) for d in response.container_responses[0].devices] == [
+                node("/dev/null")
+            ]
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err = await asyncio.to_thread(proc.communicate, timeout=10)

@@ -10,8 +10,10 @@ from host.deviceplugin import (
     DeviceInfo,
     DeviceSpec,
     DeviceTree,
+    Mount,
     NUMANode,
     TopologyInfo,
+    pluginapi,
 )
 
 
@@ -26,17 +28,53 @@ class TestDeviceInfo:
 
     def test_is_immutable_and_detached_from_inputs(self) -> None:
         """Changing the messages or dicts given to it later does not change the DeviceInfo."""
-        node = DeviceSpec(host_path="/dev/a")
+        node = pluginapi.DeviceSpec(host_path="/dev/a")
         envs = {"A": "1"}
-        info = DeviceInfo(nodes=[node], envs=envs)
+        info = DeviceInfo(nodes=[node], envs=envs)  # type: ignore[list-item]
         node.host_path = "/dev/changed"
         envs["A"] = "2"
-        assert info.nodes[0].host_path == "/dev/a"
+        assert info.nodes[0] == DeviceSpec(host_path="/dev/a")
         assert info.envs == {"A": "1"}
         with pytest.raises(AttributeError):
             info.state = UNHEALTHY  # type: ignore[misc]
         with pytest.raises(TypeError):
             info.envs["B"] = "x"  # type: ignore[index]
+
+    def test_nothing_inside_can_be_changed(self) -> None:
+        """Nodes, mounts, topology and the CDI spec refuse changes after notify."""
+        info = DeviceInfo(
+            nodes=[DeviceSpec(host_path="/dev/a", container_path="/dev/a")],
+            mounts=[Mount(host_path="/a", container_path="/a")],
+            topology=TopologyInfo(nodes=[NUMANode(ID=0)]),
+            cdi_spec={
+                "cdiVersion": "0.5.0",
+                "kind": "ex.com/a",
+                "devices": [{"name": "a", "containerEdits": {"env": ["A=1"]}}],
+            },
+        )
+        with pytest.raises(AttributeError):
+            info.nodes[0].host_path = "/dev/b"  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            info.mounts[0].read_only = True  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            info.topology.nodes[0].ID = 3  # type: ignore[misc, union-attr]
+        assert info.cdi_spec is not None
+        with pytest.raises(TypeError, match="read-only"):
+            info.cdi_spec["devices"][0]["name"] = "b"
+        with pytest.raises(TypeError, match="read-only"):
+            info.cdi_spec["devices"].append({})
+        assert info.cdi_spec["devices"][0]["name"] == "a"
+        assert info.topology_message is not None
+        assert list(info.topology_message.nodes) == [pluginapi.NUMANode(ID=0)]
+
+    def test_hash_follows_equality(self) -> None:
+        """Equal DeviceInfos hash alike (trees compare devices by hash first)."""
+        a = DeviceInfo(nodes=[DeviceSpec(host_path="/dev/a")], envs={"A": "1"})
+        b = DeviceInfo(nodes=[pluginapi.DeviceSpec(host_path="/dev/a")], envs={"A": "1"})  # type: ignore[list-item]
+        assert a == b
+        assert hash(a) == hash(b)
+        assert {a: 1}[b] == 1
+        assert hash(DeviceInfo(state=UNHEALTHY)) != hash(DeviceInfo())
 
     @pytest.mark.parametrize(
         ("kwargs", "error", "needle"),

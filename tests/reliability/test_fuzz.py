@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 
 from host._api import api_pb2
 from host.deviceplugin import UNHEALTHY, DeviceInfo, Manager, Mount
+from host.deviceplugin._endpoint import MAX_REQUEST_BYTES
+from host.deviceplugin._service import id_cap
 from host.testing import FakeKubelet
 
 from .conftest import ServeFn, info, tree_of
@@ -199,7 +201,7 @@ def expand(ids: IdList) -> list[str]:
 odd_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)  # NUL, RTL, emoji...
 short_id = st.one_of(st.sampled_from(KNOWN_IDS), odd_text)
 device_id = st.one_of(short_id, st.text(min_size=300, max_size=2000))
-# Huge lists of short IDs: a request stays under the server's 64 MiB receive limit
+# Huge lists of short IDs: a request stays under the server's 8 MiB receive limit
 # (TestOversizedInput covers going over it) and an answer under kubelet's 4 MiB.
 huge_ids = st.builds(
     Repeated, st.integers(5_000, 10_000), st.lists(short_id, min_size=1, max_size=3).map(tuple)
@@ -245,6 +247,8 @@ FUZZ = settings(
 
 def expected_allocate_error(request: api_pb2.AllocateRequest) -> grpc.StatusCode | None:
     """The status the default Allocate must answer, in the order it checks (None: success)."""
+    if request_ids_refused([creq.devices_ids for creq in request.container_requests]):
+        return grpc.StatusCode.INVALID_ARGUMENT
     if not request.container_requests:
         return grpc.StatusCode.INVALID_ARGUMENT
     for creq in request.container_requests:
@@ -258,12 +262,28 @@ def expected_allocate_error(request: api_pb2.AllocateRequest) -> grpc.StatusCode
     return None
 
 
+def request_ids_refused(id_lists: Iterable[Iterable[str]]) -> bool:
+    """Too many IDs for the resource (over id_cap), or one ID named twice."""
+    ids = [dev_id for ids in id_lists for dev_id in ids]
+    return len(ids) > id_cap(len(KNOWN_IDS)) or len(set(ids)) != len(ids)
+
+
 def default_allocation(ids: Iterable[str]) -> api_pb2.ContainerAllocateResponse:
     expected = api_pb2.ContainerAllocateResponse()
     table = devices()
     for dev_id in ids:
-        expected.devices.extend(table[dev_id].nodes)
-        expected.mounts.extend(table[dev_id].mounts)
+        for node in table[dev_id].nodes:
+            expected.devices.add(
+                host_path=node.host_path,
+                container_path=node.container_path,
+                permissions=node.permissions,
+            )
+        for mount in table[dev_id].mounts:
+            expected.mounts.add(
+                host_path=mount.host_path,
+                container_path=mount.container_path,
+                read_only=mount.read_only,
+            )
         expected.envs.update(table[dev_id].envs)
         expected.annotations.update(table[dev_id].annotations)
     return expected
@@ -366,7 +386,8 @@ class TestFuzzedRequests:
                 assert code == grpc.StatusCode.UNIMPLEMENTED
             elif plugin == "careful":
                 unknown = any(d not in KNOWN_IDS for d in request.devices_ids)
-                assert code == (grpc.StatusCode.INVALID_ARGUMENT if unknown else None)
+                refused = request_ids_refused([request.devices_ids])
+                assert code == (grpc.StatusCode.INVALID_ARGUMENT if unknown or refused else None)
             if code is None:
                 assert answer == api_pb2.PreStartContainerResponse()
         await options_answer(site)
@@ -391,14 +412,14 @@ class TestFuzzedRequests:
 
 class TestOversizedInput:
     async def test_request_over_the_receive_limit(self, site: Site) -> None:
-        """A request over the server's 64 MiB limit: RESOURCE_EXHAUSTED, and serving goes on."""
+        """A request over the server's 8 MiB limit: RESOURCE_EXHAUSTED, and serving goes on."""
         allocate = site.call(
             "careful", "Allocate", api_pb2.AllocateRequest, api_pb2.AllocateResponse
         )
         request = api_pb2.AllocateRequest(
-            container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=["x" * 1024] * 66_000)]
+            container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=["x" * 1024] * 9_000)]
         )
-        assert request.ByteSize() > 64 * 1024 * 1024
+        assert request.ByteSize() > MAX_REQUEST_BYTES
         answer = await outcome(allocate(request, timeout=60))
         assert isinstance(answer, grpc.aio.AioRpcError)
         assert answer.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from host.deviceplugin import UNHEALTHY, DeviceTree, Manager, PluginDirWatcher
+from host.deviceplugin import UNHEALTHY, DeviceSpec, DeviceTree, Manager, PluginDirWatcher
 from host.testing import FakeKubelet
 
 from .conftest import ServeFn, SteadyScanner, info, node, socket_files, tree_of
@@ -87,6 +87,7 @@ class Floods:
     def __init__(self, gate: threading.Event) -> None:
         self.gate = gate
         self.stop = threading.Event()
+        self.finished = threading.Event()
         self.sent = 0
         self.trees = [tree_of({"flood": devices("x", 4, unhealthy=n)}) for n in (0, 1)]
 
@@ -96,6 +97,7 @@ class Floods:
             self.sent += 1
             time.sleep(0.001)
         notifier.notify(tree_of({"flood": devices("x", 4)}))
+        self.finished.set()
         self.gate.wait()
 
 
@@ -170,7 +172,9 @@ class TestScannerChaos:
         await kubelet.wait_for(lambda: flood.sent > 1000, timeout=10, what="1,000 flood trees")
         for round_ in range(30):
             response = await kubelet.allocate("good.example.com/a", [f"a{round_ % 2}"])
-            assert list(response.container_responses[0].devices) == [node(f"/dev/a{round_ % 2}")]
+            assert [DeviceSpec.of(d) for d in response.container_responses[0].devices] == [
+                node(f"/dev/a{round_ % 2}")
+            ]
         # ...and come back after a kubelet restart, flood and all.
         await kubelet.restart()
         for name in ("good.example.com/a", "good.example.com/b", "busy.example.com/busy"):
@@ -186,9 +190,16 @@ class TestScannerChaos:
 
         # After it: every resource settles, and kubelet agrees with the managers.
         flood.stop.set()
-        await kubelet.wait_for(lambda: flaky.runs > 3 and garbage.runs > 2, what="chaos to end")
         await kubelet.wait_for(
-            lambda: consistent(kubelet, managers),
+            lambda: flaky.runs > 3 and garbage.runs > 2 and flood.finished.is_set(),
+            what="chaos to end",
+        )
+        await kubelet.wait_for(
+            # The flood's last (all healthy) tree reaches the loop after its notify returns.
+            lambda: consistent(kubelet, managers)
+            and all(
+                s.healthy == 4 for m in managers for n, s in m.resources.items() if "flood" in n
+            ),
             timeout=10,
             what="kubelet and managers to agree",
         )
