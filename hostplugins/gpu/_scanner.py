@@ -118,9 +118,7 @@ def _pci_address(card_dir: Path, name: str) -> str | None:
     return candidate if _PCI_ADDRESS.fullmatch(candidate) else None
 
 
-def _card_nodes(
-    card: str, device_dir: Path, dri_dir: Path, problems: Problems
-) -> list[DeviceSpec]:
+def _card_nodes(card: str, device_dir: Path, dri_dir: Path, problems: Problems) -> list[DeviceSpec]:
     try:
         entries = sorted(os.listdir(device_dir / "drm"), key=natural_key)
     except OSError as err:
@@ -138,9 +136,7 @@ def _card_nodes(
     return nodes
 
 
-def _bypath_mounts(
-    settings: GpuSettings, pci_address: str | None, bypath_dir: Path
-) -> list[Mount]:
+def _bypath_mounts(settings: GpuSettings, pci_address: str | None, bypath_dir: Path) -> list[Mount]:
     if settings.bypath == "none" or not bypath_dir.is_dir():
         return []
     if settings.bypath == "all":
@@ -170,9 +166,7 @@ def _mei_nodes(device_dir: Path, devfs_root: Path) -> list[DeviceSpec]:
     return nodes
 
 
-def cdi_spec(
-    card: str, nodes: Iterable[DeviceSpec], mounts: Iterable[Mount]
-) -> dict[str, Any]:
+def cdi_spec(card: str, nodes: Iterable[DeviceSpec], mounts: Iterable[Mount]) -> dict[str, Any]:
     """Return the CDI spec describing ``card``: its device nodes and read-only by-path mounts."""
     edits: dict[str, Any] = {
         "deviceNodes": [

@@ -196,9 +196,11 @@ class TestScannerChaos:
         )
         await kubelet.wait_for(
             # The flood's last (all healthy) tree reaches the loop after its notify returns.
-            lambda: consistent(kubelet, managers)
-            and all(
-                s.healthy == 4 for m in managers for n, s in m.resources.items() if "flood" in n
+            lambda: (
+                consistent(kubelet, managers)
+                and all(
+                    s.healthy == 4 for m in managers for n, s in m.resources.items() if "flood" in n
+                )
             ),
             timeout=10,
             what="kubelet and managers to agree",
