@@ -368,6 +368,7 @@ _FILE_SETTINGS: dict[str, tuple[str, str]] = {
     "devfs-root": ("devfs_root", "path"),
     "log-level": ("log_level", "level"),
     "log-format": ("log_format", "format"),
+    "metrics-address": ("metrics_address", "address"),
 }
 
 
@@ -463,6 +464,8 @@ def _file_value(path: Path, key: str, kind: str, value: Any) -> Any:
         raise ConfigError(f"config file {path}: {key} must be a string, got {value!r}")
     if kind == "path":
         return Path(value)
+    if kind == "address":
+        return value
     allowed = LOG_LEVELS if kind == "level" else LOG_FORMATS
     if value.lower() not in allowed:
         raise ConfigError(
@@ -486,6 +489,7 @@ class HostSettings:
     devfs_root: Path = Path("/dev")
     log_level: str = "info"
     log_format: str = "text"
+    metrics_address: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     """Where each setting not left at its default came from, for error messages:
     ``{"enable": "config file host.toml (enable)"}``, ``{"enable": "DEVPLUGIN_ENABLE"}``."""

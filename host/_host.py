@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 if TYPE_CHECKING:
-    from host._loader import PostAllocateHook, ScannerRecord
+    from host._http import HttpServer
+    from host._loader import PluginRecord, PostAllocateHook, ScannerRecord
+    from host._metrics import HostMetrics
     from host.deviceplugin._types import DeviceInfo, DeviceTree
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "scan_all",
     "scan_report",
     "serve_all",
+    "start_metrics_server",
 ]
 
 log = logging.getLogger("host")
@@ -45,16 +48,28 @@ log = logging.getLogger("host")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and ``exc_info`` if any."""
+    """One JSON object per line: time, level, logger, message, and ``exc_info`` if any.
+
+    ``plugin`` and ``resource`` are added where the record knows them: given with
+    ``extra={"plugin": ...}``, or set for the task that logs (the Managers set them for
+    their scanners, servers and gRPC handlers).
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as a single line of JSON."""
+        from host.deviceplugin._observer import LOG_FIELDS
+
         entry: dict[str, Any] = {
             "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = LOG_FIELDS.get()
+        for name in ("plugin", "resource"):
+            value = getattr(record, name, None) or fields.get(name)
+            if value is not None:
+                entry[name] = value
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -228,42 +243,63 @@ def build_managers(
     plugin_dir: Path,
     kubelet_socket: Path | None = None,
     cdi_dir: Path,
+    metrics: HostMetrics | None = None,
 ) -> list[tuple[str, Servable]]:
     """Build one Manager per scanner, labelled ``plugin namespace``.
 
     All share one plugin-directory watcher (one inotify watch for the process) and
-    every plugin's post-allocate hook. Call it with the event loop running.
+    every plugin's post-allocate hook. With ``metrics``, each Manager reports to it.
+    Call it with the event loop running.
     """
     from host.deviceplugin import Manager, PluginDirWatcher
 
     watcher = PluginDirWatcher(plugin_dir, kubelet_socket)
-    return [
-        (
-            f"plugin {record.plugin!r} namespace {record.namespace}",
-            Manager(
-                record.namespace,
-                record.scanner,
-                plugin_dir=plugin_dir,
-                kubelet_socket=kubelet_socket,
-                cdi_dir=cdi_dir,
-                watcher=watcher,
-                post_allocators=post_allocators,
-                plugin_name=record.plugin,
-            ),
+    servers: list[tuple[str, Servable]] = []
+    for record in scanners:
+        manager = Manager(
+            record.namespace,
+            record.scanner,
+            plugin_dir=plugin_dir,
+            kubelet_socket=kubelet_socket,
+            cdi_dir=cdi_dir,
+            watcher=watcher,
+            post_allocators=post_allocators,
+            plugin_name=record.plugin,
+            observer=None if metrics is None else metrics.observer(record.plugin),
         )
-        for record in scanners
-    ]
+        if metrics is not None:
+            metrics.add_manager(manager)
+        servers.append((f"plugin {record.plugin!r} namespace {record.namespace}", manager))
+    if metrics is not None:
+        metrics.add_watcher(watcher)
+    return servers
 
 
-async def serve_all(servers: Sequence[tuple[str, Servable]], stop: asyncio.Event) -> int:
+async def serve_all(
+    servers: Sequence[tuple[str, Servable]],
+    stop: asyncio.Event,
+    *,
+    metrics: HostMetrics | None = None,
+) -> int:
     """Serve every server as its own task until ``stop`` is set; return the exit status.
 
     A server that crashes is logged and the rest go on. Returns 0 when stopped,
     1 when every server has ended by itself. Either way, the servers still running
-    are cancelled and awaited, so they clean up before this returns.
+    are cancelled and awaited, so they clean up before this returns. With ``metrics``,
+    kubelet restarts and the event-loop lag are measured meanwhile, and a server that
+    ends is reported to it (the host is then not ready).
     """
-    tasks: dict[asyncio.Task[Any], str] = {
-        asyncio.create_task(server.serve(), name=f"serve {label}"): label
+    if metrics is None:
+        return await _serve_all(servers, stop, None)
+    async with metrics.serving():
+        return await _serve_all(servers, stop, metrics)
+
+
+async def _serve_all(
+    servers: Sequence[tuple[str, Servable]], stop: asyncio.Event, metrics: HostMetrics | None
+) -> int:
+    tasks: dict[asyncio.Task[Any], tuple[str, Servable]] = {
+        asyncio.create_task(server.serve(), name=f"serve {label}"): (label, server)
         for label, server in servers
     }
     stopping = asyncio.create_task(stop.wait(), name="wait for stop")
@@ -276,16 +312,19 @@ async def serve_all(servers: Sequence[tuple[str, Servable]], stop: asyncio.Event
                 return 0
             for task in done:
                 running.discard(task)
+                label, server = tasks[task]
                 if task.cancelled():
-                    log.error("%s was cancelled; the other plugins go on", tasks[task])
+                    reason = "was cancelled"
+                    log.error("%s was cancelled; the other plugins go on", label)
                 elif task.exception() is not None:
-                    log.error(
-                        "%s crashed; the other plugins go on",
-                        tasks[task],
-                        exc_info=task.exception(),
-                    )
+                    exc = task.exception()
+                    reason = f"crashed: {type(exc).__name__}: {exc}"
+                    log.error("%s crashed; the other plugins go on", label, exc_info=exc)
                 else:
-                    log.warning("%s stopped serving", tasks[task])
+                    reason = "stopped serving"
+                    log.warning("%s stopped serving", label)
+                if metrics is not None:
+                    metrics.manager_ended(server, reason)
         log.error("every manager has stopped; exiting")
         return 1
     finally:
@@ -302,8 +341,15 @@ def run_host(
     plugin_dir: Path,
     kubelet_socket: Path | None = None,
     cdi_dir: Path,
+    plugins: Sequence[PluginRecord] = (),
+    metrics_address: tuple[str, int] | None = None,
 ) -> int:
-    """Serve every scanner under one event loop until SIGTERM/SIGINT; return the exit status."""
+    """Serve every scanner under one event loop until SIGTERM/SIGINT; return the exit status.
+
+    With ``metrics_address`` (host, port), ``/metrics``, ``/healthz``, ``/readyz`` and
+    ``/status`` are served over HTTP from the same loop; ``plugins`` (every discovered
+    plugin's record) tells readiness and status which plugins failed to load.
+    """
     if not scanners:
         log.error("no scanners to run: every enabled plugin failed or none returned a scanner")
         return 1
@@ -313,13 +359,19 @@ def run_host(
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        metrics = http = None
         try:
+            if metrics_address is not None:
+                metrics, http = await start_metrics_server(plugins, metrics_address)
+                if http is None:
+                    return 1
             servers = build_managers(
                 scanners,
                 post_allocators,
                 plugin_dir=plugin_dir,
                 kubelet_socket=kubelet_socket,
                 cdi_dir=cdi_dir,
+                metrics=metrics,
             )
             log.info(
                 "serving %d namespace(s) from %d plugin(s) in %s",
@@ -327,9 +379,33 @@ def run_host(
                 len({record.plugin for record in scanners}),
                 plugin_dir,
             )
-            return await serve_all(servers, stop)
+            return await serve_all(servers, stop, metrics=metrics)
         finally:
+            if http is not None:
+                await http.stop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
 
     return asyncio.run(main())
+
+
+async def start_metrics_server(
+    plugins: Sequence[PluginRecord], address: tuple[str, int]
+) -> tuple[HostMetrics, HttpServer | None]:
+    """Make a host's metrics and serve them on ``address``; the server is None if it cannot bind.
+
+    The failure to bind is logged with the address and the reason.
+    """
+    from host._health import http_routes
+    from host._http import HttpServer, format_address
+    from host._metrics import HostMetrics
+
+    metrics = HostMetrics(plugins)
+    http = HttpServer(http_routes(metrics), *address)
+    try:
+        await http.start()
+    except OSError as exc:
+        log.error("cannot serve metrics on %s: %s", format_address(*address), exc.strerror or exc)
+        return metrics, None
+    log.info("metrics, probes and status on http://%s", http.address)
+    return metrics, http

@@ -431,6 +431,13 @@ def _print_table(report: dict[str, list[dict[str, Any]]]) -> None:
     show_default=str(DEFAULT_CDI_DIR),
     help="Where CDI spec files are written.",
 )
+@_option(
+    "--metrics-address",
+    envvar="DEVPLUGIN_METRICS_ADDRESS",
+    metavar="HOST:PORT",
+    help="Serve /metrics (Prometheus), /healthz, /readyz and /status over HTTP here, "
+    "e.g. 0.0.0.0:9464. Default: off.",
+)
 def run(**params: Any) -> None:
     """Serve every enabled plugin's scanners to kubelet, all in one event loop.
 
@@ -439,9 +446,13 @@ def run(**params: Any) -> None:
     cleanly (sockets and CDI specs removed).
     """
     from host._host import run_host
+    from host._http import parse_address
 
     with _config_errors():
         settings = _settings(params)
+        address = None
+        if settings.metrics_address is not None:
+            address = parse_address(settings.metrics_address)
         activation = _activate(settings)
     _require_scanners(activation)
     raise SystemExit(
@@ -451,8 +462,44 @@ def run(**params: Any) -> None:
             plugin_dir=settings.plugin_dir,
             kubelet_socket=settings.kubelet_socket,
             cdi_dir=settings.cdi_dir,
+            plugins=activation.plugins,
+            metrics_address=address,
         )
     )
+
+
+DEFAULT_STATUS_ADDRESS = "127.0.0.1:9464"
+
+
+@main.command(
+    epilog="Exit status: 0 when the host answered; 1 when it cannot be reached or answers "
+    "with an error; 2 for a bad address."
+)
+@_option(
+    "--address",
+    envvar="DEVPLUGIN_METRICS_ADDRESS",
+    metavar="HOST:PORT",
+    default=DEFAULT_STATUS_ADDRESS,
+    show_default=True,
+    help="The --metrics-address of the running host (0.0.0.0 or :: means this machine).",
+)
+@_timeout_option("Seconds to wait for the host's answer.")
+@_json_option
+def status(address: str, timeout: float, as_json: bool) -> None:
+    """Show a running host: its plugins, and each resource with its devices.
+
+    Reads /status from the host's --metrics-address and prints it as `simulate` prints
+    what kubelet sees (--json: the document as the host sent it).
+    """
+    from host._status_client import fetch_status, status_text
+
+    with _config_errors():
+        try:
+            document = fetch_status(address, timeout)
+        except OSError as exc:
+            click.echo(f"devplugin-host status: {exc}", err=True)
+            raise SystemExit(EXIT_FAILED) from None
+    click.echo(json.dumps(document, indent=2) if as_json else status_text(document))
 
 
 KUBELET_MODES = ("1.24", "1.25", "1.36")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from host._api import api_pb2 as pluginapi
 from host.deviceplugin._attributes import SemVer
 from host.deviceplugin._manager import DEFAULT_CDI_DIR, DEFAULT_PLUGIN_DIR, Manager, ResourceStatus
+from host.deviceplugin._observer import Observer
 from host.deviceplugin._types import (
     HEALTHY,
     UNHEALTHY,
@@ -43,6 +44,7 @@ __all__ = [
     "Mount",
     "NUMANode",
     "Notifier",
+    "Observer",
     "PluginDirWatcher",
     "PostAllocator",
     "PreferredAllocator",

@@ -133,6 +133,11 @@ class ResourceEndpoint:
         return self._registered_with is not None and not self._need_register
 
     @property
+    def problem(self) -> str | None:
+        """Why the last attempt to serve or register failed; None once registered."""
+        return self._last_problem
+
+    @property
     def ready(self) -> bool:
         """Registered and kubelet is listening to our device list."""
         return self.registered and self.service.has_stream_since(self._stream_floor)
@@ -288,6 +293,7 @@ class ResourceEndpoint:
         self._registered_with = kubelet_id
         self.registrations += 1
         self._last_problem = None
+        self.service.observer.registered(self.service.resource_name, self.registrations)
         log.info(
             "%s: registered with kubelet (socket %s)",
             self.service.resource_name,

@@ -18,6 +18,7 @@ from host.deviceplugin._endpoint import Backoff, ResourceEndpoint
 from host.deviceplugin._feed import ScannerFeed, Snapshot
 from host.deviceplugin._guard import DEFAULT_CALL_TIMEOUT, PluginCaller
 from host.deviceplugin._names import resource_name_error
+from host.deviceplugin._observer import LOG_FIELDS, NULL_OBSERVER, Observer, log_context
 from host.deviceplugin._service import DevicePluginService, PostAllocateHook
 from host.deviceplugin._types import HEALTHY, DeviceInfo, Notifier, Scanner
 from host.deviceplugin._watcher import PluginDirWatcher
@@ -46,6 +47,8 @@ class ResourceStatus:
     registered: bool
     ready: bool
     registrations: int
+    problem: str | None = None
+    """Why the last attempt to serve or register failed (None once registered)."""
 
 
 class Manager:
@@ -74,6 +77,7 @@ class Manager:
         scan_backoff: tuple[float, float] = (1.0, 60.0),
         register_backoff: tuple[float, float] = (0.5, 30.0),
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        observer: Observer | None = None,
     ) -> None:
         self.plugin_name = plugin_name or namespace
         reason = resource_name_error(f"{namespace}/x")
@@ -107,6 +111,8 @@ class Manager:
         self._invalid_types: set[str] = set()
         self._scan_failed = False
         self._serving = False
+        self.observer = observer or NULL_OBSERVER
+        """Told of every RPC, snapshot sent and registration of this Manager's resources."""
 
     # -- public -----------------------------------------------------------------------
 
@@ -136,8 +142,15 @@ class Manager:
                 registered=endpoint.registered,
                 ready=endpoint.ready,
                 registrations=endpoint.registrations,
+                problem=endpoint.problem,
             )
         return out
+
+    def devices(self, resource_name: str) -> Mapping[str, DeviceInfo]:
+        """Return the devices of a served resource as last reported (none if not served)."""
+        dev_type = resource_name.removeprefix(f"{self.namespace}/")
+        service = self._services.get(dev_type)
+        return {} if service is None else service.devices
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop cleanly (blocking)."""
@@ -146,6 +159,7 @@ class Manager:
     async def serve(self) -> None:
         """Scan and serve until cancelled; cancellation stops every server cleanly."""
         self._serving = True
+        LOG_FIELDS.set({**LOG_FIELDS.get(), "plugin": self.plugin_name})
         self.plugin_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         feed = asyncio.create_task(self._feed.run(), name=f"feed {self.namespace}")
         try:
@@ -206,6 +220,7 @@ class Manager:
             caller=self._caller,
             post_allocators=self._post_allocators,
             cdi_name=qualified_name,
+            observer=self.observer,
         )
         service.update(devices, all_unhealthy=self._scan_failed)
         endpoint = ResourceEndpoint(
@@ -216,7 +231,12 @@ class Manager:
         )
         self._services[dev_type] = service
         self._endpoints[dev_type] = endpoint
-        task = asyncio.get_running_loop().create_task(endpoint.run(), name=f"serve {resource_name}")
+        task = asyncio.get_running_loop().create_task(
+            endpoint.run(),
+            name=f"serve {resource_name}",
+            # Its logs, and those of its gRPC handlers, name the plugin and the resource.
+            context=log_context(plugin=self.plugin_name, resource=resource_name),
+        )
         task.add_done_callback(functools.partial(_log_task_end, resource_name=resource_name))
         self._tasks[dev_type] = task
         log.info(

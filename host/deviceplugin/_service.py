@@ -13,6 +13,7 @@ import grpc
 from host._api import api_pb2 as pluginapi
 from host._api import api_pb2_grpc
 from host.deviceplugin._guard import PluginCaller, PluginError
+from host.deviceplugin._observer import NULL_OBSERVER, Observer, observed_rpc, observed_stream
 from host.deviceplugin._types import HEALTHY, UNHEALTHY, DeviceInfo, UseDefaultMethodError
 
 __all__ = [
@@ -105,8 +106,10 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         cdi_name: Callable[[Mapping[str, Any]], str] | None = None,
         on_stream_closed: Callable[[int], None] | None = None,
         max_streams: int = MAX_STREAMS,
+        observer: Observer | None = None,
     ) -> None:
         self.resource_name = resource_name
+        self.observer = observer or NULL_OBSERVER
         self._caller = caller or PluginCaller(resource_name)
         self._max_streams = max_streams
         self._failures = _FailureLog(resource_name)
@@ -309,6 +312,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         async for data in self._list_and_watch_encoded(request, context):
             yield pluginapi.ListAndWatchResponse.FromString(data)
 
+    @observed_stream
     async def _list_and_watch_encoded(
         self, request: pluginapi.Empty, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
@@ -338,6 +342,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
             if self.on_stream_closed is not None and not self._closed:
                 self.on_stream_closed(seq)
 
+    @observed_rpc("Allocate")
     async def Allocate(
         self, request: pluginapi.AllocateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pluginapi.AllocateResponse:
@@ -464,6 +469,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                 cresp.cdi_devices.add(name=name)
         return response
 
+    @observed_rpc("GetPreferredAllocation")
     async def GetPreferredAllocation(
         self,
         request: pluginapi.PreferredAllocationRequest,
@@ -497,6 +503,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
             await context.abort(err.code, err.message)
             raise
 
+    @observed_rpc("PreStartContainer")
     async def PreStartContainer(
         self,
         request: pluginapi.PreStartContainerRequest,

@@ -31,6 +31,7 @@ import pytest_asyncio
 
 from host._config import ConfigError, OptionSetting
 from host._host import build_managers, serve_all
+from host._http import HttpServer, parse_address
 from host._loader import (
     ENTRY_POINT_GROUP,
     PluginRecord,
@@ -39,7 +40,9 @@ from host._loader import (
     activate_plugins,
     discover_plugins,
 )
+from host._metrics import HostMetrics
 from host.deviceplugin import Manager, ResourceStatus
+from host.testing._http import HttpReply, http_get
 from host.testing._kubelet import FakeKubelet
 from host.testing._sysfs import build_tree
 
@@ -80,6 +83,8 @@ class HostHandle:
         cdi_dir: Path,
         sysfs_root: Path,
         devfs_root: Path,
+        metrics: HostMetrics | None = None,
+        metrics_address: str | None = None,
     ) -> None:
         self._managers = {manager.namespace: manager for manager in managers}
         self._task = task
@@ -98,6 +103,16 @@ class HostHandle:
         """The sysfs root the plugins received in ``config.sysfs_root``."""
         self.devfs_root = devfs_root
         """The devfs root the plugins received in ``config.devfs_root``."""
+        self.metrics = metrics
+        """The host's metrics (with ``metrics_address``), e.g. for ``loop_stalled``."""
+        self.metrics_address = metrics_address
+        """Where ``/metrics``, ``/healthz``, ``/readyz``, ``/status`` are served (real port)."""
+
+    async def http_get(self, path: str, *, method: str = "GET") -> HttpReply:
+        """Ask the host's metrics address for ``path`` (``/metrics``, ``/readyz``, ...)."""
+        if self.metrics_address is None:
+            raise RuntimeError("the host serves no metrics: start it with metrics_address=")
+        return await http_get(self.metrics_address, path, method=method)
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"stopped (exit status {self.exit_status})"
@@ -166,6 +181,7 @@ async def start_host(
     devfs_root: str | os.PathLike[str] = "/dev",
     cdi_dir: str | os.PathLike[str] | None = None,
     check: bool = True,
+    metrics_address: str | None = None,
 ) -> HostHandle:
     """Start the host in the running event loop, as ``devplugin-host run`` would; return it.
 
@@ -194,6 +210,10 @@ async def start_host(
         Raise :class:`RuntimeError` when an enabled plugin is left out or nothing is
         left to serve (default). With ``check=False`` the host starts anyway, the way
         ``run`` does, and :attr:`HostHandle.failures` says what was left out.
+    ``metrics_address``
+        As ``--metrics-address``: serve ``/metrics``, ``/healthz``, ``/readyz`` and
+        ``/status`` there (``"127.0.0.1:0"`` picks a free port; the real one is
+        :attr:`HostHandle.metrics_address`, :meth:`HostHandle.http_get` asks it).
 
     A person's mistake (an unknown plugin name or option, a bad value, a ``ConfigError``
     from a hook) raises :class:`host.ConfigError`, as ``run`` exits with status 2.
@@ -221,16 +241,26 @@ async def start_host(
         )
     kubelet_path = Path(kubelet_socket) if kubelet_socket is not None else None
     cdi_path = Path(cdi_dir) if cdi_dir is not None else plugin_path / "cdi"
+    metrics = http = None
+    if metrics_address is not None:
+        from host._health import http_routes
+
+        metrics = HostMetrics(activation.plugins)
+        http = HttpServer(http_routes(metrics), *parse_address(metrics_address))
+        await http.start()
     servers = build_managers(
         activation.scanners,
         activation.post_allocators,
         plugin_dir=plugin_path,
         kubelet_socket=kubelet_path,
         cdi_dir=cdi_path,
+        metrics=metrics,
     )
     managers = [server for _, server in servers if isinstance(server, Manager)]
     stop = asyncio.Event()
-    task = asyncio.create_task(serve_all(servers, stop), name=f"host serving {plugin_path}")
+    task = asyncio.create_task(
+        _serve(servers, stop, metrics, http), name=f"host serving {plugin_path}"
+    )
     return HostHandle(
         managers,
         task,
@@ -242,7 +272,22 @@ async def start_host(
         cdi_dir=cdi_path,
         sysfs_root=Path(sysfs_root),
         devfs_root=Path(devfs_root),
+        metrics=metrics,
+        metrics_address=None if http is None else http.address,
     )
+
+
+async def _serve(
+    servers: Sequence[tuple[str, Any]],
+    stop: asyncio.Event,
+    metrics: HostMetrics | None,
+    http: HttpServer | None,
+) -> int:
+    try:
+        return await serve_all(servers, stop, metrics=metrics)
+    finally:
+        if http is not None:
+            await http.stop()
 
 
 def _plugin_records(
@@ -341,6 +386,7 @@ class RunHost(Protocol):
         devfs_root: str | os.PathLike[str] | None = None,
         cdi_dir: str | os.PathLike[str] | None = None,
         check: bool = True,
+        metrics_address: str | None = None,
     ) -> HostHandle:
         """Start the host in-process (see :func:`start_host`); stopped at teardown.
 
@@ -410,6 +456,7 @@ async def run_host(kubelet: FakeKubelet, tmp_path: Path) -> AsyncIterator[RunHos
         devfs_root: str | os.PathLike[str] | None = None,
         cdi_dir: str | os.PathLike[str] | None = None,
         check: bool = True,
+        metrics_address: str | None = None,
     ) -> HostHandle:
         base = tmp_path / f"host{next(runs)}"
         roots: dict[str, Path] = {}
@@ -430,6 +477,7 @@ async def run_host(kubelet: FakeKubelet, tmp_path: Path) -> AsyncIterator[RunHos
             devfs_root=roots["dev"],
             cdi_dir=roots["cdi"],
             check=check,
+            metrics_address=metrics_address,
         )
         handles.append(handle)
         return handle

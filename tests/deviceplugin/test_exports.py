@@ -23,6 +23,7 @@ class TestPublicNames:
                 "Mount",
                 "NUMANode",
                 "Notifier",
+                "Observer",
                 "PluginDirWatcher",
                 "PostAllocator",
                 "PreferredAllocator",

@@ -1,0 +1,68 @@
+"""``devplugin-host status``: read a running host's ``/status`` and show it as ``simulate`` does."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from host._http import format_address, parse_address
+
+__all__ = ["fetch_status", "status_text"]
+
+_ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+
+
+def fetch_status(address: str, timeout: float) -> dict[str, Any]:
+    """GET ``/status`` from the host at ``address`` (``HOST:PORT``).
+
+    A bad address raises ConfigError; a host that cannot be reached, or that answers
+    with anything but a JSON document, raises OSError with one line saying so.
+    """
+    host, port = parse_address(address, "--address")
+    host = _ANY_ADDRESS.get(host, host)
+    url = f"http://{format_address(host, port)}/status"
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/status")
+        response = connection.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OSError(f"cannot reach a host at {url}: {reason or type(exc).__name__}") from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise OSError(f"{url} answered {response.status} {response.reason}")
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise OSError(f"{url} did not answer JSON: is that a devplugin-host?") from None
+    if not isinstance(document, dict) or "resources" not in document:
+        raise OSError(f"{url} did not answer a host status: is that a devplugin-host?")
+    return document
+
+
+def status_text(document: Mapping[str, Any]) -> str:
+    """Return the status as text: plugins, each resource as ``simulate`` shows it, readiness."""
+    from host._simulate_output import resources_table
+
+    lines = [f"devplugin-host {document.get('version', '?')}"]
+    for plugin in document.get("plugins", []):
+        line = f"plugin {plugin['name']}  {plugin['source']}  {plugin['state']}"
+        if plugin.get("error"):
+            line += f": {plugin['error']}"
+        lines.append(line)
+    lines.append("")
+    lines.append(resources_table(document["resources"]))
+    lines.append("")
+    problems = document.get("not_ready", [])
+    if document.get("ready"):
+        lines.append("ready: every plugin loaded, every resource registered and streamed")
+    else:
+        lines.append("NOT READY:")
+        for problem in problems:
+            what = problem.get("resource") or problem.get("namespace") or problem.get("plugin")
+            lines.append(f"    {what}: {problem['reason']}")
+    return "\n".join(lines)
