@@ -452,7 +452,8 @@ def run(**params: Any) -> None:
         settings = _settings(params)
         address = None
         if settings.metrics_address is not None:
-            address = parse_address(settings.metrics_address)
+            source = settings.source("metrics_address", "--metrics-address")
+            address = parse_address(settings.metrics_address, source)
         activation = _activate(settings)
     _require_scanners(activation)
     raise SystemExit(

@@ -132,9 +132,19 @@ class TestRunWithMetrics:
         await kubelet.restart()
         await kubelet.wait_for_registrations(2, RESOURCE, timeout=15)
         await eventually(ready_reply_is(200), "ready again after the restart")
+
+        def accepted() -> int:
+            return len([r for r in kubelet.registrations if r.request.resource_name == RESOURCE])
+
+        async def counted_as_kubelet_saw() -> bool:
+            text = (await http_get(address, "/metrics")).text
+            return value(text, "devplugin_registrations_total", **labels) == accepted()
+
+        # Each Register kubelet accepted is counted once, when it returns to the host.
+        await eventually(counted_as_kubelet_saw, "counting what kubelet accepted")
         text = (await http_get(address, "/metrics")).text
         assert value(text, "devplugin_kubelet_restarts_total") == 1
-        assert value(text, "devplugin_reregistrations_total", **labels) == 1
+        assert value(text, "devplugin_reregistrations_total", **labels) == accepted() - 1
 
         await kubelet.stop()
         await eventually(ready_reply_is(503), "not ready without kubelet")
@@ -267,3 +277,17 @@ class TestSettings:
         assert "DEVPLUGIN_METRICS_ADDRESS" in out
         status_help = CliRunner().invoke(main, ["status", "--help"]).output
         assert "127.0.0.1:9464" in status_help
+
+    def test_bad_address_from_the_environment_names_it(self) -> None:
+        """A bad DEVPLUGIN_METRICS_ADDRESS is reported under that name, exit 2."""
+        from click.testing import CliRunner
+
+        from host.cli import main
+
+        result = CliRunner().invoke(
+            main,
+            ["run", *LOCAL_PLUGIN],
+            env={"DEVPLUGIN_METRICS_ADDRESS": "9464"},
+        )
+        assert result.exit_code == 2
+        assert "DEVPLUGIN_METRICS_ADDRESS expects HOST:PORT" in result.output
