@@ -2,7 +2,8 @@
 
 Prints one table: Allocate latency against a floor server, update propagation, scale
 (100 resources x 1,000 devices), footprint of one host with 8 plugins against 8 hosts,
-and recovery after kubelet restarts; each figure with its target and a verdict.
+and recovery after kubelet restarts, what metrics cost on Allocate (7); each figure with
+its target and a verdict.
 ``--quick`` shrinks the sizes and the idle window for a fast run (its verdicts are
 indicative only); ``--soak`` adds the soak (100,000 Allocate calls with concurrent
 updates, RSS growth). Not collected by pytest (no ``test_`` files here): never run in CI.
@@ -456,6 +457,15 @@ async def footprint(work: Path, sizes: Sizes) -> list[Row]:
     ]
 
 
+# -- 7. Metrics cost ---------------------------------------------------------------------
+
+
+async def allocate_metrics_cost(work: Path, sizes: Sizes) -> list[Row]:
+    from metrics_cost import metrics_cost
+
+    return await metrics_cost(work, sizes.allocate_calls)
+
+
 # -- main --------------------------------------------------------------------------------
 
 
@@ -476,6 +486,7 @@ async def main(quick: bool, soak: bool, strict: bool, only: set[str]) -> int:
             ({"4"}, "4 footprint", footprint),
             ({"3", "5"}, "3 scale and 5 recovery", scale_and_recovery),
             ({"6"}, "6 restart latency at 10 and 100 resources", restart_latency),
+            ({"7"}, "7 metrics cost on Allocate", allocate_metrics_cost),
         ):
             if figures & only:
                 print(f"measuring {name} ...", file=sys.stderr, flush=True)
@@ -504,7 +515,7 @@ if __name__ == "__main__":
     parser.add_argument("--strict", action="store_true", help="exit with 1 when a target is missed")
     parser.add_argument(
         "--only",
-        default="1,2,3,4,5,6",
+        default="1,2,3,4,5,6,7",
         help="comma-separated figures to measure (3 and 5 go together)",
     )
     options = parser.parse_args()
