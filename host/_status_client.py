@@ -49,11 +49,17 @@ def status_text(document: Mapping[str, Any]) -> str:
     from host._simulate_output import resources_table
 
     lines = [f"devplugin-host {document.get('version', '?')}"]
+    disabled = []
     for plugin in document.get("plugins", []):
+        if plugin["state"] == "disabled":
+            disabled.append(plugin["name"])
+            continue
         line = f"plugin {plugin['name']}  {plugin['source']}  {plugin['state']}"
         if plugin.get("error"):
             line += f": {plugin['error']}"
         lines.append(line)
+    if disabled:
+        lines.append(f"disabled: {', '.join(disabled)}")
     lines.append("")
     lines.append(resources_table(document["resources"]))
     lines.append("")

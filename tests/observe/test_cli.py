@@ -291,3 +291,47 @@ class TestSettings:
         )
         assert result.exit_code == 2
         assert "DEVPLUGIN_METRICS_ADDRESS expects HOST:PORT" in result.output
+
+
+class TestStatusText:
+    def test_not_ready_and_disabled(self) -> None:
+        """Failed plugins show their error, disabled ones share a line, reasons come last."""
+        from host._status_client import status_text
+
+        document = {
+            "version": "9.9",
+            "ready": False,
+            "not_ready": [
+                {"plugin": "gpu", "reason": "failed to load: boom"},
+                {"plugin": "generic", "resource": "r.example.com/x", "reason": "waiting"},
+            ],
+            "plugins": [
+                {"name": "generic", "source": "dist 1", "state": "serving", "error": None},
+                {"name": "gpu", "source": "dist 1", "state": "failed", "error": "boom"},
+                {"name": "qat", "source": "dist 1", "state": "disabled", "error": None},
+                {"name": "sgx", "source": "dist 1", "state": "disabled", "error": None},
+            ],
+            "resources": {
+                "r.example.com/x": {
+                    "capacity": 1,
+                    "allocatable": 0,
+                    "registrations": 0,
+                    "connected": False,
+                    "devices": [{"id": "x0", "health": "Unhealthy", "numa": [1]}],
+                }
+            },
+        }
+        assert status_text(document).splitlines() == [
+            "devplugin-host 9.9",
+            "plugin generic  dist 1  serving",
+            "plugin gpu  dist 1  failed: boom",
+            "disabled: qat, sgx",
+            "",
+            "r.example.com/x  capacity 1  allocatable 0  registrations 0  (disconnected)",
+            "    ID  HEALTH     NUMA",
+            "    x0  Unhealthy  1",
+            "",
+            "NOT READY:",
+            "    gpu: failed to load: boom",
+            "    r.example.com/x: waiting",
+        ]
