@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from host import hookimpl
-from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceInfo, DeviceTree, Notifier
+from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceInfo, DeviceTree, Notifier, pluginapi
 
 NAMESPACE = "obs.example.com"
 RESOURCE = f"{NAMESPACE}/dev"
@@ -67,6 +67,23 @@ class ControlledScanner:
         self.failure.set_exception(RuntimeError("scanner lost the device"))
 
 
+class PreferringScanner(ControlledScanner):
+    """A ControlledScanner that also prefers devices and prepares containers."""
+
+    def get_preferred_allocation(
+        self, request: pluginapi.PreferredAllocationRequest
+    ) -> pluginapi.PreferredAllocationResponse:
+        response = pluginapi.PreferredAllocationResponse()
+        for creq in request.container_requests:
+            chosen = sorted(creq.available_deviceIDs)[: creq.allocation_size]
+            response.container_responses.add(deviceIDs=chosen)
+        return response
+
+    def pre_start_container(self, request: pluginapi.PreStartContainerRequest) -> None:
+        if "d1" in request.devices_ids:
+            raise RuntimeError("d1 needs a firmware reset first")
+
+
 class ControlledPlugin:
     """A plugin object serving one ControlledScanner as ``obs.example.com``."""
 
@@ -95,6 +112,7 @@ __all__ = [
     "BrokenPlugin",
     "ControlledPlugin",
     "ControlledScanner",
+    "PreferringScanner",
     "families",
     "samples",
     "tree",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import logging
@@ -12,7 +13,7 @@ import grpc
 import pytest
 
 from host._host import JsonFormatter
-from host.testing import FakeKubelet, HostHandle, RunHost
+from host.testing import FakeKubelet, HostHandle, KubeletError, RunHost
 from tests.observe.helpers import (
     HEALTHY,
     RESOURCE,
@@ -20,6 +21,7 @@ from tests.observe.helpers import (
     BrokenPlugin,
     ControlledPlugin,
     ControlledScanner,
+    PreferringScanner,
     families,
     samples,
     value,
@@ -138,6 +140,27 @@ class TestMetrics:
         assert total > 0
         assert value(text, "devplugin_rpc_duration_seconds_bucket", **allocate, le="+Inf") == 4
 
+    async def test_preferred_allocation_and_pre_start(
+        self, kubelet: FakeKubelet, run_host: RunHost
+    ) -> None:
+        """GetPreferredAllocation and PreStartContainer are counted by code and timed."""
+        scanner = PreferringScanner(HEALTHY, HEALTHY)
+        host = await run_host(plugins={"obs": ControlledPlugin(scanner)}, metrics_address=LOCAL)
+        await kubelet.wait_for_resource(RESOURCE, count=2)
+        first = await kubelet.allocate_like_kubelet(RESOURCE, 1)
+        await kubelet.start_container(first)
+        second = await kubelet.allocate_like_kubelet(RESOURCE, 1)
+        with pytest.raises(KubeletError):
+            await kubelet.start_container(second)
+        text = await scrape(host)
+        preferred = {**OBS, "method": "GetPreferredAllocation"}
+        pre_start = {**OBS, "method": "PreStartContainer"}
+        assert value(text, "devplugin_rpc_handled_total", **preferred, code="OK") == 2
+        assert value(text, "devplugin_rpc_duration_seconds_count", **preferred) == 2
+        assert value(text, "devplugin_rpc_handled_total", **pre_start, code="OK") == 1
+        assert value(text, "devplugin_rpc_handled_total", **pre_start, code="INTERNAL") == 1
+        assert value(text, "devplugin_rpc_duration_seconds_count", **pre_start) == 2
+
     async def test_kubelet_restart_counts_reregistration(
         self, kubelet: FakeKubelet, run_host: RunHost
     ) -> None:
@@ -231,6 +254,37 @@ class TestProbes:
         assert (reply.status, reply.text) == (200, "ok\n")
         head = await host.http_get("/healthz", method="HEAD")
         assert (head.status, head.body, head.headers["content-length"]) == (200, b"", "3")
+
+    async def test_healthz_does_not_answer_while_the_loop_is_stuck(
+        self, kubelet: FakeKubelet, run_host: RunHost
+    ) -> None:
+        """A blocked loop leaves /healthz unanswered (the probe times out); then it answers."""
+        host, _ = await start(run_host, kubelet)
+        assert host.metrics_address is not None
+        address = host.metrics_address.rpartition(":")
+        outcomes: list[str] = []
+        asked = threading.Event()
+
+        def probe(timeout: float) -> str:
+            connection = http.client.HTTPConnection(address[0], int(address[2]), timeout=timeout)
+            try:
+                connection.request("GET", "/healthz")
+                return str(connection.getresponse().status)
+            except TimeoutError:
+                return "timed out"
+            finally:
+                connection.close()
+
+        def prober() -> None:
+            outcomes.append(probe(0.3))  # while the loop is blocked below
+            asked.set()
+
+        thread = threading.Thread(target=prober)
+        thread.start()
+        asked.wait(30)  # blocks the event loop until the probe has given up
+        thread.join()
+        assert outcomes == ["timed out"]
+        assert (await host.http_get("/healthz")).status == 200
 
     async def test_readyz_follows_kubelet(self, kubelet: FakeKubelet, run_host: RunHost) -> None:
         """/readyz: 200 while registered and streamed, 503 naming the resource without kubelet."""
