@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from host._loader import PluginRecord, PostAllocateHook, ScannerRecord
     from host._metrics import HostMetrics
     from host.deviceplugin._types import DeviceInfo, DeviceTree
+    from host.deviceplugin._watchdog import LoopWatchdog, PluginLocator
 
 __all__ = [
     "JsonFormatter",
@@ -35,6 +36,7 @@ __all__ = [
     "build_managers",
     "configure_logging",
     "device_json",
+    "plugin_locator",
     "run_host",
     "scan_all",
     "scan_report",
@@ -275,11 +277,22 @@ def build_managers(
     return servers
 
 
+def plugin_locator(scanners: Sequence[ScannerRecord]) -> PluginLocator:
+    """Where each plugin's code lives, for the loop watchdog to name a blocking plugin."""
+    from host.deviceplugin._watchdog import PluginLocator
+
+    locator = PluginLocator()
+    for record in scanners:
+        locator.add(record.plugin, [record.scanner])
+    return locator
+
+
 async def serve_all(
     servers: Sequence[tuple[str, Servable]],
     stop: asyncio.Event,
     *,
     metrics: HostMetrics | None = None,
+    watchdog: LoopWatchdog | None = None,
 ) -> int:
     """Serve every server as its own task until ``stop`` is set; return the exit status.
 
@@ -290,13 +303,16 @@ async def serve_all(
     ends is reported to it (the host is then not ready).
     """
     if metrics is None:
-        return await _serve_all(servers, stop, None)
+        return await _serve_all(servers, stop, None, watchdog)
     async with metrics.serving():
-        return await _serve_all(servers, stop, metrics)
+        return await _serve_all(servers, stop, metrics, watchdog)
 
 
 async def _serve_all(
-    servers: Sequence[tuple[str, Servable]], stop: asyncio.Event, metrics: HostMetrics | None
+    servers: Sequence[tuple[str, Servable]],
+    stop: asyncio.Event,
+    metrics: HostMetrics | None,
+    watchdog: LoopWatchdog | None,
 ) -> int:
     tasks: dict[asyncio.Task[Any], tuple[str, Servable]] = {
         asyncio.create_task(server.serve(), name=f"serve {label}"): (label, server)
@@ -304,6 +320,8 @@ async def _serve_all(
     }
     stopping = asyncio.create_task(stop.wait(), name="wait for stop")
     running = set(tasks)
+    if watchdog is not None:
+        watchdog.start()
     try:
         while running:
             done, _ = await asyncio.wait(running | {stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -332,6 +350,8 @@ async def _serve_all(
         for task in running:
             task.cancel()
         await asyncio.gather(stopping, *running, return_exceptions=True)
+        if watchdog is not None:
+            watchdog.stop()
 
 
 def run_host(
@@ -379,7 +399,11 @@ def run_host(
                 len({record.plugin for record in scanners}),
                 plugin_dir,
             )
-            return await serve_all(servers, stop, metrics=metrics)
+            from host.deviceplugin._watchdog import LoopWatchdog
+
+            on_stall = None if metrics is None else metrics.watchdog_stalled
+            watchdog = LoopWatchdog(plugin_locator(scanners), on_stall=on_stall)
+            return await serve_all(servers, stop, metrics=metrics, watchdog=watchdog)
         finally:
             if http is not None:
                 await http.stop()

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from host._loader import PluginRecord
     from host.deviceplugin import Manager
+    from host.deviceplugin._watchdog import Stall
 
 __all__ = ["LOOP_TICK", "HostMetrics"]
 
@@ -234,6 +235,10 @@ class HostMetrics:
         with self._lock:  # both series move together for a reader
             self.loop_stalls.labels(plugin).inc()
             self.loop_stall_seconds.labels(plugin).inc(max(seconds, 0.0))
+
+    def watchdog_stalled(self, stall: Stall) -> None:
+        """Count a stall the loop watchdog reports (its ``on_stall`` callback)."""
+        self.loop_stalled(stall.culprit, stall.seconds)
 
     async def measure_loop_lag(self, interval: float = LOOP_TICK) -> None:
         """Observe, every ``interval`` s, how late the loop ran the tick; until cancelled."""

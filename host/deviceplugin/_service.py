@@ -381,14 +381,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
             except PluginError as exc:
                 raise self._plugin_failure(exc) from exc
         for hook in self._post_allocators:
-            try:
-                await hook(self.resource_name, response)
-            except PluginError as exc:
-                raise self._plugin_failure(exc) from exc
-            except Exception as exc:  # a hook the host wired without a wall of its own
-                raise self._plugin_failure(
-                    PluginError("?", f"post-allocate hook {hook!r}", f"raised {exc!r}")
-                ) from exc
+            await self._run_post_allocator(hook, response)
         if request.container_requests and not response.container_responses:
             raise RpcError(
                 grpc.StatusCode.INTERNAL,
@@ -396,6 +389,31 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                 "container responses (kubelet rejects that)",
             )
         return response
+
+    async def _run_post_allocator(
+        self, hook: PostAllocateHook, response: pluginapi.AllocateResponse
+    ) -> None:
+        """Run one plugin's cross-cutting hook on a copy; keep its edits only if it succeeds.
+
+        A failing hook fails the Allocate of its own plugin's resources. Another
+        plugin's resources are not taken down by it: the failure is logged and the
+        response goes out without that hook's edits (the copy also keeps a hook that
+        overran its deadline, and may still be running, away from the response).
+        """
+        draft = pluginapi.AllocateResponse()
+        draft.CopyFrom(response)
+        try:
+            await hook(self.resource_name, draft)
+        except PluginError as exc:
+            if exc.plugin == self._caller.plugin:
+                raise self._plugin_failure(exc) from exc
+            self._failures.log(exc, note="its edits are left out of this response")
+            return
+        except Exception as exc:  # a hook wired without a wall of its own
+            raise self._plugin_failure(
+                PluginError("?", f"post-allocate hook {hook!r}", f"raised {exc!r}")
+            ) from exc
+        response.CopyFrom(draft)
 
     def _check_ids(self, call: str, id_lists: Sequence[Sequence[str]]) -> None:
         """Refuse requests naming too many IDs, or one ID twice, before any work on them."""
@@ -553,7 +571,7 @@ class _FailureLog:
         self._last = -self.INTERVAL
         self._suppressed = 0
 
-    def log(self, exc: PluginError) -> None:
+    def log(self, exc: PluginError, *, note: str = "") -> None:
         now = time.monotonic()
         if now - self._last < self.INTERVAL:
             self._suppressed += 1
@@ -562,7 +580,10 @@ class _FailureLog:
             f" ({self._suppressed} more failures since the last report)" if self._suppressed else ""
         )
         self._last, self._suppressed = now, 0
-        log.error("resource %s: %s%s", self._resource_name, exc, more, exc_info=exc.__cause__)
+        note = f"; {note}" if note else ""
+        log.error(
+            "resource %s: %s%s%s", self._resource_name, exc, note, more, exc_info=exc.__cause__
+        )
 
 
 def _pass_bytes(message: Any) -> bytes:

@@ -30,7 +30,7 @@ import pytest
 import pytest_asyncio
 
 from host._config import ConfigError, OptionSetting
-from host._host import build_managers, serve_all
+from host._host import build_managers, plugin_locator, serve_all
 from host._http import HttpServer, parse_address
 from host._loader import (
     ENTRY_POINT_GROUP,
@@ -42,6 +42,7 @@ from host._loader import (
 )
 from host._metrics import HostMetrics
 from host.deviceplugin import Manager, ResourceStatus
+from host.deviceplugin._watchdog import LoopWatchdog
 from host.testing._http import HttpReply, http_get
 from host.testing._kubelet import FakeKubelet
 from host.testing._sysfs import build_tree
@@ -85,8 +86,11 @@ class HostHandle:
         devfs_root: Path,
         metrics: HostMetrics | None = None,
         metrics_address: str | None = None,
+        watchdog: LoopWatchdog | None = None,
     ) -> None:
         self._managers = {manager.namespace: manager for manager in managers}
+        self.watchdog = watchdog
+        """The loop watchdog: ``watchdog.stalls`` lists each stall with its culprit."""
         self._task = task
         self._stop_event = stop_event
         self.plugins = tuple(plugins)
@@ -258,8 +262,10 @@ async def start_host(
     )
     managers = [server for _, server in servers if isinstance(server, Manager)]
     stop = asyncio.Event()
+    on_stall = None if metrics is None else metrics.watchdog_stalled
+    watchdog = LoopWatchdog(plugin_locator(activation.scanners), on_stall=on_stall)
     task = asyncio.create_task(
-        _serve(servers, stop, metrics, http), name=f"host serving {plugin_path}"
+        _serve(servers, stop, metrics, http, watchdog), name=f"host serving {plugin_path}"
     )
     return HostHandle(
         managers,
@@ -274,6 +280,7 @@ async def start_host(
         devfs_root=Path(devfs_root),
         metrics=metrics,
         metrics_address=None if http is None else http.address,
+        watchdog=watchdog,
     )
 
 
@@ -282,9 +289,10 @@ async def _serve(
     stop: asyncio.Event,
     metrics: HostMetrics | None,
     http: HttpServer | None,
+    watchdog: LoopWatchdog,
 ) -> int:
     try:
-        return await serve_all(servers, stop, metrics=metrics)
+        return await serve_all(servers, stop, metrics=metrics, watchdog=watchdog)
     finally:
         if http is not None:
             await http.stop()
