@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import logging
 import random
@@ -29,7 +28,7 @@ from lightkube.resources.core_v1 import Node
 from lightkube.resources.resource_v1 import ResourceSlice
 
 from host.dra._client import api_error_code, kube_client
-from host.dra._slices import Snapshot, build_slices
+from host.dra._slices import DEFAULT_DEVICES_PER_SLICE, Snapshot, build_slices
 
 __all__ = ["PublisherStatus", "ResourceSlicePublisher"]
 
@@ -61,13 +60,19 @@ class PublisherStatus:
 
 def _content(obj: dict[str, Any]) -> str:
     """Render what a slice says, minus what the server adds: comparable across writers."""
-    spec = copy.deepcopy(obj.get("spec") or {})
-    (spec.get("pool") or {}).pop("generation", None)
-    for device in spec.get("devices") or ():
-        for taint in device.get("taints") or ():
-            taint.pop("timeAdded", None)
+    spec = obj.get("spec") or {}
+    pool = {k: v for k, v in (spec.get("pool") or {}).items() if k != "generation"}
+    devices = [
+        {
+            **device,
+            "taints": [{k: v for k, v in t.items() if k != "timeAdded"} for t in device["taints"]],
+        }
+        if device.get("taints")
+        else device
+        for device in spec.get("devices") or ()
+    ]
     owners = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return json.dumps([spec, owners], sort_keys=True)
+    return json.dumps([{**spec, "pool": pool, "devices": devices}, owners], sort_keys=True)
 
 
 def _resource(obj: dict[str, Any]) -> ResourceSlice:
@@ -87,7 +92,8 @@ class ResourceSlicePublisher:
     :meth:`stop`. ``node_uid`` skips the Node lookup for the owner reference.
     ``resync_interval`` is how often the slices are re-listed when nothing changes;
     ``retry_initial``/``retry_max`` bound the backoff between failed attempts;
-    ``request_timeout`` bounds each API request of an owned client.
+    ``request_timeout`` bounds each API request of an owned client;
+    ``max_devices_per_slice`` (1..128, default 64) is passed to :func:`build_slices`.
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class ResourceSlicePublisher:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         request_timeout: float = 10.0,
+        max_devices_per_slice: int = DEFAULT_DEVICES_PER_SLICE,
     ) -> None:
         self.driver = driver
         self.node_name = node_name
@@ -109,6 +116,7 @@ class ResourceSlicePublisher:
         self._client = client or kube_client(kubeconfig, timeout=request_timeout)
         self._node_uid = node_uid
         self._resync_interval = resync_interval
+        self._max_devices = max_devices_per_slice
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._latest: tuple[Snapshot, bool] | None = None
@@ -280,6 +288,7 @@ class ResourceSlicePublisher:
             node_uid=self._node_uid,
             snapshot=snapshot,
             scan_failed=scan_failed,
+            max_devices=self._max_devices,
         )
         self._report(result.problems)
         desired = {s["metadata"]["name"]: s for s in result.slices}
@@ -294,9 +303,10 @@ class ResourceSlicePublisher:
             generation, writes = current, changed  # one object: updated atomically in place
         else:
             generation, writes = current + 1, list(desired)
+        times = self._taint_times()
         for name in writes:
             desired[name]["spec"]["pool"]["generation"] = generation
-            await self._write(desired[name])
+            await self._write(desired[name], times)
         for name in obsolete:
             await self._delete(name)
         self._generation = generation
@@ -329,34 +339,32 @@ class ResourceSlicePublisher:
         self._existing = found
         self._stale = False
 
-    def _keep_taint_times(self, want: dict[str, Any]) -> None:
-        """Keep ``timeAdded`` of taints that were already there (the server sets it once)."""
-        times = {
-            (device["name"], taint.get("key"), taint.get("effect")): taint["timeAdded"]
+    def _taint_times(self) -> dict[tuple[str, str, str], str]:
+        """``timeAdded`` of the taints on the server, by (device, key, effect)."""
+        return {
+            (device["name"], taint.get("key", ""), taint.get("effect", "")): taint["timeAdded"]
             for have in self._existing.values()
             for device in (have.get("spec") or {}).get("devices") or ()
             for taint in device.get("taints") or ()
             if taint.get("timeAdded")
         }
-        if not times:
-            return
+
+    async def _write(self, want: dict[str, Any], times: dict[tuple[str, str, str], str]) -> None:
+        name = want["metadata"]["name"]
+        content = _content(want)
+        # A taint keeps the timeAdded the server gave it (it sets one when missing).
         for device in want["spec"].get("devices") or ():
             for taint in device.get("taints") or ():
                 known = times.get((device["name"], taint["key"], taint["effect"]))
                 if known is not None:
                     taint["timeAdded"] = known
-
-    async def _write(self, want: dict[str, Any]) -> None:
-        name = want["metadata"]["name"]
-        content = _content(want)
-        self._keep_taint_times(want)
         have = self._existing.get(name)
         try:
             if have is None:
                 result = await self._client.create(_resource(want))
             else:
-                body = copy.deepcopy(want)
-                body["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"]
+                version = have["metadata"]["resourceVersion"]
+                body = {**want, "metadata": {**want["metadata"], "resourceVersion": version}}
                 result = await self._client.replace(_resource(body))
         except Exception as exc:
             code = api_error_code(exc)

@@ -20,6 +20,7 @@ from host.deviceplugin._attributes import ATTRIBUTE_STRING_MAX
 
 __all__ = [
     "API_VERSION",
+    "DEFAULT_DEVICES_PER_SLICE",
     "MAX_ATTRIBUTES_AND_CAPACITIES",
     "MAX_DEVICES_PER_SLICE",
     "MAX_DEVICES_PER_SLICE_WITH_TAINTS",
@@ -38,6 +39,8 @@ MAX_DEVICES_PER_SLICE = 128
 """``ResourceSliceMaxDevices``."""
 MAX_DEVICES_PER_SLICE_WITH_TAINTS = 64
 """``ResourceSliceMaxDevicesWithAdvancedFeatures`` (1.36), for a slice with taints."""
+DEFAULT_DEVICES_PER_SLICE = MAX_DEVICES_PER_SLICE_WITH_TAINTS
+"""Devices per slice by default: a taint appearing never re-splits the pool."""
 MAX_ATTRIBUTES_AND_CAPACITIES = 32
 """``ResourceSliceMaxAttributesAndCapacitiesPerDevice``."""
 RESERVED_ATTRIBUTES = frozenset({"type", "id", "numa", "healthy"})
@@ -181,14 +184,14 @@ def _device(
     return device
 
 
-def _chunks(devices: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Split into slices: 128 devices each, 64 in a slice where any device has taints."""
+def _chunks(devices: list[dict[str, Any]], max_devices: int) -> list[list[dict[str, Any]]]:
+    """Split into slices of ``max_devices``, at most 64 in a slice where a device has taints."""
     chunks: list[list[dict[str, Any]]] = [[]]
     tainted = False
     for device in devices:
         chunk = chunks[-1]
         tainted_now = tainted or "taints" in device
-        limit = MAX_DEVICES_PER_SLICE_WITH_TAINTS if tainted_now else MAX_DEVICES_PER_SLICE
+        limit = min(max_devices, MAX_DEVICES_PER_SLICE_WITH_TAINTS) if tainted_now else max_devices
         if len(chunk) >= limit:
             chunks.append([])
             tainted_now = "taints" in device
@@ -205,13 +208,17 @@ def build_slices(
     snapshot: Snapshot,
     scan_failed: bool = False,
     generation: int = 0,
+    max_devices: int = DEFAULT_DEVICES_PER_SLICE,
 ) -> BuildResult:
     """Build the complete set of ResourceSlices (plain JSON dicts) for ``snapshot``.
 
-    Devices are sorted by name and split into as few slices as the per-slice limit
-    allows; a pool without devices is one slice without devices (so consumers see the
-    pool is empty). Unhealthy devices, and every device when ``scan_failed``, carry a
-    ``NoSchedule`` taint ``<driver>/unhealthy`` and the attribute ``healthy: false``.
+    Devices are sorted by name and split into slices of ``max_devices`` (at most 128;
+    a slice holding a tainted device at most 64); a pool without devices is one slice
+    without devices (so consumers see the pool is empty). The default, 64, keeps a
+    health change to the one slice of that device: with 128, the first taint would
+    re-split the pool, rewriting every slice under a new generation. Unhealthy devices,
+    and every device when ``scan_failed``, carry a ``NoSchedule`` taint
+    ``<driver>/unhealthy`` and the attribute ``healthy: false``.
     """
     error = label_name_error(unhealthy_taint_key(driver))
     if error is not None:
@@ -227,7 +234,9 @@ def build_slices(
             )
         except ValueError as exc:
             problems.append(f"device {dev_id!r} of type {dev_type!r} is not published: {exc}")
-    chunks = _chunks(devices)
+    if not 1 <= max_devices <= MAX_DEVICES_PER_SLICE:
+        raise ValueError(f"max_devices must be 1..{MAX_DEVICES_PER_SLICE}, got {max_devices}")
+    chunks = _chunks(devices, max_devices)
     owner: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Node",

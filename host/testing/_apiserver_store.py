@@ -192,7 +192,11 @@ def _field(obj: dict[str, Any], path: str) -> str:
 
 
 class ObjectStore:
-    """Objects by (plural, namespace, name); one resourceVersion counter for all."""
+    """Objects by (plural, namespace, name); one resourceVersion counter for all.
+
+    Stored objects are replaced, never changed in place, so the methods return them
+    without copying: callers must not modify what they get (copy it first).
+    """
 
     def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
         self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -209,11 +213,11 @@ class ObjectStore:
         obj["metadata"]["resourceVersion"] = str(self._version)
 
     def get(self, kind: Kind, name: str, namespace: str = "") -> dict[str, Any]:
-        """Return a copy of one object, or raise NotFound."""
+        """Return one object, or raise NotFound."""
         obj = self._objects.get((kind.plural, namespace, name))
         if obj is None:
             raise ApiFailure.not_found(kind, name)
-        return copy.deepcopy(obj)
+        return obj
 
     def list(self, kind: Kind, namespace: str = "", field_selector: str = "") -> dict[str, Any]:
         """Return a ``<Kind>List`` of the matching objects, in name order."""
@@ -223,10 +227,7 @@ class ObjectStore:
             if plural != kind.plural or (kind.namespaced and namespace and ns != namespace):
                 continue
             if all((_field(obj, key) == value) == equal for key, equal, value in terms):
-                item = copy.deepcopy(obj)
-                item.pop("kind", None)
-                item.pop("apiVersion", None)
-                items.append(item)
+                items.append({k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
         return {
             "kind": f"{kind.kind}List",
             "apiVersion": kind.api_version,
@@ -269,7 +270,7 @@ class ObjectStore:
         self._bump(obj)
         self._objects[key] = obj
         self._on_change()
-        return copy.deepcopy(obj)
+        return obj
 
     def update(
         self, kind: Kind, name: str, body: dict[str, Any], namespace: str = ""
@@ -305,7 +306,7 @@ class ObjectStore:
         self._bump(obj)
         self._objects[key] = obj
         self._on_change()
-        return copy.deepcopy(obj)
+        return obj
 
     def delete(
         self, kind: Kind, name: str, options: dict[str, Any] | None = None, namespace: str = ""
@@ -330,7 +331,7 @@ class ObjectStore:
         del self._objects[key]
         self._version += 1
         self._on_change()
-        return copy.deepcopy(current)
+        return current
 
     def delete_collection(
         self, kind: Kind, field_selector: str = "", namespace: str = ""
@@ -375,7 +376,7 @@ class ObjectStore:
                 if body.get("apiVersion") != kind.api_version
                 else f"kind {body.get('kind')!r} does not match {kind.kind!r}"
             )
-        obj = copy.deepcopy(body)
+        obj = dict(body)  # the caller's fresh JSON: only the top level is replaced here
         obj["kind"] = kind.kind
         obj["apiVersion"] = kind.api_version
         if not isinstance(obj.get("metadata"), dict):

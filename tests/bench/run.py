@@ -2,8 +2,8 @@
 
 Prints one table: Allocate latency against a floor server, update propagation, scale
 (100 resources x 1,000 devices), footprint of one host with 8 plugins against 8 hosts,
-and recovery after kubelet restarts, what metrics cost on Allocate (7); each figure with
-its target and a verdict.
+recovery after kubelet restarts, what metrics cost on Allocate (7), and DRA notify ->
+ResourceSlice stored at 1,000 devices (8); each figure with its target and a verdict.
 ``--quick`` shrinks the sizes and the idle window for a fast run (its verdicts are
 indicative only); ``--soak`` adds the soak (100,000 Allocate calls with concurrent
 updates, RSS growth). Not collected by pytest (no ``test_`` files here): never run in CI.
@@ -36,6 +36,7 @@ from common import (
     rss_bytes,
     thread_cpu_ns,
 )
+from dra_bench import dra_slice_latency
 from floor_server import serve_floor
 from report import Row, format_table, mib, ms, us
 
@@ -205,6 +206,10 @@ async def propagation(work: Path, sizes: Sizes) -> list[Row]:
     finally:
         await kubelet.stop()
     return rows
+
+
+async def dra_latency(work: Path, sizes: Sizes) -> list[Row]:
+    return await dra_slice_latency(work, sizes.propagation_rounds // 2)
 
 
 # -- 3 and 5. Scale, then recovery, on one host of 100 x 1,000 devices --------------------------
@@ -487,6 +492,7 @@ async def main(quick: bool, soak: bool, strict: bool, only: set[str]) -> int:
             ({"3", "5"}, "3 scale and 5 recovery", scale_and_recovery),
             ({"6"}, "6 restart latency at 10 and 100 resources", restart_latency),
             ({"7"}, "7 metrics cost on Allocate", allocate_metrics_cost),
+            ({"8"}, "8 DRA notify -> ResourceSlice updated", dra_latency),
         ):
             if figures & only:
                 print(f"measuring {name} ...", file=sys.stderr, flush=True)
@@ -515,7 +521,7 @@ if __name__ == "__main__":
     parser.add_argument("--strict", action="store_true", help="exit with 1 when a target is missed")
     parser.add_argument(
         "--only",
-        default="1,2,3,4,5,6,7",
+        default="1,2,3,4,5,6,7,8",
         help="comma-separated figures to measure (3 and 5 go together)",
     )
     options = parser.parse_args()

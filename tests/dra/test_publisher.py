@@ -117,16 +117,16 @@ class TestPublishing:
     async def test_first_snapshot_publishes_valid_slices(
         self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
     ) -> None:
-        """300 devices: three valid slices, generation 1, owned by the Node (uid looked up)."""
+        """300 devices: five valid slices, generation 1, owned by the Node (uid looked up)."""
         async with publishing(apiserver_kubeconfig) as publisher:
             publisher.update(gpus(300))
             await synced(publisher)
         slices = apiserver.resource_slices()
         assert [s["metadata"]["name"] for s in slices] == [
-            slice_name(DRIVER, NODE, i) for i in range(3)
+            slice_name(DRIVER, NODE, i) for i in range(5)
         ]
         for one in slices:
-            assert one["spec"]["pool"] == {"name": NODE, "generation": 1, "resourceSliceCount": 3}
+            assert one["spec"]["pool"] == {"name": NODE, "generation": 1, "resourceSliceCount": 5}
             assert one["metadata"]["ownerReferences"][0]["uid"] == NODE_UID
             assert_schema_valid(one)
         assert len(devices(apiserver)) == 300
@@ -162,7 +162,7 @@ class TestPublishing:
     async def test_scan_failed_taints_everything(
         self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
     ) -> None:
-        """scan_failed: every device tainted, re-split at 64 per slice; healthy again later."""
+        """scan_failed: every device tainted, in the same slices; healthy again later."""
         async with publishing(apiserver_kubeconfig) as publisher:
             publisher.update(gpus(200))
             await synced(publisher)
@@ -170,11 +170,12 @@ class TestPublishing:
             await synced(publisher)
             assert all("taints" in d for d in devices(apiserver).values())
             assert len(apiserver.resource_slices()) == 4
+            assert apiserver.resource_slices()[0]["spec"]["pool"]["generation"] == 2
             assert pool_complete(apiserver)
             publisher.update(gpus(200))
             await synced(publisher)
         assert matches(apiserver, gpus(200))()
-        assert len(apiserver.resource_slices()) == 2
+        assert len(apiserver.resource_slices()) == 4
 
     async def test_same_snapshot_writes_nothing(
         self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
@@ -204,9 +205,22 @@ class TestPublishing:
             publisher.update(gpus(100))
             await synced(publisher)
         slices = apiserver.resource_slices()
-        assert len(slices) == 1
-        assert slices[0]["spec"]["pool"] == {"name": NODE, "generation": 2, "resourceSliceCount": 1}
+        assert len(slices) == 2
+        assert slices[0]["spec"]["pool"] == {"name": NODE, "generation": 2, "resourceSliceCount": 2}
         assert matches(apiserver, gpus(100))()
+
+    async def test_wider_slices_on_request(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """max_devices_per_slice=128: 128 a slice, re-split at 64 once a taint appears."""
+        async with publishing(apiserver_kubeconfig, max_devices_per_slice=128) as publisher:
+            publisher.update(gpus(200))
+            await synced(publisher)
+            assert [len(s["spec"]["devices"]) for s in apiserver.resource_slices()] == [128, 72]
+            publisher.update(gpus(200, unhealthy={0}))
+            await synced(publisher)
+        assert matches(apiserver, gpus(200, unhealthy={0}))()
+        assert len(apiserver.resource_slices()) == 3
 
     async def test_empty_snapshot_is_one_empty_slice(
         self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
@@ -268,7 +282,7 @@ class TestPublishing:
         async with publishing(apiserver_kubeconfig) as publisher:
             publisher.update(gpus(200))
             await synced(publisher)
-        assert len(apiserver.resource_slices()) == 2
+        assert len(apiserver.resource_slices()) == 4
         publisher = ResourceSlicePublisher(DRIVER, NODE, kubeconfig=apiserver_kubeconfig)
         await publisher.start()
         await publisher.stop(cleanup=True)
@@ -427,8 +441,8 @@ class TestFailures:
             )
             await synced(publisher, timeout=15)
         assert matches(apiserver, final)()
-        # slices that existed before the outage are the same objects, updated in place
+        # slices that still exist are the objects from before the outage, updated in place
         kept = [s for s in apiserver.resource_slices() if s["metadata"]["name"] in uids]
-        assert len(kept) == len(uids)
+        assert len(kept) == len(apiserver.resource_slices())
         assert all(uids[s["metadata"]["name"]] == s["metadata"]["uid"] for s in kept)
         assert len(devices(apiserver)) == 420

@@ -186,9 +186,17 @@ class TestBuildSlices:
         assert len(devices) == 3
         assert all("taints" in d for d in devices)
 
-    def test_split_at_128_devices(self) -> None:
-        """300 healthy devices: 128 + 128 + 44, each slice knowing the count."""
+    def test_split_at_64_by_default(self) -> None:
+        """300 devices: 64 a slice (a taint never re-splits the pool), each knowing the count."""
         result = build(many(300))
+        assert [len(s["spec"]["devices"]) for s in result.slices] == [64, 64, 64, 64, 44]
+        assert {s["spec"]["pool"]["resourceSliceCount"] for s in result.slices} == {5}
+        tainted = build(many(300, UNHEALTHY))
+        assert [len(s["spec"]["devices"]) for s in tainted.slices] == [64, 64, 64, 64, 44]
+
+    def test_split_at_128_devices(self) -> None:
+        """max_devices=128, 300 healthy devices: 128 + 128 + 44, each slice knowing the count."""
+        result = build(many(300), max_devices=128)
         assert [len(s["spec"]["devices"]) for s in result.slices] == [128, 128, 44]
         assert {s["spec"]["pool"]["resourceSliceCount"] for s in result.slices} == {3}
         assert [s["metadata"]["name"] for s in result.slices] == [
@@ -199,7 +207,7 @@ class TestBuildSlices:
 
     def test_split_at_64_where_taints_are(self) -> None:
         """A slice holding a tainted device holds at most 64 devices."""
-        result = build(many(200, UNHEALTHY))
+        result = build(many(200, UNHEALTHY), max_devices=128)
         assert [len(s["spec"]["devices"]) for s in result.slices] == [64, 64, 64, 8]
 
     def test_one_tainted_device_limits_only_its_slice(self) -> None:
@@ -208,13 +216,21 @@ class TestBuildSlices:
         devices = dict(snapshot["i915"])
         last = sorted(devices, key=lambda i: device_name("i915", i))[-1]
         devices[last] = DeviceInfo(state=UNHEALTHY)
-        sizes = [len(s["spec"]["devices"]) for s in build({"i915": devices}).slices]
+        sizes = [
+            len(s["spec"]["devices"]) for s in build({"i915": devices}, max_devices=128).slices
+        ]
         assert sizes == [128, 71, 1]
 
     def test_device_names_unique_across_slices(self) -> None:
         """No device name appears twice in the pool."""
         names = [d["name"] for d in devices_of(build(many(500)))]
         assert len(names) == len(set(names)) == 500
+
+    @pytest.mark.parametrize("size", [0, 129])
+    def test_slice_size_is_checked(self, size: int) -> None:
+        """max_devices outside 1..128 is refused."""
+        with pytest.raises(ValueError, match="max_devices"):
+            build(many(1), max_devices=size)
 
     def test_no_devices_is_one_empty_slice(self) -> None:
         """An empty snapshot publishes one slice without devices: the pool is empty."""

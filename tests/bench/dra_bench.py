@@ -1,0 +1,100 @@
+"""Figure 8: DRA notify -> ResourceSlice updated, 1,000 devices, API server in its own process.
+
+The publisher runs in this process, the fake API server (``apiserver_proc.py``) in a
+child. Two changes alternate with their reverse: one device turning Unhealthy (one of
+the 16 slices rewritten in place) and a failed scan (every device tainted: all 16
+slices rewritten under a new generation). "stored" is when the API
+server stored the last write of the change (its clock, CLOCK_MONOTONIC, is the same
+across processes); "acknowledged" is when the publisher got the last answer.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from common import BENCH_DIR, Child, percentile
+from report import Row, ms
+
+from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceInfo
+from host.dra import ResourceSlicePublisher
+from host.testing import write_kubeconfig
+
+NODE = "bench-node"
+DRIVER = "bench.example.com"
+DEVICES = 1000
+
+
+def snapshot(unhealthy: int) -> dict[str, dict[str, DeviceInfo]]:
+    """1,000 devices of one type; the first ``unhealthy`` of them Unhealthy."""
+    return {
+        "dev": {
+            f"d{i}": DeviceInfo(state=UNHEALTHY if i < unhealthy else HEALTHY)
+            for i in range(DEVICES)
+        }
+    }
+
+
+async def dra_slice_latency(work: Path, rounds: int) -> list[Row]:
+    """Rows for figure 8: p50 / p99 of both changes, stored and acknowledged."""
+    server = await Child.spawn("fake API server", BENCH_DIR / "apiserver_proc.py", NODE)
+    try:
+        up = await server.wait_event(lambda e: e["ev"] == "up", 30, "the API server up")
+        kubeconfig = write_kubeconfig(work / "kubeconfig", up["url"])
+        publisher = ResourceSlicePublisher(DRIVER, NODE, kubeconfig=kubeconfig)
+        await publisher.start()
+        trees = [snapshot(0), snapshot(1)]
+        stored: dict[str, list[int]] = {"one device": [], "failed scan": []}
+        acked: dict[str, list[int]] = {"one device": [], "failed scan": []}
+        try:
+            publisher.update(trees[0])
+            await publisher.wait_synced()
+            for round_ in range(10 + rounds):  # the first 10 warm up
+                for change in stored:
+                    for forward in (True, False):
+                        if change == "one device":
+                            tree, failed, tainted = trees[forward], False, int(forward)
+                        else:
+                            tree, failed, tainted = trees[0], forward, DEVICES if forward else 0
+                        slices = 16
+                        start = len(server.events)
+                        sent = time.monotonic_ns()
+                        publisher.update(tree, scan_failed=failed)
+                        await publisher.wait_synced()
+                        done = time.monotonic_ns()
+                        event = await server.wait_event(
+                            lambda e, t=tainted, n=slices: (
+                                e["ev"] == "slices"
+                                and e["tainted"] == t
+                                and e["n"] == n
+                                and len(e["generations"]) == 1
+                            ),
+                            30,
+                            f"{change} stored",
+                            start,
+                        )
+                        if round_ >= 10:
+                            stored[change].append(event["t"] - sent)
+                            acked[change].append(done - sent)
+        finally:
+            await publisher.stop()
+    finally:
+        await server.send("quit")
+        await server.stop()
+    rows = []
+    for change, what in (
+        ("one device", "one device turns Unhealthy / back (1 slice PUT)"),
+        ("failed scan", "failed scan / recovery (16 slices, new generation)"),
+    ):
+        for label, samples in (("stored", stored[change]), ("acknowledged", acked[change])):
+            p50, p99 = percentile(samples, 50), percentile(samples, 99)
+            rows.append(
+                Row(
+                    "8",
+                    f"DRA notify -> slices {label}, {DEVICES:,} devices: {what} (p50 / p99)",
+                    f"{ms(p50)} / {ms(p99)}",
+                    "-",
+                    None,
+                )
+            )
+    return rows
