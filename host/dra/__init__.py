@@ -3,12 +3,21 @@
 The API-server side publishes the node's devices as ResourceSlices
 (:class:`ResourceSlicePublisher`, fed the same frozen snapshots as the device-plugin
 managers); :func:`build_slices` is the pure mapping from a snapshot to slices.
+
+The kubelet side: :class:`DraDriver` answers kubelet's NodePrepareResources and
+NodeUnprepareResources (DRA kubelet plugin API v1 and v1beta1) for one plugin, with a
+CDI spec per prepared device, a checkpoint across restarts, and registration through
+kubelet's plugin watcher.
 """
 
 from __future__ import annotations
 
 from host.dra._client import kube_client
 from host.dra._publisher import PublisherStatus, ResourceSlicePublisher
+from host.dra._claimsource import ClaimNotFoundError, ClaimSource
+from host.dra._driver import DeviceNamer, DraDriver
+from host.dra._prepare import ClaimError, ClaimRef, PreparedClaim, PreparedDevice
+from host.dra._registration import SUPPORTED_VERSIONS
 from host.dra._slices import (
     BuildResult,
     build_slices,
@@ -17,11 +26,23 @@ from host.dra._slices import (
     slice_name,
     unhealthy_taint_key,
 )
+from host.dra._sockets import DEFAULT_DRA_PLUGIN_DIR, DEFAULT_REGISTRY_DIR
 
 __all__ = [
+    "DEFAULT_DRA_PLUGIN_DIR",
+    "DEFAULT_REGISTRY_DIR",
+    "SUPPORTED_VERSIONS",
     "BuildResult",
     "PublisherStatus",
     "ResourceSlicePublisher",
+    "ClaimError",
+    "ClaimNotFoundError",
+    "ClaimRef",
+    "ClaimSource",
+    "DeviceNamer",
+    "DraDriver",
+    "PreparedClaim",
+    "PreparedDevice",
     "build_slices",
     "device_name",
     "device_names",

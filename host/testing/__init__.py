@@ -4,6 +4,9 @@
 directory of your choice; its observation API (:class:`ResourceState` and friends) and
 condition waits let a test assert what kubelet would see, without sleeping.
 :func:`build_tree` and :class:`FakeSysfs` build sysfs/devfs trees to scan.
+:class:`FakeDraKubelet` plays kubelet's DRA side (plugin-watcher registration,
+NodePrepareResources / NodeUnprepareResources) against DRA drivers, and
+:class:`FakeClaims` with :func:`allocated_claim` stands in for the API server's claims.
 
 The pytest plugin is opt-in: put ``pytest_plugins = ["host.testing"]`` in your top-level
 ``conftest.py`` (or run ``pytest -p host.testing``) to get the fixtures
@@ -46,7 +49,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from host.testing._apiserver import ApiRequest, FakeApiServer, OutageMode, write_kubeconfig
+from host.testing._dra_claims import FakeClaims, allocated_claim
 from host.testing._kubelet import FakeKubelet
+from host.testing._kubelet_dra import (
+    DraClaimResult,
+    DraDevice,
+    DraPluginRegistration,
+    FakeDraKubelet,
+)
 from host.testing._kubelet_types import (
     Allocation,
     DeviceState,
@@ -74,7 +84,12 @@ __all__ = [
     "Allocation",
     "ApiRequest",
     "DeviceState",
+    "DraClaimResult",
+    "DraDevice",
+    "DraPluginRegistration",
     "FakeApiServer",
+    "FakeClaims",
+    "FakeDraKubelet",
     "FakeKubelet",
     "FakeSysfs",
     "FakeSysfsFactory",
@@ -87,6 +102,7 @@ __all__ = [
     "ResourceState",
     "RunHost",
     "Symlink",
+    "allocated_claim",
     "apiserver",
     "apiserver_kubeconfig",
     "build_tree",

@@ -101,12 +101,17 @@ def plugin_sockets(plugin_dir: str) -> list[str]:
 
 class TestPublicSurface:
     def test_all_is_pinned(self) -> None:
-        """host.testing exports the fake kubelet, the tree builders and the fixtures."""
+        """host.testing exports the fakes (kubelets, claims), the tree builders and the fixtures."""
         assert host.testing.__all__ == [
             "Allocation",
             "ApiRequest",
             "DeviceState",
+            "DraClaimResult",
+            "DraDevice",
+            "DraPluginRegistration",
             "FakeApiServer",
+            "FakeClaims",
+            "FakeDraKubelet",
             "FakeKubelet",
             "FakeSysfs",
             "FakeSysfsFactory",
@@ -119,6 +124,7 @@ class TestPublicSurface:
             "ResourceState",
             "RunHost",
             "Symlink",
+            "allocated_claim",
             "apiserver",
             "apiserver_kubeconfig",
             "build_tree",

@@ -1,0 +1,287 @@
+"""One scanner plugin served to kubelet as a DRA driver: prepare, unprepare, register.
+
+The flow: the host hands every frozen device snapshot of the plugin to
+:meth:`DraDriver.update`; kubelet calls NodePrepareResources with the claims of a pod;
+the driver reads each claim from the API server (all claims at once), keeps the
+allocation results of its driver and pool (the node name), writes a CDI spec per
+prepared device, records the claim in its checkpoint and answers with the devices and
+their CDI device IDs. NodeUnprepareResources removes the claim's CDI specs and record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+
+from host.deviceplugin._cdi import DEFAULT_CDI_DIR, CdiSpecWriter
+from host.deviceplugin._types import DeviceInfo
+from host.dra._checkpoint import CHECKPOINT_NAME, ClaimCheckpoint
+from host.dra._claimbuild import ClaimBuilder
+from host.dra._claimsource import ClaimNotFoundError, ClaimSource
+from host.dra._kubelet import UnixSocketServer, add_dra_servicers
+from host.dra._prepare import ClaimError, ClaimRef, PreparedClaim, allocated_devices
+from host.dra._registration import SUPPORTED_VERSIONS, dra_registration_servicer
+from host.dra._slices import device_names
+from host.dra._sockets import (
+    DEFAULT_DRA_PLUGIN_DIR,
+    DEFAULT_REGISTRY_DIR,
+    dra_socket_path,
+    registration_socket_path,
+    validate_driver_name,
+)
+from host.dra._store import ClaimStore
+
+__all__ = ["DeviceNamer", "DraDriver"]
+
+log = logging.getLogger("host.dra")
+
+DeviceNamer = Callable[[Iterable[tuple[str, str]]], Mapping[tuple[str, str], str]]
+"""Names every ``(device type, device id)`` of a snapshot as its ResourceSlices do."""
+
+
+class _KeyedLocks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class DraDriver:
+    """Serves one scanner plugin's devices to kubelet as DRA driver ``driver_name``.
+
+    ``node_name`` is the pool of every device (the ResourceSlices name it so);
+    ``scanner``'s optional ``allocate`` / ``post_allocate`` shape the CDI edits;
+    ``claims`` reads ResourceClaims. Sockets and the checkpoint live under
+    ``plugin_dir/<driver>`` and ``registry_dir`` (see :mod:`host.dra._sockets`; an
+    ``instance_id``, the pod UID, selects the rolling-update socket names); CDI specs go
+    to ``cdi_dir`` through ``cdi_writer`` (pass the device-plugin manager's writer to
+    share spec files both serve). ``device_name`` names a snapshot's devices; the default
+    is the ResourceSlice builder's :func:`~host.dra.device_names`, so claims name the
+    devices the slices publish.
+
+    Run :meth:`serve` as a task; feed it with :meth:`update`. Prepared claims and their
+    CDI specs outlive the driver (a restarted host finds them in the checkpoint);
+    ResourceSlices are the publisher's business, not the driver's.
+    """
+
+    def __init__(
+        self,
+        driver_name: str,
+        node_name: str,
+        scanner: object,
+        claims: ClaimSource,
+        *,
+        plugin_dir: str | Path = DEFAULT_DRA_PLUGIN_DIR,
+        registry_dir: str | Path = DEFAULT_REGISTRY_DIR,
+        cdi_dir: str | Path = DEFAULT_CDI_DIR,
+        instance_id: str | None = None,
+        cdi_writer: CdiSpecWriter | None = None,
+        device_name: DeviceNamer | None = None,
+    ) -> None:
+        self.driver_name = validate_driver_name(driver_name)
+        if not node_name:
+            raise ValueError(f"DRA driver {driver_name}: the node name must not be empty")
+        self.node_name = node_name
+        self.data_dir = Path(plugin_dir) / driver_name
+        self.socket_path = dra_socket_path(plugin_dir, driver_name, instance_id)
+        self.registration_socket_path = registration_socket_path(
+            registry_dir, driver_name, instance_id
+        )
+        self._source = claims
+        self._builder = ClaimBuilder(driver_name, scanner)
+        self._device_names = device_name or device_names
+        self._store = ClaimStore(
+            driver_name,
+            ClaimCheckpoint(self.data_dir / CHECKPOINT_NAME, driver_name),
+            cdi_writer if cdi_writer is not None else CdiSpecWriter(cdi_dir),
+        )
+        self._devices: dict[str, tuple[str, str, DeviceInfo]] = {}
+        self._have_snapshot = False
+        self._scan_failed = False
+        self._locks = _KeyedLocks()
+        self._serving = asyncio.Event()
+        self.registration = dra_registration_servicer(driver_name, str(self.socket_path))
+        """The plugin-watcher Registration servicer: kubelet's verdicts land here."""
+
+    def __repr__(self) -> str:
+        return f"DraDriver({self.driver_name!r}, node={self.node_name!r})"
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def prepared_claims(self) -> Mapping[str, PreparedClaim]:
+        """The prepared claims by UID (a read-only view)."""
+        return self._store.claims
+
+    @property
+    def devices(self) -> Mapping[str, tuple[str, str, DeviceInfo]]:
+        """The current devices by published name: ``(device type, device id, DeviceInfo)``."""
+        return MappingProxyType(self._devices)
+
+    @property
+    def serving(self) -> bool:
+        """Whether the DRA service and the registration socket are up."""
+        return self._serving.is_set()
+
+    async def wait_serving(self) -> None:
+        """Return once :meth:`serve` has both sockets up."""
+        await self._serving.wait()
+
+    def update(
+        self, snapshot: Mapping[str, Mapping[str, DeviceInfo]], scan_failed: bool = False
+    ) -> None:
+        """Take the scanner's latest devices (type → id → DeviceInfo).
+
+        ``scan_failed`` means the scanner failed and its devices are unusable for now:
+        like unhealthy devices (tainted ``<driver>/unhealthy`` in the slices) they are
+        refused to new claims that do not tolerate that taint; prepared claims stay.
+        """
+        names = self._device_names(
+            (dev_type, dev_id) for dev_type, by_id in snapshot.items() for dev_id in by_id
+        )
+        devices = {
+            name: (dev_type, dev_id, snapshot[dev_type][dev_id])
+            for (dev_type, dev_id), name in names.items()
+        }
+        self._devices = devices
+        self._have_snapshot = True
+        self._scan_failed = scan_failed
+
+    # -- prepare / unprepare ---------------------------------------------------------
+
+    async def prepare(self, claims: Sequence[ClaimRef]) -> Mapping[str, PreparedClaim | ClaimError]:
+        """Prepare ``claims`` concurrently; return each UID's prepared claim or error.
+
+        A claim already prepared is answered from the record without asking the API
+        server. A claim is answered as prepared once the checkpoint holds it.
+        """
+        unique = list({ref.uid: ref for ref in claims}.values())
+        outcomes = await asyncio.gather(*(self._prepare_one(ref) for ref in unique))
+        return dict(zip((ref.uid for ref in unique), outcomes, strict=True))
+
+    async def _prepare_one(self, ref: ClaimRef) -> PreparedClaim | ClaimError:
+        known = self._store.get(ref.uid)
+        if known is not None:
+            return known  # the common repeat: no lock, no API call
+        async with self._locks.hold(ref.uid):
+            known = self._store.get(ref.uid)
+            if known is not None:
+                return known
+            try:
+                claim = await self._build_claim(ref)
+                await asyncio.to_thread(self._store.add, claim)
+            except ClaimError as err:
+                log.info("DRA driver %s: %s", self.driver_name, err)
+                return err
+            except (OSError, ValueError) as err:
+                log.error("DRA driver %s: claim %s: %s", self.driver_name, ref, err)
+                return ClaimError(f"claim {ref}: cannot record it as prepared: {err}")
+            log.info(
+                "DRA driver %s: prepared claim %s (%s): %s",
+                self.driver_name,
+                ref,
+                ref.uid,
+                ", ".join(d.device for d in claim.devices),
+            )
+            return claim
+
+    async def _build_claim(self, ref: ClaimRef) -> PreparedClaim:
+        if not ref.namespace or not ref.name:
+            raise ClaimError(f"claim {ref} ({ref.uid}): namespace and name are required")
+        try:
+            data = await self._source.get_claim(ref.namespace, ref.name)
+        except ClaimNotFoundError as err:
+            raise ClaimError(f"claim {ref} not found: {err}") from err
+        except Exception as err:
+            raise ClaimError(f"cannot read claim {ref} from the API server: {err}") from err
+        if not self._have_snapshot:
+            raise ClaimError(
+                f"claim {ref}: driver {self.driver_name} has no device list yet (retry)"
+            )
+        allocated = allocated_devices(
+            data,
+            ref,
+            driver=self.driver_name,
+            pool=self.node_name,
+            devices=self._devices,
+            scan_failed=self._scan_failed,
+        )
+        devices, specs = await self._builder.build(ref, allocated)
+        return PreparedClaim(ref, tuple(devices), tuple(specs))
+
+    async def unprepare(self, claims: Sequence[ClaimRef]) -> Mapping[str, ClaimError | None]:
+        """Unprepare ``claims``: remove their CDI specs and records.
+
+        A claim this driver does not know is done already (kubelet repeats calls and
+        may ask any instance). A claim is answered as done once the checkpoint no
+        longer holds it.
+        """
+        unique = list({ref.uid: ref for ref in claims}.values())
+        outcomes = await asyncio.gather(*(self._unprepare_one(ref) for ref in unique))
+        return dict(zip((ref.uid for ref in unique), outcomes, strict=True))
+
+    async def _unprepare_one(self, ref: ClaimRef) -> ClaimError | None:
+        if self._store.get(ref.uid) is None:
+            return None
+        async with self._locks.hold(ref.uid):
+            try:
+                claim = await asyncio.to_thread(self._store.remove, ref.uid)
+            except OSError as err:
+                log.error("DRA driver %s: claim %s: %s", self.driver_name, ref, err)
+                return ClaimError(f"claim {ref}: cannot unprepare it: {err}")
+            if claim is not None:
+                log.info("DRA driver %s: unprepared claim %s (%s)", self.driver_name, ref, ref.uid)
+            return None
+
+    # -- serving ---------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Serve the DRA service, then register with kubelet; run until cancelled.
+
+        On the way out both servers stop and their sockets are removed; prepared claims,
+        their CDI specs and the checkpoint stay.
+        """
+        restored = await asyncio.to_thread(self._store.restore)
+        if restored:
+            log.info(
+                "DRA driver %s: %d prepared claim(s) restored from %s",
+                self.driver_name,
+                restored,
+                self._store.checkpoint.path,
+            )
+        dra = UnixSocketServer(self.socket_path, lambda server: add_dra_servicers(self, server))
+        registrar = UnixSocketServer(self.registration_socket_path, self.registration.add_to_server)
+        try:
+            await dra.start()  # kubelet connects at once after registering: serve first
+            await registrar.start()
+            self._serving.set()
+            log.info(
+                "DRA driver %s: serving %s, registered through %s (%s)",
+                self.driver_name,
+                self.socket_path,
+                self.registration_socket_path,
+                ", ".join(SUPPORTED_VERSIONS),
+            )
+            await asyncio.Event().wait()
+        finally:
+            self._serving.clear()
+            await registrar.stop()
+            await dra.stop()

@@ -1,0 +1,154 @@
+"""The prepared claims of one driver: in memory, in CDI spec files, and in the checkpoint.
+
+Every change is one blocking step, run in a worker thread: write (or remove) the
+claim's CDI specs, update the in-memory record, write the checkpoint. A claim counts as
+prepared only once the checkpoint holds it, so a restarted host answers kubelet's
+repeats and unprepares what was prepared before. Concurrent changes coalesce: a
+checkpoint write always records the latest state, and a change already covered by a
+later write does not write again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from host.deviceplugin._cdi import CdiSpecWriter, qualified_name
+from host.dra._checkpoint import CheckpointError, ClaimCheckpoint
+from host.dra._prepare import PreparedClaim
+
+__all__ = ["ClaimStore"]
+
+log = logging.getLogger("host.dra.store")
+
+
+class ClaimStore:
+    """Thread-safe record of prepared claims backed by CDI spec files and a checkpoint.
+
+    The blocking methods (:meth:`add`, :meth:`remove`, :meth:`restore`) belong in a
+    worker thread; :meth:`get` and :attr:`claims` are cheap and safe on the event loop.
+    """
+
+    def __init__(self, driver: str, checkpoint: ClaimCheckpoint, writer: CdiSpecWriter) -> None:
+        self.driver = driver
+        self.checkpoint = checkpoint
+        self.writer = writer
+        self._claims: dict[str, PreparedClaim] = {}
+        self._state_lock = threading.Lock()
+        self._save_lock = threading.Lock()
+        self._generation = 0
+        self._saved_generation = 0
+
+    @property
+    def claims(self) -> Mapping[str, PreparedClaim]:
+        """The prepared claims by UID (a read-only view)."""
+        return MappingProxyType(self._claims)
+
+    def get(self, uid: str) -> PreparedClaim | None:
+        """Return the prepared claim with ``uid``, if there is one."""
+        return self._claims.get(uid)
+
+    def _owner(self, claim: PreparedClaim, spec: Mapping[str, Any]) -> tuple[str, str, str]:
+        return (self.driver, claim.ref.uid, qualified_name(spec))
+
+    def _acquire_specs(self, claim: PreparedClaim) -> None:
+        done = []
+        try:
+            for spec in claim.cdi_specs:
+                self.writer.acquire(self._owner(claim, spec), spec)
+                done.append(spec)
+        except BaseException:
+            for spec in done:
+                self.writer.release(self._owner(claim, spec))
+            raise
+
+    def _release_specs(self, claim: PreparedClaim) -> None:
+        for spec in claim.cdi_specs:
+            self.writer.release(self._owner(claim, spec))
+
+    def add(self, claim: PreparedClaim) -> None:
+        """Write the claim's CDI specs, record it and write the checkpoint.
+
+        Raises ValueError (an invalid spec) or OSError (a file that cannot be written);
+        then nothing of the claim is left behind.
+        """
+        self._acquire_specs(claim)
+        with self._state_lock:
+            self._claims[claim.ref.uid] = claim
+            self._generation += 1
+            wanted = self._generation
+        try:
+            self._save(wanted)
+        except BaseException:
+            with self._state_lock:
+                if self._claims.get(claim.ref.uid) is claim:
+                    del self._claims[claim.ref.uid]
+                    self._generation += 1
+            self._release_specs(claim)
+            raise
+
+    def remove(self, uid: str) -> PreparedClaim | None:
+        """Remove the claim's CDI specs and record, write the checkpoint; return the claim.
+
+        An unknown UID is nothing to do (None). OSError when a spec file cannot be
+        removed (the claim stays recorded) or the checkpoint cannot be written (the
+        claim is gone; the next write records that).
+        """
+        claim = self._claims.get(uid)
+        if claim is None:
+            return None
+        self._release_specs(claim)
+        with self._state_lock:
+            if self._claims.get(uid) is claim:
+                del self._claims[uid]
+                self._generation += 1
+            wanted = self._generation
+        self._save(wanted)
+        return claim
+
+    def _save(self, wanted: int) -> None:
+        with self._save_lock:
+            if self._saved_generation >= wanted:
+                return  # a write since this change already recorded it
+            with self._state_lock:
+                generation = self._generation
+                claims = dict(self._claims)
+            self.checkpoint.save(claims)
+            self._saved_generation = generation
+
+    def restore(self) -> int:
+        """Read the checkpoint and write every recorded claim's CDI specs again.
+
+        Returns how many claims were restored. A checkpoint that cannot be read is
+        moved aside (logged) and the store starts empty; a spec that cannot be written
+        is logged and its claim kept (kubelet will unprepare it).
+        """
+        try:
+            claims = self.checkpoint.load()
+        except CheckpointError as err:
+            aside = self.checkpoint.set_aside()
+            log.error(
+                "DRA driver %s: %s; moved it to %s and starting with no prepared claims",
+                self.driver,
+                err,
+                aside,
+            )
+            claims = {}
+        for claim in claims.values():
+            try:
+                self._acquire_specs(claim)
+            except (OSError, ValueError) as err:
+                log.warning(
+                    "DRA driver %s: claim %s: cannot restore its CDI specs: %s",
+                    self.driver,
+                    claim.ref,
+                    err,
+                )
+        with self._state_lock:
+            self._claims = dict(claims)
+            self._generation += 1
+            self._saved_generation = self._generation
+        return len(claims)

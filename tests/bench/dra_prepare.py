@@ -1,0 +1,167 @@
+"""DRA NodePrepareResources benchmark: ``python tests/bench/dra_prepare.py [--calls N]``.
+
+Two figures, each with its target:
+
+* one claim per NodePrepareResources call, including the claim fetch (an in-memory
+  claim source: the driver's own cost), the CDI spec write and the checkpoint write:
+  p50 / p99 latency as the caller sees it (target p99 <= 3 ms);
+* 20 claims in one call with 100 ms of injected API latency per claim fetch: the
+  total time of the call (target <= 0.3 s: the fetches run concurrently).
+
+Every prepare fsyncs its CDI spec and the checkpoint (both survive power loss, as
+kubelet's own checkpoint does); ``--dir /dev/shm`` measures without the disk.
+The driver serves in this process; the caller is a separate Python process speaking
+gRPC on the Unix socket, as kubelet does. Not collected by pytest; never run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from host._api import dra_v1_pb2, dra_v1_pb2_grpc
+from host.deviceplugin import DeviceInfo, DeviceSpec
+from host.dra import DraDriver
+from host.testing import FakeClaims, allocated_claim
+
+DRIVER = "gpu.example.com"
+NODE = "bench-node"
+BATCH = 20
+LATENCY = 0.1
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def client(socket: str, calls: int) -> None:
+    """Run in the child: time the calls, print the figures as JSON."""
+    async with grpc.aio.insecure_channel(f"unix:{socket}") as channel:
+        stub = dra_v1_pb2_grpc.DRAPluginStub(channel)
+        one: list[float] = []
+        for i in range(calls + 50):
+            claim = dra_v1_pb2.Claim(namespace="bench", name=f"c{i % 8}", uid=f"uid-{i % 8}")
+            start = time.perf_counter()
+            response = await stub.NodePrepareResources(
+                dra_v1_pb2.NodePrepareResourcesRequest(claims=[claim])
+            )
+            elapsed = time.perf_counter() - start
+            assert not response.claims[claim.uid].error, response.claims[claim.uid].error
+            await stub.NodeUnprepareResources(
+                dra_v1_pb2.NodeUnprepareResourcesRequest(claims=[claim])
+            )
+            if i >= 50:  # warm-up
+                one.append(elapsed)
+        print(json.dumps({"one": one}), flush=True)
+        sys.stdin.readline()  # the parent injects latency, then says go
+        batch = [
+            dra_v1_pb2.Claim(namespace="bench", name=f"b{i}", uid=f"buid-{i}") for i in range(BATCH)
+        ]
+        start = time.perf_counter()
+        response = await stub.NodePrepareResources(
+            dra_v1_pb2.NodePrepareResourcesRequest(claims=batch)
+        )
+        total = time.perf_counter() - start
+        errors = [r.error for r in response.claims.values() if r.error]
+        assert not errors, errors
+        print(json.dumps({"batch": total}), flush=True)
+
+
+async def main(calls: int, base: str) -> None:
+    root = Path(tempfile.mkdtemp(prefix="drab", dir=base))
+    claims = FakeClaims()
+    devices = {
+        "i915": {
+            f"card{i}": DeviceInfo(
+                nodes=[
+                    DeviceSpec(host_path=f"/dev/dri/card{i}", container_path=f"/dev/dri/card{i}")
+                ]
+            )
+            for i in range(BATCH)
+        }
+    }
+    result = {"driver": DRIVER, "pool": NODE, "request": "gpu"}
+    for i in range(8):
+        claims.put(
+            allocated_claim("bench", f"c{i}", f"uid-{i}", [{**result, "device": f"i915-card{i}"}])
+        )
+    for i in range(BATCH):
+        claims.put(
+            allocated_claim("bench", f"b{i}", f"buid-{i}", [{**result, "device": f"i915-card{i}"}])
+        )
+    driver = DraDriver(
+        DRIVER,
+        NODE,
+        None,
+        claims,
+        plugin_dir=root / "plugins",
+        registry_dir=root / "reg",
+        cdi_dir=root / "cdi",
+    )
+    driver.update(devices)
+    task = asyncio.create_task(driver.serve())
+    try:
+        await driver.wait_serving()
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--client",
+            str(driver.socket_path),
+            "--calls",
+            str(calls),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert child.stdout is not None
+        assert child.stdin is not None
+        one = json.loads(await child.stdout.readline())["one"]
+        claims.latency = LATENCY
+        child.stdin.write(b"go\n")
+        await child.stdin.drain()
+        batch = json.loads(await child.stdout.readline())["batch"]
+        await child.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        shutil.rmtree(root, ignore_errors=True)
+    p50, p99 = percentile(one, 50) * 1e3, percentile(one, 99) * 1e3
+    print(f"{'figure':<58} {'value':>10} {'target':>10}  verdict")
+    print(
+        f"{'NodePrepareResources, 1 claim incl. fetch, p50 (' + str(calls) + ' calls)':<58} "
+        f"{p50:>8.2f}ms {'':>10}"
+    )
+    print(
+        f"{'NodePrepareResources, 1 claim incl. fetch, p99':<58} {p99:>8.2f}ms {'<= 3 ms':>10}"
+        f"  {'ok' if p99 <= 3 else 'MISS'}"
+    )
+    print(
+        f"{f'NodePrepareResources, {BATCH} claims, {LATENCY * 1e3:.0f} ms API latency each':<58} "
+        f"{batch:>9.3f}s {'<= 0.3 s':>10}  {'ok' if batch <= 0.3 else 'MISS'}"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--client", metavar="SOCKET")
+    parser.add_argument(
+        "--dir",
+        default="/tmp",
+        help="where the checkpoint and CDI specs go (default /tmp; /dev/shm leaves out "
+        "the disk's fsync time)",
+    )
+    args = parser.parse_args()
+    if args.client:
+        asyncio.run(client(args.client, args.calls))
+    else:
+        asyncio.run(main(args.calls, args.dir))

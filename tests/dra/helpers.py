@@ -1,0 +1,79 @@
+"""Builders shared by the DRA driver tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from host.deviceplugin import HEALTHY, DeviceInfo, DeviceSpec
+from host.deviceplugin._cdi import validate_cdi_spec
+from host.testing import FakeClaims, allocated_claim
+
+DRIVER = "gpu.example.com"
+NODE = "node-a"
+
+
+def gpu(index: int, state: str = HEALTHY, **kwargs: Any) -> DeviceInfo:
+    path = f"/dev/dri/card{index}"
+    return DeviceInfo(
+        state=state,
+        nodes=[DeviceSpec(host_path=path, container_path=path, permissions="rw")],
+        **kwargs,
+    )
+
+
+def snapshot(count: int = 4, **kwargs: Any) -> dict[str, dict[str, DeviceInfo]]:
+    return {"i915": {f"card{i}": gpu(i, **kwargs) for i in range(count)}}
+
+
+def result(
+    device: str, request: str = "gpu", pool: str = NODE, driver: str = DRIVER
+) -> dict[str, str]:
+    return {"request": request, "driver": driver, "pool": pool, "device": device}
+
+
+@dataclass
+class Dirs:
+    root: Path
+
+    @property
+    def plugins(self) -> Path:
+        return self.root / "plugins"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "reg"
+
+    @property
+    def cdi(self) -> Path:
+        return self.root / "cdi"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.plugins / DRIVER / "checkpoint.json"
+
+
+def add_claim(
+    claims: FakeClaims, name: str, uid: str, *results: Mapping[str, Any]
+) -> tuple[str, str, str]:
+    claims.put(allocated_claim("default", name, uid, results))
+    return ("default", name, uid)
+
+
+def resolve_cdi(cdi_dir: Path, cdi_id: str) -> Mapping[str, Any]:
+    """Find the spec file defining ``cdi_id`` and return it, validated."""
+    kind, name = cdi_id.split("=", 1)
+    matches = []
+    for path in cdi_dir.glob("*.json"):
+        spec = json.loads(path.read_text())
+        if spec.get("kind") == kind and spec["devices"][0]["name"] == name:
+            matches.append(spec)
+    assert len(matches) == 1, f"{cdi_id}: {len(matches)} spec files define it"
+    return validate_cdi_spec(matches[0])
+
+
+def cdi_files(cdi_dir: Path) -> list[str]:
+    return sorted(p.name for p in cdi_dir.glob("*.json")) if cdi_dir.exists() else []
