@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from host.deviceplugin import DeviceInfo
-from host.dra import DraDriver
 from host.testing import FakeClaims, FakeDraKubelet
 from host.testing._apiserver_fixtures import apiserver, apiserver_kubeconfig
-from tests.dra.helpers import DRIVER, NODE, Dirs, snapshot
+from tests.dra.helpers import Dirs, DriverRunner
 
 
 @pytest.fixture
@@ -32,42 +27,6 @@ def claims() -> FakeClaims:
 async def dra_kubelet(dirs: Dirs) -> AsyncIterator[FakeDraKubelet]:
     async with FakeDraKubelet(dirs.registry) as kubelet:
         yield kubelet
-
-
-class DriverRunner:
-    """Starts drivers as tasks; stop() cancels one and waits for it to finish."""
-
-    def __init__(self, dirs: Dirs, claims: FakeClaims) -> None:
-        self.dirs = dirs
-        self.claims = claims
-        self.tasks: dict[DraDriver, asyncio.Task[None]] = {}
-
-    async def start(
-        self,
-        scanner: object = None,
-        devices: Mapping[str, Mapping[str, DeviceInfo]] | None = None,
-        **kwargs: Any,
-    ) -> DraDriver:
-        kwargs.setdefault("plugin_dir", self.dirs.plugins)
-        kwargs.setdefault("registry_dir", self.dirs.registry)
-        kwargs.setdefault("cdi_dir", self.dirs.cdi)
-        driver = DraDriver(DRIVER, NODE, scanner, self.claims, **kwargs)
-        driver.update(snapshot() if devices is None else devices)
-        task = asyncio.create_task(driver.serve())
-        self.tasks[driver] = task
-        waiter = asyncio.ensure_future(driver.wait_serving())
-        await asyncio.wait({task, waiter}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            waiter.cancel()
-            task.result()
-        assert driver.serving
-        return driver
-
-    async def stop(self, driver: DraDriver) -> None:
-        task = self.tasks.pop(driver)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @pytest_asyncio.fixture

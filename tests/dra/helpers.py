@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from typing import Any
 
 from host.deviceplugin import HEALTHY, DeviceInfo, DeviceSpec
 from host.deviceplugin._cdi import validate_cdi_spec
+from host.dra import DraDriver
 from host.testing import FakeClaims, allocated_claim
 
 DRIVER = "gpu.example.com"
@@ -77,3 +80,39 @@ def resolve_cdi(cdi_dir: Path, cdi_id: str) -> Mapping[str, Any]:
 
 def cdi_files(cdi_dir: Path) -> list[str]:
     return sorted(p.name for p in cdi_dir.glob("*.json")) if cdi_dir.exists() else []
+
+
+class DriverRunner:
+    """Starts drivers as tasks; stop() cancels one and waits for it to finish."""
+
+    def __init__(self, dirs: Dirs, claims: FakeClaims) -> None:
+        self.dirs = dirs
+        self.claims = claims
+        self.tasks: dict[DraDriver, asyncio.Task[None]] = {}
+
+    async def start(
+        self,
+        scanner: object = None,
+        devices: Mapping[str, Mapping[str, DeviceInfo]] | None = None,
+        **kwargs: Any,
+    ) -> DraDriver:
+        kwargs.setdefault("plugin_dir", self.dirs.plugins)
+        kwargs.setdefault("registry_dir", self.dirs.registry)
+        kwargs.setdefault("cdi_dir", self.dirs.cdi)
+        driver = DraDriver(DRIVER, NODE, scanner, self.claims, **kwargs)
+        driver.update(snapshot() if devices is None else devices)
+        task = asyncio.create_task(driver.serve())
+        self.tasks[driver] = task
+        waiter = asyncio.ensure_future(driver.wait_serving())
+        await asyncio.wait({task, waiter}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            waiter.cancel()
+            task.result()
+        assert driver.serving
+        return driver
+
+    async def stop(self, driver: DraDriver) -> None:
+        task = self.tasks.pop(driver)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -16,11 +16,11 @@ from host.deviceplugin import UseDefaultMethodError
 from host.deviceplugin._cdi import qualified_name
 from host.dra import build_slices
 from host.testing import FakeClaims, FakeDraKubelet
-from tests.dra.conftest import DriverRunner
 from tests.dra.helpers import (
     DRIVER,
     NODE,
     Dirs,
+    DriverRunner,
     add_claim,
     cdi_files,
     gpu,
