@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from host.dra._client import kube_client
 from host.dra._publisher import PublisherStatus, ResourceSlicePublisher
+from host.dra._claimclient import KubeClaimSource
 from host.dra._claimsource import ClaimNotFoundError, ClaimSource
 from host.dra._driver import DeviceNamer, DraDriver
 from host.dra._prepare import ClaimError, ClaimRef, PreparedClaim, PreparedDevice
@@ -41,6 +42,7 @@ __all__ = [
     "ClaimSource",
     "DeviceNamer",
     "DraDriver",
+    "KubeClaimSource",
     "PreparedClaim",
     "PreparedDevice",
     "build_slices",

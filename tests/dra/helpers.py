@@ -12,7 +12,7 @@ from typing import Any
 
 from host.deviceplugin import HEALTHY, DeviceInfo, DeviceSpec
 from host.deviceplugin._cdi import validate_cdi_spec
-from host.dra import DraDriver
+from host.dra import ClaimSource, DraDriver
 from host.testing import FakeClaims, allocated_claim
 
 DRIVER = "gpu.example.com"
@@ -85,7 +85,7 @@ def cdi_files(cdi_dir: Path) -> list[str]:
 class DriverRunner:
     """Starts drivers as tasks; stop() cancels one and waits for it to finish."""
 
-    def __init__(self, dirs: Dirs, claims: FakeClaims) -> None:
+    def __init__(self, dirs: Dirs, claims: ClaimSource) -> None:
         self.dirs = dirs
         self.claims = claims
         self.tasks: dict[DraDriver, asyncio.Task[None]] = {}
