@@ -12,12 +12,12 @@ kubelet's plugin watcher.
 
 from __future__ import annotations
 
-from host.dra._client import kube_client
-from host.dra._publisher import PublisherStatus, ResourceSlicePublisher
 from host.dra._claimclient import KubeClaimSource
 from host.dra._claimsource import ClaimNotFoundError, ClaimSource
+from host.dra._client import kube_client
 from host.dra._driver import DeviceNamer, DraDriver
 from host.dra._prepare import ClaimError, ClaimRef, PreparedClaim, PreparedDevice
+from host.dra._publisher import PublisherStatus, ResourceSlicePublisher
 from host.dra._registration import SUPPORTED_VERSIONS
 from host.dra._slices import (
     BuildResult,
@@ -34,8 +34,6 @@ __all__ = [
     "DEFAULT_REGISTRY_DIR",
     "SUPPORTED_VERSIONS",
     "BuildResult",
-    "PublisherStatus",
-    "ResourceSlicePublisher",
     "ClaimError",
     "ClaimNotFoundError",
     "ClaimRef",
@@ -45,6 +43,8 @@ __all__ = [
     "KubeClaimSource",
     "PreparedClaim",
     "PreparedDevice",
+    "PublisherStatus",
+    "ResourceSlicePublisher",
     "build_slices",
     "device_name",
     "device_names",

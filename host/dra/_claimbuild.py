@@ -14,8 +14,9 @@ Two ways, depending on the scanner:
   ``claim-<uid>-<type>`` shared by the group's devices, its ``cdi_devices`` are passed
   on as they are, and its annotations are dropped (DRA has no channel for them).
 
-Plugin methods run only through :func:`~host.deviceplugin._scanning.call_plugin_method`;
-any failure of theirs is a :class:`ClaimError` of that claim.
+Plugin methods run only behind the plugin wall (a
+:class:`~host.deviceplugin._guard.PluginCaller`, with its deadline); any failure of
+theirs is a :class:`ClaimError` of that claim.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from host._api import api_pb2 as pluginapi
 from host.deviceplugin._cdi import qualified_name, validate_cdi_spec
-from host.deviceplugin._scanning import call_plugin_method
+from host.deviceplugin._guard import PluginCaller, PluginError
 from host.deviceplugin._types import UseDefaultMethodError
 from host.dra._prepare import (
     AllocatedDevice,
@@ -47,10 +48,15 @@ ClaimParts = tuple[list[PreparedDevice], list[Mapping[str, Any]]]
 
 
 class ClaimBuilder:
-    """Builds the prepared devices and CDI specs of claims for driver ``driver``."""
+    """Builds the prepared devices and CDI specs of claims for driver ``driver``.
 
-    def __init__(self, driver: str, scanner: object) -> None:
+    ``caller`` runs the scanner's methods (pass the plugin's own, shared with its
+    device-plugin servers, so one deadline and one thread pool govern the plugin).
+    """
+
+    def __init__(self, driver: str, scanner: object, caller: PluginCaller | None = None) -> None:
         self.driver = driver
+        self._caller = caller or PluginCaller(driver)
         self._allocate = getattr(scanner, "allocate", None)
         self._post_allocate = getattr(scanner, "post_allocate", None)
 
@@ -147,12 +153,12 @@ class ClaimBuilder:
         response: pluginapi.AllocateResponse | None = None
         if callable(self._allocate):
             try:
-                result = await call_plugin_method(self._allocate, request)
-            except UseDefaultMethodError:
+                result = await self._caller.call("allocate", self._allocate, request)
+            except PluginError as exc:
+                if not isinstance(exc.__cause__, UseDefaultMethodError):
+                    log.warning("%s: %s", where, exc)
+                    raise ClaimError(f"{where}: {exc}") from exc
                 result = None
-            except Exception as exc:
-                log.warning("%s: the plugin's allocate failed: %r", where, exc)
-                raise ClaimError(f"{where}: the plugin's allocate failed: {exc}") from exc
             if isinstance(result, pluginapi.AllocateResponse):
                 response = result
             elif result is not None and not isinstance(result, UseDefaultMethodError):
@@ -164,10 +170,10 @@ class ClaimBuilder:
             response = _default_response(group)
         if callable(self._post_allocate):
             try:
-                await call_plugin_method(self._post_allocate, response)
-            except Exception as exc:
-                log.warning("%s: the plugin's post_allocate failed: %r", where, exc)
-                raise ClaimError(f"{where}: the plugin's post_allocate failed: {exc}") from exc
+                await self._caller.call("post_allocate", self._post_allocate, response)
+            except PluginError as exc:
+                log.warning("%s: %s", where, exc)
+                raise ClaimError(f"{where}: {exc}") from exc
         if len(response.container_responses) != 1:
             raise ClaimError(
                 f"{where}: the plugin answered one container request with "
@@ -186,8 +192,18 @@ def _default_response(group: Sequence[AllocatedDevice]) -> pluginapi.AllocateRes
         if dev.dev_id in done:
             continue
         done.add(dev.dev_id)
-        cresp.devices.extend(dev.info.nodes)
-        cresp.mounts.extend(dev.info.mounts)
+        for node in dev.info.nodes:
+            cresp.devices.add(
+                container_path=node.container_path,
+                host_path=node.host_path,
+                permissions=node.permissions,
+            )
+        for mount in dev.info.mounts:
+            cresp.mounts.add(
+                container_path=mount.container_path,
+                host_path=mount.host_path,
+                read_only=mount.read_only,
+            )
         cresp.envs.update(dev.info.envs)
         cresp.annotations.update(dev.info.annotations)
         if dev.info.cdi_spec is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from host.deviceplugin._cdi import DEFAULT_CDI_DIR, CdiSpecWriter
+from host.deviceplugin._guard import PluginCaller
 from host.deviceplugin._types import DeviceInfo
 from host.dra._checkpoint import CHECKPOINT_NAME, ClaimCheckpoint
 from host.dra._claimbuild import ClaimBuilder
@@ -75,7 +76,8 @@ class DraDriver:
     to ``cdi_dir`` through ``cdi_writer`` (pass the device-plugin manager's writer to
     share spec files both serve). ``device_name`` names a snapshot's devices; the default
     is the ResourceSlice builder's :func:`~host.dra.device_names`, so claims name the
-    devices the slices publish.
+    devices the slices publish. ``caller`` runs the scanner's ``allocate`` /
+    ``post_allocate`` behind the plugin wall (default: a caller of the driver's own).
 
     Run :meth:`serve` as a task; feed it with :meth:`update`. Prepared claims and their
     CDI specs outlive the driver (a restarted host finds them in the checkpoint);
@@ -95,6 +97,7 @@ class DraDriver:
         instance_id: str | None = None,
         cdi_writer: CdiSpecWriter | None = None,
         device_name: DeviceNamer | None = None,
+        caller: PluginCaller | None = None,
     ) -> None:
         self.driver_name = validate_driver_name(driver_name)
         if not node_name:
@@ -106,7 +109,7 @@ class DraDriver:
             registry_dir, driver_name, instance_id
         )
         self._source = claims
-        self._builder = ClaimBuilder(driver_name, scanner)
+        self._builder = ClaimBuilder(driver_name, scanner, caller)
         self._device_names = device_name or device_names
         self._store = ClaimStore(
             driver_name,

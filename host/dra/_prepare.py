@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from host._api import api_pb2 as pluginapi
-from host.deviceplugin import HEALTHY, DeviceInfo
+from host.deviceplugin import HEALTHY, DeviceInfo, DeviceSpec, Mount
 from host.dra._slices import unhealthy_taint_key
 
 __all__ = [
@@ -210,8 +210,8 @@ def allocated_devices(
 
 
 def container_edits(
-    nodes: Iterable[pluginapi.DeviceSpec],
-    mounts: Iterable[pluginapi.Mount],
+    nodes: Iterable[DeviceSpec | pluginapi.DeviceSpec],
+    mounts: Iterable[Mount | pluginapi.Mount],
     envs: Mapping[str, str],
 ) -> dict[str, Any]:
     """Return CDI ``containerEdits`` injecting these device nodes, mounts and envs.

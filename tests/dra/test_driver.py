@@ -463,8 +463,25 @@ class TestPluginMethods:
         bad = add_claim(claims, "bad", UID2, result("i915-card1"))
         results = await dra_kubelet.prepare(DRIVER, [good, bad])
         assert results[UID1].error == ""
-        assert "the plugin's allocate failed: card1 is on fire" in results[UID2].error
+        assert "allocate raised RuntimeError: card1 is on fire" in results[UID2].error
         assert len(cdi_files(dirs.cdi)) == 1
+
+    async def test_plugin_base_exception_is_per_claim(
+        self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
+    ) -> None:
+        """A plugin raising SystemExit fails its claim; the driver keeps serving."""
+
+        class Scanner:
+            async def post_allocate(self, response: Any) -> None:
+                raise SystemExit(3)
+
+        await drivers.start(Scanner())
+        await dra_kubelet.wait_for_driver(DRIVER)
+        claim = add_claim(claims, "c1", UID1, result("i915-card0"))
+        assert "post_allocate raised SystemExit" in (
+            (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].error
+        )
+        assert await dra_kubelet.unprepare(DRIVER, [claim]) == {UID1: ""}
 
     async def test_plugin_own_cdi_name_passed_on(
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims, dirs: Dirs
