@@ -251,8 +251,12 @@ class HostMetrics:
     # -- reading ------------------------------------------------------------------------
 
     def render(self) -> bytes:
-        """Return the Prometheus text exposition of every metric of this host."""
-        return generate_latest(self.registry)
+        """Return the Prometheus text exposition of every metric of this host.
+
+        Without prometheus-client's ``*_created`` series: a timestamp per counter and
+        histogram child, doubling the series for no use here.
+        """
+        return generate_latest(_WithoutCreated(self.registry))
 
     def snapshot_bytes(self, plugin: str, resource: str) -> int | None:
         """Size of the device list last sent for ``resource`` (None before the first)."""
@@ -345,3 +349,20 @@ class _StateCollector(Collector):
         )
         info.add_metric([__version__], 1)
         yield info
+
+
+class _WithoutCreated:
+    """A registry's metrics without the ``_created`` samples.
+
+    prometheus-client's own switch, ``disable_created_metrics``, is process-wide: it
+    would change every other registry of the process too.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            # Each collect() builds new Metric objects: editing them touches nothing kept.
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
