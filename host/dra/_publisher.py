@@ -115,6 +115,7 @@ class ResourceSlicePublisher:
         self._own_client = client is None
         self._client = client or kube_client(kubeconfig, timeout=request_timeout)
         self._node_uid = node_uid
+        self._lookup_node = node_uid is None
         self._resync_interval = resync_interval
         self._max_devices = max_devices_per_slice
         self._retry_initial = retry_initial
@@ -141,7 +142,8 @@ class ResourceSlicePublisher:
     def update(self, snapshot: Snapshot, scan_failed: bool = False) -> None:
         """Publish ``snapshot`` (device type -> id -> DeviceInfo) as soon as possible.
 
-        Never blocks; a snapshot superseded before it was published is skipped.
+        Call it on the event loop; it never blocks, and a snapshot superseded before it
+        was published is skipped.
         ``scan_failed`` taints every device (the scanner failed; its devices are unknown).
         """
         self._latest = (snapshot, scan_failed)
@@ -169,6 +171,15 @@ class ResourceSlicePublisher:
         try:
             if cleanup:
                 await self._delete_all()
+        except Exception as exc:
+            log.warning(
+                "DRA driver %s on node %s: could not delete the ResourceSlices (%s: %s); "
+                "kubelet removes them once the driver is gone",
+                self.driver,
+                self.node_name,
+                type(exc).__name__,
+                exc,
+            )
         finally:
             if self._own_client:
                 await self._client.close()
@@ -275,13 +286,17 @@ class ResourceSlicePublisher:
     async def _sync(self) -> None:
         assert self._latest is not None
         snapshot, scan_failed = self._latest
-        if self._node_uid is None:
-            node = await self._client.get(Node, self.node_name)
-            self._node_uid = node.metadata.uid if node.metadata is not None else None
-            if not self._node_uid:
-                raise RuntimeError(f"node {self.node_name!r} has no uid")
-        if self._stale:
+        if self._stale or self._node_uid is None:
+            # Looked up again at every re-list: a Node deleted and re-created under the
+            # same name has a new uid, and slices owned by the old one would be collected.
+            if self._lookup_node:
+                node = await self._client.get(Node, self.node_name)
+                uid = node.metadata.uid if node.metadata is not None else None
+                if not uid:
+                    raise RuntimeError(f"node {self.node_name!r} has no uid")
+                self._node_uid = uid
             await self._list()
+        assert self._node_uid is not None
         result = build_slices(
             driver=self.driver,
             node_name=self.node_name,

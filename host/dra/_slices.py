@@ -8,6 +8,7 @@ are published. Rules and limits: ``k8s.io/api/resource/v1/types.go``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -61,6 +62,7 @@ def _sanitize(text: str) -> str:
     return _NOT_LABEL_CHARS.sub("-", text.lower()).strip("-")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def device_name(
     dev_type: str, dev_id: str, hash_length: int = _HASH_LEN, *, force_hash: bool = False
 ) -> str:

@@ -209,7 +209,7 @@ async def propagation(work: Path, sizes: Sizes) -> list[Row]:
 
 
 async def dra_latency(work: Path, sizes: Sizes) -> list[Row]:
-    return await dra_slice_latency(work, sizes.propagation_rounds // 2)
+    return await dra_slice_latency(work, sizes.propagation_rounds // 4)
 
 
 # -- 3 and 5. Scale, then recovery, on one host of 100 x 1,000 devices --------------------------

@@ -340,6 +340,24 @@ class TestAdoption:
             "other"
         ]
 
+    async def test_recreated_node_gets_its_new_uid(
+        self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
+    ) -> None:
+        """A Node re-created under the same name: the re-list moves the owner to its new uid."""
+        async with publishing(apiserver_kubeconfig) as publisher:
+            publisher.update(gpus(3))
+            await synced(publisher)
+            apiserver.store.delete(NODES, NODE)
+            apiserver.add_node(NODE, uid="new-uid")
+            publisher.request_resync()
+            await apiserver.wait_for(
+                lambda: all(
+                    s["metadata"]["ownerReferences"][0]["uid"] == "new-uid"
+                    for s in apiserver.resource_slices()
+                ),
+                what="owner moved to the new uid",
+            )
+
     async def test_kubelet_wipe_is_repaired_by_the_resync(
         self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
     ) -> None:
@@ -419,6 +437,26 @@ class TestFailures:
             await apiserver.end_outage()
             await synced(publisher)
         assert matches(apiserver, gpus(260, unhealthy={9}))()
+
+    async def test_cleanup_during_an_outage_is_logged_not_raised(
+        self,
+        apiserver: FakeApiServer,
+        apiserver_kubeconfig: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """stop(cleanup=True) while the API server is down warns and returns."""
+        publisher = ResourceSlicePublisher(
+            DRIVER, NODE, kubeconfig=apiserver_kubeconfig, request_timeout=0.5
+        )
+        await publisher.start()
+        publisher.update(gpus(2))
+        await synced(publisher)
+        apiserver.begin_outage("refuse")
+        with caplog.at_level(logging.WARNING, logger="host.dra"):
+            await publisher.stop(cleanup=True)
+        assert "could not delete the ResourceSlices" in caplog.text
+        await apiserver.end_outage()
+        assert len(apiserver.resource_slices()) == 1
 
     async def test_ten_second_outage_loses_nothing(
         self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
