@@ -1,4 +1,13 @@
-"""Sysfs readers every built-in plugin shares: attributes, natural order, NUMA topology."""
+"""What every built-in plugin shares: sysfs readers, natural order, NUMA topology, host paths.
+
+Host paths, one rule for every plugin: a scanner *reads* under its roots
+(``--sysfs-root``, ``--devfs-root``: ``/host/sys``, ``/host/dev`` when the host runs in
+a container with the node's trees mounted there), but every path it *reports* (to
+kubelet in DeviceSpecs and Mounts, and in CDI specs) is the node's own: a node found at
+``<devfs_root>/dri/card0`` is ``/dev/dri/card0`` on the host and in the container, an
+entry at ``<sysfs_root>/devices/x`` is ``/sys/devices/x``. :func:`dev_path`,
+:func:`sys_path` and :func:`device_spec` apply it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +16,18 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from host.deviceplugin import NUMANode, TopologyInfo
+from host.deviceplugin import DeviceSpec, NUMANode, TopologyInfo
 
-__all__ = ["natural_key", "numa_ids", "numa_topology", "read_attr", "topology_of"]
+__all__ = [
+    "dev_path",
+    "device_spec",
+    "natural_key",
+    "numa_ids",
+    "numa_topology",
+    "read_attr",
+    "sys_path",
+    "topology_of",
+]
 
 _DIGITS = re.compile(r"(\d+)")
 
@@ -17,6 +35,34 @@ _DIGITS = re.compile(r"(\d+)")
 def natural_key(name: str) -> tuple[str | int, ...]:
     """Sort key that orders ``card2`` before ``card10`` (plain sorting would not)."""
     return tuple(int(part) if part.isdigit() else part for part in _DIGITS.split(name))
+
+
+def _reroot(path: Path, root: Path, node_root: str) -> str:
+    try:
+        relative = path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)  # not under the root: already a path of the node
+    return node_root if relative == "." else f"{node_root}/{relative}"
+
+
+def dev_path(path: Path, devfs_root: Path) -> str:
+    """Return the node's path of device node ``path`` found under ``devfs_root``: ``/dev/...``."""
+    return _reroot(path, devfs_root, "/dev")
+
+
+def sys_path(path: Path, sysfs_root: Path) -> str:
+    """Return the node's path of sysfs entry ``path`` found under ``sysfs_root``: ``/sys/...``."""
+    return _reroot(path, sysfs_root, "/sys")
+
+
+def device_spec(path: Path, devfs_root: Path, permissions: str = "rw") -> DeviceSpec:
+    """Return the spec of device node ``path`` (found under ``devfs_root``).
+
+    Host and container path are both the node's (``/dev/...``): the Go plugins'
+    ``S(path)``, whatever the devfs root is.
+    """
+    node = dev_path(path, devfs_root)
+    return DeviceSpec(host_path=node, container_path=node, permissions=permissions)
 
 
 def read_attr(path: Path) -> str | None:

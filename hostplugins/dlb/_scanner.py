@@ -75,7 +75,7 @@ def scan_once(
             continue
         info = DeviceInfo(
             state=HEALTHY,
-            nodes=(device_spec(devfs_root / name),),
+            nodes=(device_spec(devfs_root / name, devfs_root),),
             topology=numa_topology(class_dir / name / "device", sysfs_root),
         )
         tree.add_device(kind, f"/dev/{name}", info)

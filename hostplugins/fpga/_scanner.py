@@ -23,12 +23,11 @@ from host.deviceplugin import (
     HEALTHY,
     UNHEALTHY,
     DeviceInfo,
-    DeviceSpec,
     DeviceTree,
     pluginapi,
 )
 from hostplugins._scanloop import NoHardware, PeriodicScanner
-from hostplugins._sysfs import numa_ids, topology_of
+from hostplugins._sysfs import device_spec, numa_ids, topology_of
 from hostplugins.fpga._backends import (
     Backend,
     FpgaDriverNotLoadedError,
@@ -69,10 +68,6 @@ def afu_resource_name(interface_id: str, afu_id: str) -> str:
     return f"af-{interface_id[:3]}.{afu_id[:3]}.{encoded}"
 
 
-def _spec(path: Path) -> DeviceSpec:
-    return DeviceSpec(host_path=str(path), container_path=str(path), permissions="rw")
-
-
 def region_cdi_spec(region_id: str) -> dict[str, Any]:
     """Return the CDI spec that runs the FPGA CRI hook (it programs the region) at create."""
     return {
@@ -87,7 +82,7 @@ def region_cdi_spec(region_id: str) -> dict[str, Any]:
     }
 
 
-def _afu_tree(regions: list[Region], sysfs_root: Path) -> DeviceTree:
+def _afu_tree(regions: list[Region], sysfs_root: Path, devfs_root: Path) -> DeviceTree:
     tree = DeviceTree()
     for region in regions:
         for afu in region.afus:
@@ -99,7 +94,7 @@ def _afu_tree(regions: list[Region], sysfs_root: Path) -> DeviceTree:
                 afu.id,
                 DeviceInfo(
                     state=UNHEALTHY if broken else HEALTHY,
-                    nodes=(_spec(afu.dev_node),),
+                    nodes=(device_spec(afu.dev_node, devfs_root),),
                     topology=topology_of(numa_ids(afu.sysfs_dir, sysfs_root)),
                 ),
             )
@@ -107,7 +102,7 @@ def _afu_tree(regions: list[Region], sysfs_root: Path) -> DeviceTree:
 
 
 def _region_tree(
-    regions: list[Region], mode: str, sysfs_root: Path, problems: list[str]
+    regions: list[Region], mode: str, sysfs_root: Path, devfs_root: Path, problems: list[str]
 ) -> DeviceTree:
     tree = DeviceTree()
     for region in regions:
@@ -130,7 +125,7 @@ def _region_tree(
             region.id,
             DeviceInfo(
                 state=UNHEALTHY if region.interface_id == _ALL_F else HEALTHY,
-                nodes=tuple(_spec(node) for node in nodes),
+                nodes=tuple(device_spec(node, devfs_root) for node in nodes),
                 topology=topology_of(i for d in sysfs_dirs for i in numa_ids(d, sysfs_root)),
                 cdi_spec=region_cdi_spec(region.id) if mode == "region" else None,
             ),
@@ -160,9 +155,9 @@ def scan_once(
         problems=found,
     )
     if settings.mode == "af":
-        tree = _afu_tree(regions, sysfs_root)
+        tree = _afu_tree(regions, sysfs_root, devfs_root)
     else:
-        tree = _region_tree(regions, settings.mode, sysfs_root, found)
+        tree = _region_tree(regions, settings.mode, sysfs_root, devfs_root, found)
     if problems is None:
         for message in found:
             log.warning("%s", message)

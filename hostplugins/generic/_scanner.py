@@ -20,6 +20,7 @@ from host.deviceplugin import (
     Mount,
     Notifier,
 )
+from host.deviceplugin._topology import topology_for_nodes
 from hostplugins.generic._config import DEFAULT_RESCAN_INTERVAL, DeviceGroup, UsbMatch
 
 __all__ = ["GenericScanner"]
@@ -29,10 +30,12 @@ log = logging.getLogger("hostplugins.generic")
 
 @dataclass(frozen=True)
 class _Node:
-    """One device node a group matched: where it is here, where containers see it."""
+    """One device node a group matched: where this process finds it, where the node has it."""
 
     host_path: str
+    """Under the devfs root: where this process stats it."""
     container_path: str
+    """``/dev/...``: the node's path on the host and in the container."""
     node_id: str
 
 
@@ -126,22 +129,28 @@ class GenericScanner:
     def _add(
         self, tree: DeviceTree, group: DeviceGroup, device_id: str, nodes: list[tuple[_Node, str]]
     ) -> None:
-        """Add one device made of ``nodes`` (with their Unhealthy reasons), ``count`` times."""
-        info = DeviceInfo.with_topology(
+        """Add one device made of ``nodes`` (with their Unhealthy reasons), ``count`` times.
+
+        Kubelet gets each node's path on the node (``/dev/...``, as the container sees it
+        too); its NUMA topology is read through the node as found under the devfs root.
+        """
+        info = DeviceInfo(
             state=UNHEALTHY if any(reason for _, reason in nodes) else HEALTHY,
-            nodes=[
+            nodes=tuple(
                 DeviceSpec(
-                    host_path=node.host_path,
+                    host_path=node.container_path,
                     container_path=node.container_path,
                     permissions=group.permissions,
                 )
                 for node, _ in nodes
-            ],
-            mounts=[
+            ),
+            mounts=tuple(
                 Mount(host_path=m.host_path, container_path=m.container_path, read_only=m.read_only)
                 for m in group.mounts
-            ],
-            sysfs_root=str(self.sysfs_root),
+            ),
+            topology=topology_for_nodes(
+                [node.host_path for node, _ in nodes], sysfs_root=str(self.sysfs_root)
+            ),
         )
         # Every share carries the same DeviceInfo: it is immutable.
         if group.count == 1:

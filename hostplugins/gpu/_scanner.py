@@ -26,7 +26,7 @@ from host.deviceplugin import (
     pluginapi,
 )
 from hostplugins._scanloop import NoHardware, PeriodicScanner, Problems
-from hostplugins._sysfs import natural_key, numa_topology, read_attr
+from hostplugins._sysfs import dev_path, device_spec, natural_key, numa_topology, read_attr
 from hostplugins.gpu._options import GpuSettings
 from hostplugins.gpu._policies import POLICIES, preferred_allocation
 
@@ -93,10 +93,6 @@ class AlwaysHealthy:
 ALWAYS_HEALTHY = AlwaysHealthy()
 
 
-def _spec(path: Path) -> DeviceSpec:
-    return DeviceSpec(host_path=str(path), container_path=str(path), permissions="rw")
-
-
 def _driver(device_dir: Path) -> str:
     try:
         return PurePath(os.readlink(device_dir / "driver")).name or DEFAULT_DRIVER
@@ -118,7 +114,10 @@ def _pci_address(card_dir: Path, name: str) -> str | None:
     return candidate if _PCI_ADDRESS.fullmatch(candidate) else None
 
 
-def _card_nodes(card: str, device_dir: Path, dri_dir: Path, problems: Problems) -> list[DeviceSpec]:
+def _card_nodes(
+    card: str, device_dir: Path, devfs_root: Path, problems: Problems
+) -> list[DeviceSpec]:
+    dri_dir = devfs_root / "dri"
     try:
         entries = sorted(os.listdir(device_dir / "drm"), key=natural_key)
     except OSError as err:
@@ -132,15 +131,21 @@ def _card_nodes(card: str, device_dir: Path, dri_dir: Path, problems: Problems) 
         if not node.exists():
             problems.add(f"{card}: device node {node} does not exist; not exposed")
             continue
-        nodes.append(_spec(node))
+        nodes.append(device_spec(node, devfs_root))
     return nodes
 
 
-def _bypath_mounts(settings: GpuSettings, pci_address: str | None, bypath_dir: Path) -> list[Mount]:
+def _bypath_mounts(settings: GpuSettings, pci_address: str | None, devfs_root: Path) -> list[Mount]:
+    bypath_dir = devfs_root / "dri" / "by-path"
     if settings.bypath == "none" or not bypath_dir.is_dir():
         return []
+
+    def mount(path: Path) -> Mount:
+        node = dev_path(path, devfs_root)
+        return Mount(host_path=node, container_path=node, read_only=True)
+
     if settings.bypath == "all":
-        return [Mount(host_path=str(bypath_dir), container_path=str(bypath_dir), read_only=True)]
+        return [mount(bypath_dir)]
     if pci_address is None:
         return []
     prefix = f"pci-{pci_address}-"
@@ -148,10 +153,7 @@ def _bypath_mounts(settings: GpuSettings, pci_address: str | None, bypath_dir: P
         names = sorted(n for n in os.listdir(bypath_dir) if n.startswith(prefix))
     except OSError:  # vanished since the is_dir() check: no mounts this scan
         return []
-    return [
-        Mount(host_path=str(bypath_dir / n), container_path=str(bypath_dir / n), read_only=True)
-        for n in names
-    ]
+    return [mount(bypath_dir / n) for n in names]
 
 
 def _mei_nodes(device_dir: Path, devfs_root: Path) -> list[DeviceSpec]:
@@ -162,7 +164,7 @@ def _mei_nodes(device_dir: Path, devfs_root: Path) -> list[DeviceSpec]:
             for name in sorted(os.listdir(mei_dir), key=natural_key):
                 node = devfs_root / name
                 if node.exists():
-                    nodes.append(_spec(node))
+                    nodes.append(device_spec(node, devfs_root))
     return nodes
 
 
@@ -241,8 +243,6 @@ def scan_once(
     """
     found = Problems(problems, log)
     drm_dir = sysfs_root / "class" / "drm"
-    dri_dir = devfs_root / "dri"
-    bypath_dir = dri_dir / "by-path"
     tree = DeviceTree()
     try:
         names = sorted((n for n in os.listdir(drm_dir) if _CARD.fullmatch(n)), key=natural_key)
@@ -261,7 +261,7 @@ def scan_once(
         device_dir = card_dir / "device"
         if _is_pf_with_vfs(device_dir):
             continue  # its VFs are the cards to use
-        nodes = _card_nodes(name, device_dir, dri_dir, found)
+        nodes = _card_nodes(name, device_dir, devfs_root, found)
         if not nodes:
             continue
         text = read_attr(device_dir / "device")
@@ -272,7 +272,7 @@ def scan_once(
             pci_address=_pci_address(card_dir, name),
             pci_device_id=text.splitlines()[0].strip() if text else None,
         )
-        mounts = _bypath_mounts(settings, card.pci_address, bypath_dir)
+        mounts = _bypath_mounts(settings, card.pci_address, devfs_root)
         info = DeviceInfo(
             state=_health(health_source, card, found),
             nodes=tuple(nodes),

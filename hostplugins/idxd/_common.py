@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from host.deviceplugin import DeviceSpec
 from hostplugins import _scanloop
 from hostplugins._allocation import renumber_envs
 from hostplugins._scanloop import Problems
-from hostplugins._sysfs import natural_key, numa_topology, read_attr
+from hostplugins._sysfs import device_spec, natural_key, numa_topology, read_attr
 
 __all__ = [
     "PeriodicScanner",
@@ -20,19 +18,6 @@ __all__ = [
     "read_attr",
     "renumber_envs",
 ]
-
-
-def device_spec(path: Path, devfs_root: Path) -> DeviceSpec:
-    """Return the ``rw`` spec of device node ``path``.
-
-    The host path is the node as found (under ``devfs_root``); the container sees it
-    under ``/dev`` at the same relative place, whatever the root.
-    """
-    try:
-        container = "/dev/" + path.relative_to(devfs_root).as_posix()
-    except ValueError:
-        container = str(path)
-    return DeviceSpec(host_path=str(path), container_path=container, permissions="rw")
 
 
 class PeriodicScanner(_scanloop.PeriodicScanner):

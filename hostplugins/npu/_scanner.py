@@ -81,7 +81,7 @@ def scan_once(
             continue
         info = DeviceInfo(
             state=HEALTHY,
-            nodes=(device_spec(node),),
+            nodes=(device_spec(node, devfs_root),),
             topology=numa_topology(device_dir, sysfs_root),
         )
         for share in range(settings.shared_dev_num):

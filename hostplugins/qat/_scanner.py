@@ -22,6 +22,7 @@ from host.deviceplugin import (
 )
 from hostplugins import _allocation
 from hostplugins._scanloop import PeriodicScanner, Problems
+from hostplugins._sysfs import device_spec, sys_path
 from hostplugins.qat._options import QatSettings
 from hostplugins.qat._policies import POLICIES, preferred_allocation
 from hostplugins.qat._sysfs import (
@@ -44,14 +45,6 @@ __all__ = ["ENV_PREFIX", "QatScanner", "renumber_envs", "scan_once"]
 log = logging.getLogger("hostplugins.qat")
 
 ENV_PREFIX = "QAT"
-
-
-def _under(root: Path, path: Path, inside: str) -> str:
-    """``path``'s place as the container sees it: ``<inside>/<path relative to root>``."""
-    try:
-        return f"{inside}/{path.relative_to(root).as_posix()}"
-    except ValueError:
-        return str(path)
 
 
 def _pf(vf: Path) -> Path | None:
@@ -108,16 +101,12 @@ def _ready(vf: Path, settings: QatSettings, sysfs_root: Path, problems: Problems
 def _nodes_and_mounts(
     name: str, settings: QatSettings, sysfs_root: Path, devfs_root: Path
 ) -> tuple[list[DeviceSpec], list[Mount]]:
-    def spec(path: Path) -> DeviceSpec:
-        return DeviceSpec(
-            host_path=str(path), container_path=_under(devfs_root, path, "/dev"), permissions="rw"
-        )
-
     if settings.dpdk_driver == "igb_uio":
-        device = sysfs_root / "class/uio" / name / "device"
-        mount = Mount(host_path=str(device), container_path=_under(sysfs_root, device, "/sys"))
-        return [spec(devfs_root / name)], [mount]
-    return [spec(devfs_root / "vfio" / name), spec(devfs_root / "vfio/vfio")], []
+        device = sys_path(sysfs_root / "class/uio" / name / "device", sysfs_root)
+        mount = Mount(host_path=device, container_path=device)
+        return [device_spec(devfs_root / name, devfs_root)], [mount]
+    vfio = devfs_root / "vfio"
+    return [device_spec(vfio / name, devfs_root), device_spec(vfio / "vfio", devfs_root)], []
 
 
 def scan_once(

@@ -87,14 +87,14 @@ def scan_once(
                 return tree
             add_problem(problems, f"SGX node {node}: {err.strerror}; no SGX resources", log)
             return tree
-    enclave_info = DeviceInfo(state=HEALTHY, nodes=(device_spec(enclave),))
+    enclave_info = DeviceInfo(state=HEALTHY, nodes=(device_spec(enclave, devfs_root),))
     for i in range(settings.enclave_limit):
         tree.add_device(ENCLAVE, f"sgx-enclave-{i}", enclave_info)
-    provision_info = DeviceInfo(state=HEALTHY, nodes=(device_spec(provision),))
+    provision_info = DeviceInfo(state=HEALTHY, nodes=(device_spec(provision, devfs_root),))
     for i in range(settings.provision_limit):
         tree.add_device(PROVISION, f"sgx-provision-{i}", provision_info)
     if settings.dcap_infra_resources:
-        both = (device_spec(enclave), device_spec(provision))
+        both = (device_spec(enclave, devfs_root), device_spec(provision, devfs_root))
         tree.add_device(QE, "qe-1", DeviceInfo(state=HEALTHY, nodes=both))
         tree.add_device(
             REGISTRATION,

@@ -76,7 +76,7 @@ class TestDiscovery:
         info = tree["pf"]["/dev/dlb0"]
         assert info.state == HEALTHY
         [node] = info.nodes
-        assert node.host_path == node.container_path == str(tmp_path / "dev/dlb0")
+        assert node.host_path == node.container_path == "/dev/dlb0"
         assert node.permissions == "rw"
         assert (info.mounts, dict(info.envs), info.cdi_spec) == ((), {}, None)
 
@@ -111,7 +111,7 @@ class TestDiscovery:
         add_dlbs(tmp_path, FakeDlb(3))
         tree = scan(tmp_path)
         assert list(tree["pf"]) == ["/dev/dlb3"]
-        assert tree["pf"]["/dev/dlb3"].nodes[0].host_path == str(tmp_path / "dev/dlb3")
+        assert tree["pf"]["/dev/dlb3"].nodes[0].host_path == "/dev/dlb3"
 
     def test_only_dlb_nodes_count(self, tmp_path: Path) -> None:
         """Other nodes of /dev (and a sysfs entry without a node) are not DLB devices."""
@@ -250,7 +250,7 @@ class TestCommandLine:
                 {
                     "id": "/dev/dlb0",
                     "health": HEALTHY,
-                    "nodes": [str(tmp_path / "dev/dlb0")],
+                    "nodes": ["/dev/dlb0"],
                     "topology": [0],
                 }
             ],
@@ -258,7 +258,7 @@ class TestCommandLine:
                 {
                     "id": f"/dev/dlb{n}",
                     "health": HEALTHY,
-                    "nodes": [str(tmp_path / f"dev/dlb{n}")],
+                    "nodes": [f"/dev/dlb{n}"],
                     "topology": [],
                 }
                 for n in (2, 3)

@@ -88,8 +88,8 @@ class TestDiscovery:
         tree = scan(tmp_path)
         assert ids(tree) == {"i915": ["card0-0", "card1-0"]}
         assert node_paths(tree, "i915", "card1-0") == [
-            str(tmp_path / "dev/dri/card1"),
-            str(tmp_path / "dev/dri/renderD129"),
+            "/dev/dri/card1",
+            "/dev/dri/renderD129",
         ]
         node = tree["i915"]["card0-0"].nodes[0]
         assert (node.container_path, node.permissions) == (node.host_path, "rw")
@@ -131,9 +131,9 @@ class TestDiscovery:
         problems: list[str] = []
         tree = scan(tmp_path, problems=problems)
         assert ids(tree) == {"i915": ["card0-0"]}
-        assert node_paths(tree, "i915", "card0-0") == [str(dev_dir / "dri/card0")]
+        assert node_paths(tree, "i915", "card0-0") == ["/dev/dri/card0"]
         assert any("renderD128" in p and "does not exist" in p for p in problems)
-        assert any(str(dev_dir / "dri/card1") in p for p in problems)
+        assert any("/dev/dri/card1" in p for p in problems)
 
     def test_control_nodes_are_skipped(self, tmp_path: Path) -> None:
         """Legacy ``controlD*`` minors are never handed to containers."""
@@ -223,7 +223,8 @@ class TestAllowDenyIds:
 
 class TestByPath:
     def by_path(self, root: Path, name: str) -> str:
-        return str(root / "dev/dri/by-path" / name)
+        del root  # found under the devfs root, reported as the node's own path
+        return f"/dev/dri/by-path/{name}"
 
     def test_single_mounts_the_cards_own_entries_read_only(self, tmp_path: Path) -> None:
         """bypath=single: the ``pci-<address>-*`` entries of the card, read-only."""
@@ -239,7 +240,7 @@ class TestByPath:
         """bypath=all: one read-only mount of /dev/dri/by-path."""
         make_tree(tmp_path, FakeGpu(), FakeGpu())
         mounts = scan(tmp_path, GpuSettings(bypath="all"))["i915"]["card0-0"].mounts
-        directory = str(tmp_path / "dev/dri/by-path")
+        directory = "/dev/dri/by-path"
         assert [(m.host_path, m.container_path, m.read_only) for m in mounts] == [
             (directory, directory, True)
         ]
@@ -275,7 +276,7 @@ class TestCdi:
         """One CDI spec per card (kind intel.cdi.k8s.io/gpu), shared by its shares."""
         make_tree(tmp_path, FakeGpu(), FakeGpu())
         tree = scan(tmp_path, GpuSettings(shared_dev_num=2))
-        dev = str(tmp_path / "dev/dri")
+        dev = "/dev/dri"
         addr = pci_address(1)
         assert tree["i915"]["card1-0"].cdi_spec == {
             "cdiVersion": "0.5.0",
@@ -823,8 +824,8 @@ class TestCommandLine:
         assert {d["health"] for d in devices} == {HEALTHY}
         assert [d["topology"] for d in devices[::2]] == [[0], [0], [1], [1]]
         assert devices[6]["nodes"] == [
-            str(tmp_path / "dev/dri/card3"),
-            str(tmp_path / "dev/dri/renderD131"),
+            "/dev/dri/card3",
+            "/dev/dri/renderD131",
         ]
         assert [d["id"] for d in report["gpu.intel.com/monitoring"]] == ["all"]
 

@@ -67,8 +67,8 @@ class TestDiscovery:
             "enclave": ["sgx-enclave-0", "sgx-enclave-1", "sgx-enclave-2"],
             "provision": ["sgx-provision-0", "sgx-provision-1"],
         }
-        assert node_paths(tree, "enclave", "sgx-enclave-2") == [str(devfs / "sgx_enclave")]
-        assert node_paths(tree, "provision", "sgx-provision-0") == [str(devfs / "sgx_provision")]
+        assert node_paths(tree, "enclave", "sgx-enclave-2") == ["/dev/sgx_enclave"]
+        assert node_paths(tree, "provision", "sgx-provision-0") == ["/dev/sgx_provision"]
         for dev_type in tree:
             for info in tree[dev_type].values():
                 assert info.state == HEALTHY
@@ -128,7 +128,7 @@ class TestDiscovery:
             "qe": ["qe-1"],
             "registration": ["registration-1"],
         }
-        both = [str(devfs / "sgx_enclave"), str(devfs / "sgx_provision")]
+        both = ["/dev/sgx_enclave", "/dev/sgx_provision"]
         assert node_paths(tree, "qe", "qe-1") == both
         assert node_paths(tree, "registration", "registration-1") == both
         assert tree["qe"]["qe-1"].cdi_spec is None
@@ -328,15 +328,15 @@ class TestEndToEnd:
                     await task
         assert registration.device_ids == ("registration-1",)
         assert [d.host_path for d in registration.response.devices] == [
-            str(devfs / "sgx_enclave"),
-            str(devfs / "sgx_provision"),
+            "/dev/sgx_enclave",
+            "/dev/sgx_provision",
         ]
         assert [c.name for c in registration.response.cdi_devices] == [
             "intel.cdi.k8s.io/sgx=efivarfs"
         ]
         assert list(cdi_files.values()) == [EFIVARFS_CDI_SPEC]
         assert len(enclaves.device_ids) == 2
-        assert [d.host_path for d in enclaves.response.devices] == [str(devfs / "sgx_enclave")] * 2
+        assert [d.host_path for d in enclaves.response.devices] == ["/dev/sgx_enclave"] * 2
         assert list(enclaves.response.cdi_devices) == []
 
 
@@ -365,7 +365,7 @@ class TestCommandLine:
         )
         assert result.exit_code == 0, result.output
         report = json.loads(result.stdout)
-        enclave, provision = str(devfs / "sgx_enclave"), str(devfs / "sgx_provision")
+        enclave, provision = "/dev/sgx_enclave", "/dev/sgx_provision"
         assert report == {
             "sgx.intel.com/enclave": [
                 {"id": f"sgx-enclave-{i}", "health": HEALTHY, "nodes": [enclave], "topology": []}
