@@ -312,10 +312,10 @@ class TestAllocate:
         [device_id] = allocation["devices"]
         card = int(device_id.removeprefix("card").split("-")[0])
         response = allocation["response"]
-        dri = tmp_path / "dev" / "dri"
+        # Found under the devfs root, given to kubelet as the node's own paths.
         assert [d["host_path"] for d in response["devices"]] == [
-            str(dri / f"card{card}"),
-            str(dri / f"renderD{128 + card}"),
+            f"/dev/dri/card{card}",
+            f"/dev/dri/renderD{128 + card}",
         ]
         assert all(d["permissions"] == "rw" for d in response["devices"])
         assert response["cdi_devices"] == [f"intel.cdi.k8s.io/gpu=card{card}"]
