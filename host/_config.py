@@ -7,6 +7,7 @@ person can make here raises :class:`ConfigError` with one line saying what to fi
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,6 +30,7 @@ __all__ = [
     "Option",
     "OptionSetting",
     "PluginConfig",
+    "check_plugin_dir",
     "parse_set_item",
     "read_config_file",
     "resolve_plugin_options",
@@ -534,3 +536,39 @@ def resolve_settings(
     return HostSettings(
         **values, options=(*config.options, *options), sources=MappingProxyType(sources)
     )
+
+
+_SHORTEST_SOCKET = "/x.sock"
+_MAX_SOCKET_PATH = 107  # bytes in sun_path, without its final NUL
+
+
+def check_plugin_dir(path: Path, source: str, kubelet_socket: Path | None = None) -> None:
+    """Raise ConfigError unless plugin sockets can be created in ``path`` (from ``source``).
+
+    The directory must be a directory (or creatable: its nearest existing parent a
+    directory this process may write), writable, and short enough for a socket path in
+    it to fit the Unix limit of 107 bytes; the same limit applies to ``kubelet_socket``.
+    """
+    length = len(os.fsencode(path))
+    if length + len(_SHORTEST_SOCKET) > _MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"{source} {path} is {length} bytes long: no socket path in it fits the Unix "
+            f"limit of {_MAX_SOCKET_PATH} bytes; choose a shorter directory"
+        )
+    if kubelet_socket is not None and len(os.fsencode(kubelet_socket)) > _MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"kubelet socket {kubelet_socket} is {len(os.fsencode(kubelet_socket))} bytes "
+            f"long; Unix socket paths have at most {_MAX_SOCKET_PATH}"
+        )
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is not a directory" if existing == path else f"is under {existing}, a file"
+        raise ConfigError(f"{source} {path} {where}; plugin sockets need a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        action = "create sockets in it" if existing == path else f"create it in {existing}"
+        raise ConfigError(
+            f"{source} {path}: no permission to {action} (run as root, or choose a "
+            "directory this user may write)"
+        )

@@ -28,6 +28,7 @@ from host._config import (
     ConfigError,
     HostSettings,
     OptionSetting,
+    check_plugin_dir,
     parse_set_item,
     read_config_file,
     resolve_settings,
@@ -450,6 +451,11 @@ def run(**params: Any) -> None:
 
     with _config_errors():
         settings = _settings(params)
+        check_plugin_dir(
+            settings.plugin_dir,
+            settings.source("plugin_dir", "--plugin-dir"),
+            settings.kubelet_socket,
+        )
         address = None
         if settings.metrics_address is not None:
             source = settings.source("metrics_address", "--metrics-address")

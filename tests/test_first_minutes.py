@@ -255,3 +255,44 @@ class TestConfigLimits:
         assert result.exit_code != 2
         assert "nests" not in result.stderr
         assert "device group #1: expected a table" in result.stderr  # the plugin's own check
+
+
+class TestPluginDirAtStart:
+    def test_a_file(self, tmp_path: Path, bare: list[str]) -> None:
+        """--plugin-dir naming a file: one line, exit 2, before anything is served."""
+        target = tmp_path / "plugins"
+        target.write_text("not a directory")
+        message = one_line_error(invoke("run", "--plugin-dir", str(target), *bare))
+        assert message == (
+            f"--plugin-dir {target} is not a directory; plugin sockets need a directory"
+        )
+
+    def test_under_a_file(self, tmp_path: Path, bare: list[str]) -> None:
+        """A directory that cannot be created because a parent is a file."""
+        (tmp_path / "file").write_text("")
+        target = tmp_path / "file" / "plugins"
+        message = one_line_error(invoke("run", "--plugin-dir", str(target), *bare))
+        assert message.startswith(f"--plugin-dir {target} is under {tmp_path / 'file'}, a file")
+
+    def test_too_long_for_any_socket(self, short_dir: Path, bare: list[str]) -> None:
+        """A directory whose path leaves no room for a socket name: exit 2 with its length."""
+        target = short_dir / ("d" * 120)
+        message = one_line_error(invoke("run", "--plugin-dir", str(target), *bare))
+        length = len(str(target))
+        assert message.startswith(f"--plugin-dir {target} is {length} bytes long: no socket")
+        assert not target.exists()
+
+    def test_from_the_environment_names_the_variable(self, tmp_path: Path, bare: list[str]) -> None:
+        """The same mistake in DEVPLUGIN_PLUGIN_DIR names the variable."""
+        target = tmp_path / "plugins"
+        target.write_text("")
+        result = invoke("run", *bare, env={"DEVPLUGIN_PLUGIN_DIR": str(target)})
+        assert one_line_error(result).startswith(f"DEVPLUGIN_PLUGIN_DIR {target} is not")
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any directory")
+    def test_no_permission(self, tmp_path: Path, bare: list[str]) -> None:
+        """A directory this user may not write: exit 2, saying so."""
+        target = tmp_path / "plugins"
+        target.mkdir(mode=0o500)
+        message = one_line_error(invoke("run", "--plugin-dir", str(target), *bare))
+        assert message.startswith(f"--plugin-dir {target}: no permission to create sockets")

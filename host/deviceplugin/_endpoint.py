@@ -33,7 +33,14 @@ from host.deviceplugin._watcher import (
     socket_identity,
 )
 
-__all__ = ["API_VERSION", "Backoff", "ResourceEndpoint", "SocketInUseError"]
+__all__ = [
+    "API_VERSION",
+    "MAX_SOCKET_PATH",
+    "Backoff",
+    "ResourceEndpoint",
+    "SocketBindError",
+    "SocketInUseError",
+]
 
 log = logging.getLogger("host.deviceplugin.endpoint")
 
@@ -55,10 +62,16 @@ REGISTER_CHANNEL_OPTIONS = (
 """Options of the channel each Register call dials."""
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 """Largest request a resource's server accepts (gRPC answers RESOURCE_EXHAUSTED above)."""
+MAX_SOCKET_PATH = 107
+"""The longest Unix socket path in bytes: ``sun_path`` holds 108 with the final NUL."""
 
 
 class SocketInUseError(RuntimeError):
     """The socket path is served by another live process (or is not a socket at all)."""
+
+
+class SocketBindError(RuntimeError):
+    """The socket cannot be created: path too long, no permission, no directory, ..."""
 
 
 class Backoff:
@@ -122,6 +135,7 @@ class ResourceEndpoint:
         self._need_register = True
         self._wake = asyncio.Event()
         self._last_problem: str | None = None
+        self._serve_problem: str | None = None
         self.registrations = 0
         # Streams opened before this sequence number belong to an older registration.
         self._stream_floor = 0
@@ -141,6 +155,21 @@ class ResourceEndpoint:
     def ready(self) -> bool:
         """Registered and kubelet is listening to our device list."""
         return self.registered and self.service.has_stream_since(self._stream_floor)
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why this resource is not :attr:`ready` (one line, for /readyz), None when it is."""
+        if self.ready:
+            return None
+        if self._serve_problem is not None:
+            return f"cannot serve its socket: {self._serve_problem}"
+        if self._server is None:
+            return "not serving its socket yet"
+        if not self.registered:
+            if self._registering_with is not None:
+                return "registering with kubelet"
+            return self._last_problem or "not registered with kubelet yet"
+        return "registered; kubelet has not opened its device list stream (ListAndWatch)"
 
     # -- events ---------------------------------------------------------------------
 
@@ -183,9 +212,12 @@ class ResourceEndpoint:
             if not self._socket_ok():
                 try:
                     await self._start_server()
-                except (SocketInUseError, OSError) as exc:
+                except (SocketInUseError, SocketBindError, OSError) as exc:
+                    self._serve_problem = str(exc)
                     self._problem(str(exc))
                     delay = self._backoff.next()
+                else:
+                    self._serve_problem = None
             if delay is None and self._need_register:
                 if await self._register():
                     self._backoff.reset()
@@ -217,6 +249,12 @@ class ResourceEndpoint:
         """(Re-)create our socket and serve on it; registration state is the caller's."""
         await self._stop_server()
         path = self.socket_path
+        length = len(os.fsencode(path))
+        if length > MAX_SOCKET_PATH:
+            raise SocketBindError(
+                f"socket path {path} is {length} bytes long; Unix sockets allow at most "
+                f"{MAX_SOCKET_PATH}: shorten the plugin directory, namespace or device type"
+            )
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -244,7 +282,12 @@ class ResourceEndpoint:
             ]
         )
         server.add_generic_rpc_handlers((self.service.rpc_handler(),))
-        server.add_insecure_port(f"unix:{path}")
+        try:
+            if server.add_insecure_port(f"unix:{path}") == 0:  # older grpcio: 0, no raise
+                raise RuntimeError(f"Failed to bind to address unix:{path}")
+        except RuntimeError as exc:
+            await server.stop(None)
+            raise SocketBindError(f"cannot create socket {path} (will retry): {exc}") from None
         await server.start()
         self._server = server
         self._socket_id = socket_identity(path)
@@ -330,7 +373,7 @@ class ResourceEndpoint:
                     continue
                 try:
                     await self._serve_socket()
-                except (SocketInUseError, OSError) as exc:
+                except (SocketInUseError, SocketBindError, OSError) as exc:
                     self._problem(str(exc))
         except BaseException:
             call.cancel()

@@ -17,7 +17,7 @@ from host.deviceplugin._cdi import DEFAULT_CDI_DIR, CdiSpecWriter, qualified_nam
 from host.deviceplugin._endpoint import Backoff, ResourceEndpoint
 from host.deviceplugin._feed import ScannerFeed, Snapshot
 from host.deviceplugin._guard import DEFAULT_CALL_TIMEOUT, PluginCaller
-from host.deviceplugin._names import resource_name_error
+from host.deviceplugin._names import resource_name_error, socket_name
 from host.deviceplugin._observer import LOG_FIELDS, NULL_OBSERVER, Observer, log_context
 from host.deviceplugin._service import DevicePluginService, PostAllocateHook
 from host.deviceplugin._types import HEALTHY, DeviceInfo, Notifier, Scanner
@@ -49,6 +49,8 @@ class ResourceStatus:
     registrations: int
     problem: str | None = None
     """Why the last attempt to serve or register failed (None once registered)."""
+    not_ready_reason: str | None = None
+    """Why the resource is not ``ready`` (e.g. its socket cannot be created), None if it is."""
 
 
 class Manager:
@@ -59,7 +61,8 @@ class Manager:
         Manager("color.example.com", ColorScanner()).run()
 
     Each device type ``T`` becomes resource ``<namespace>/T`` served by its own gRPC
-    server on ``<plugin_dir>/<namespace>-T.sock``, registered with kubelet and
+    server on ``<plugin_dir>/<namespace>-T.sock`` (``-`` in the namespace doubled, see
+    :func:`~host.deviceplugin._names.socket_name`), registered with kubelet and
     re-registered whenever kubelet restarts.
     """
 
@@ -143,6 +146,7 @@ class Manager:
                 ready=endpoint.ready,
                 registrations=endpoint.registrations,
                 problem=endpoint.problem,
+                not_ready_reason=endpoint.not_ready_reason,
             )
         return out
 
@@ -225,7 +229,7 @@ class Manager:
         service.update(devices, all_unhealthy=self._scan_failed)
         endpoint = ResourceEndpoint(
             service,
-            self.plugin_dir / f"{self.namespace}-{dev_type}.sock",
+            self.plugin_dir / socket_name(self.namespace, dev_type),
             self._watcher,
             backoff=Backoff(*self._register_backoff),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["resource_name_error", "validate_resource_name"]
+__all__ = ["resource_name_error", "socket_name", "validate_resource_name"]
 
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
@@ -51,3 +51,19 @@ def validate_resource_name(name: str) -> str:
     if reason is not None:
         raise ValueError(f"invalid resource name {name!r}: {reason}")
     return name
+
+
+def socket_name(namespace: str, dev_type: str) -> str:
+    """Return the socket file name of resource ``namespace/dev_type``: ``<ns>-<type>.sock``.
+
+    Intel's convention (``gpu.intel.com-i915.sock``), made collision-free: every ``-``
+    of the namespace is doubled, so the first single ``-`` always separates namespace
+    and type. A namespace is a DNS subdomain (it never ends with ``-``) and a type
+    starts with a letter or digit, so a name decodes one way only::
+
+        socket_name("a.com", "x-y") == "a.com-x-y.sock"
+        socket_name("a.com-x", "y") == "a.com--x-y.sock"
+
+    Namespaces without ``-`` (every Intel one) keep the familiar name.
+    """
+    return f"{namespace.replace('-', '--')}-{dev_type}.sock"
