@@ -181,11 +181,11 @@ class TestOnce:
         )
         result = invoke(
             "--enable", "silent,simulate_hooks", "--plugin-module", str(module),
-            "--plugin-module", str(HOOKS), "--once", "--json", "--timeout", "0.3",
+            "--plugin-module", str(HOOKS), "--once", "--json", "--timeout", "2",
         )  # fmt: skip
         assert result.exit_code == 1
         expected = (
-            "timed out after 0.3 s waiting for: plugin 'silent' namespace silent.example.com "
+            "timed out after 2 s waiting for: plugin 'silent' namespace silent.example.com "
             "to report"
         )
         assert expected in result.stderr
