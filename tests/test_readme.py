@@ -18,7 +18,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import click
 import pytest
+
+from tests.fixtures.builtins import BUILTIN_PLUGINS
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -130,3 +133,49 @@ class TestCitations:
                     cited.setdefault(name, []).append(str(path.relative_to(REPO)))
         missing = {name: files for name, files in cited.items() if name not in shipped}
         assert missing == {}
+
+
+def documented_commands(text: str) -> list[list[str]]:
+    """Every ``devplugin-host ...`` command of ``text``: in shell blocks and inline code."""
+    candidates: list[str] = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.DOTALL):
+        for line in block.splitlines():
+            for part in line.split("#", 1)[0].split("&&"):
+                candidates.append(part.strip().removeprefix("sudo ").strip())
+    candidates += re.findall(r"`(devplugin-host [^`]*)`", text)
+    commands = []
+    for candidate in candidates:
+        if not candidate.startswith("devplugin-host ") or "..." in candidate:
+            continue
+        commands.append(shlex.split(candidate)[1:])
+    return commands
+
+
+DOCUMENTS = {
+    "README.md": REPO / "README.md",
+    "contrib example README": REPO / "contrib/devplugin-example-color/README.md",
+}
+
+
+class TestDocumentedCommands:
+    @pytest.mark.parametrize("document", sorted(DOCUMENTS))
+    def test_every_documented_command_parses(self, document: str) -> None:
+        """Each documented command names a real subcommand and only its own options."""
+        from host.cli import main
+
+        commands = documented_commands(DOCUMENTS[document].read_text(encoding="utf-8"))
+        assert len(commands) >= 5
+        for args in commands:
+            if args[0] in ("--version", "-V", "--help") or args[0].isupper():  # COMMAND --help
+                continue
+            command = main.get_command(click.Context(main), args[0])
+            assert command is not None, f"{document}: no command {args[0]!r} in {args}"
+            # Parses and checks every option (unknown ones, choices) without running it.
+            with command.make_context(args[0], list(args[1:]), parent=click.Context(main)):
+                pass
+
+    def test_the_built_in_plugins_the_example_lists_are_the_installed_ones(self) -> None:
+        """The example README's list of built-in plugins is the entry points' list."""
+        text = DOCUMENTS["contrib example README"].read_text(encoding="utf-8")
+        [listed] = re.findall(r"# the built-in plugins: (.*)", text)
+        assert tuple(name.strip() for name in listed.split(",")) == BUILTIN_PLUGINS

@@ -90,7 +90,7 @@ class TestAllocation:
         response = allocation.response
         assert sorted(allocation.device_ids) == [f"{color}-0", f"{color}-1"]
         assert {(d.host_path, d.container_path) for d in response.devices} == {
-            (str(devfs / "null"), "/dev/null")
+            ("/dev/null", "/dev/null")  # found under the devfs root, reported as the node's
         }
         assert response.envs["COLOR"] == color
         assert response.annotations[devplugin_example_color.PAINTED] == color

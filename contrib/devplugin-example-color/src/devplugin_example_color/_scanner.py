@@ -46,7 +46,9 @@ class ColorScanner:
         """Build the current device tree (blocking: it looks at the filesystem)."""
         node = self.devfs_root / NODE
         state = HEALTHY if node.exists() else UNHEALTHY
-        spec = DeviceSpec(host_path=str(node), container_path="/dev/null", permissions="rw")
+        # Looked for under the devfs root, reported as the node's own path: kubelet and
+        # the container runtime know nothing of where this process sees /dev.
+        spec = DeviceSpec(host_path="/dev/null", container_path="/dev/null", permissions="rw")
         tree = DeviceTree()
         for color in COLORS:
             for index in range(self.count):
