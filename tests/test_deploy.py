@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import click
 import jsonpatch
 import kubernetes_validate
 import pytest
@@ -121,6 +122,18 @@ class TestBase:
         assert env["DEVPLUGIN_SYSFS_ROOT"]["value"] == mounts["sysfs"]["mountPath"]
         assert env["DEVPLUGIN_DEVFS_ROOT"]["value"] == mounts["devfs"]["mountPath"]
         assert volumes["cdi"]["hostPath"]["path"] == mounts["cdi"]["mountPath"] == "/var/run/cdi"
+
+    def test_every_devplugin_variable_is_one_run_reads(self) -> None:
+        """No misspelt DEVPLUGIN_* variable: each is an option of `run` (or its --set)."""
+        container = daemonset(build(BASE))["spec"]["template"]["spec"]["containers"][0]
+        run = main.get_command(click.Context(main), "run")
+        assert run is not None
+        known = {p.envvar for p in run.params if isinstance(p, click.Option)} | {"DEVPLUGIN_SET"}
+        # The pod's identity, for the host to tell its own sockets from an older instance's.
+        known.add("DEVPLUGIN_INSTANCE_ID")
+        names = {item["name"] for item in container["env"] if item["name"].startswith("DEVPLUGIN_")}
+        assert names <= known
+        assert container["args"] == ["run"]
 
     def test_resources_cover_the_measured_footprint(self) -> None:
         """The memory limit holds the measured 140 MiB of a host serving 100,000 devices."""
