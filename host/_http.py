@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
-from collections.abc import Callable, Mapping
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +70,9 @@ def json_response(status: int, document: Any) -> Response:
     return Response(status, body, "application/json")
 
 
-Route = Callable[[], Response]
+Route = Callable[[Mapping[str, str]], Response | Awaitable[Response]]
+"""A handler: takes the query parameters (the last value of each), returns the answer or
+a coroutine of it for slow answers."""
 
 
 def parse_address(text: str, source: str = "--metrics-address") -> tuple[str, int]:
@@ -170,16 +174,17 @@ class HttpServer:
             return
         except (asyncio.IncompleteReadError, ConnectionError):
             return  # the client went away mid-request: nobody to answer
-        response, head_only = self._respond(head)
+        response, head_only = await self._respond(head)
         await self._send(writer, response, head_only=head_only)
 
-    def _respond(self, head: bytes) -> tuple[Response, bool]:
+    async def _respond(self, head: bytes) -> tuple[Response, bool]:
         line = head.split(b"\r\n", 1)[0]
         parts = line.split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             return Response(400, b"malformed request line\n"), False
         method, target = parts[0], parts[1]
-        path = target.split(b"?", 1)[0].decode("ascii", "replace")
+        raw_path, _, raw_query = target.decode("ascii", "replace").partition("?")
+        path = raw_path
         route = self._routes.get(path)
         if route is None:
             known = ", ".join(sorted(self._routes))
@@ -187,7 +192,11 @@ class HttpServer:
         if method not in (b"GET", b"HEAD"):
             return Response(405, b"only GET and HEAD\n", headers={"Allow": "GET, HEAD"}), False
         try:
-            return route(), method == b"HEAD"
+            query = dict(urllib.parse.parse_qsl(raw_query, max_num_fields=16))
+            answer = route(query)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            return answer, method == b"HEAD"
         except Exception:
             log.exception("HTTP handler for %s failed", path)
             return Response(500, b"internal error; see the host's log\n"), False

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from host._loader import PluginRecord
-    from host.deviceplugin import Manager
+    from host.deviceplugin import Manager, ResourceStatus
     from host.deviceplugin._watchdog import Stall
 
 __all__ = ["LOOP_TICK", "HostMetrics"]
@@ -271,7 +271,7 @@ class HostMetrics:
             cached = self._sizes[key] = (message, message.ByteSize())
         return cached[1]
 
-    def resources(self) -> Iterator[tuple[Manager, str, Any]]:
+    def resources(self) -> Iterator[tuple[Manager, str, ResourceStatus]]:
         """Every resource served: (its Manager, its name, its ResourceStatus)."""
         for manager in self.managers:
             for name, status in sorted(manager.resources.items()):
@@ -310,7 +310,8 @@ class _StateCollector(Collector):
             "Size of the last device list sent to kubelet (kubelet refuses over 4 MiB).",
             labels=pr,
         )
-        for manager, name, status in metrics.resources():
+        statuses = list(metrics.resources())
+        for manager, name, status in statuses:
             labels = [manager.plugin_name, name]
             devices.add_metric([*labels, HEALTHY], status.healthy)
             devices.add_metric([*labels, UNHEALTHY], status.devices - status.healthy)
@@ -342,7 +343,7 @@ class _StateCollector(Collector):
         host_ready = GaugeMetricFamily(
             "devplugin_ready", "1 while /readyz answers 200 (every resource ready)."
         )
-        host_ready.add_metric([], int(not readiness(metrics)))
+        host_ready.add_metric([], int(not readiness(metrics, statuses)))
         yield host_ready
         info = GaugeMetricFamily(
             "devplugin_build_info", "devplugin-host version.", labels=["version"]

@@ -152,10 +152,15 @@ def resources_table(resources: Mapping[str, Mapping[str, Any]]) -> str:
         widths = [max(len(row[column]) for row in rows) for column in range(2)]
         lines += [f"    {r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}" for r in rows]
         rest = devices[SHOWN_DEVICES:]
-        if rest:
-            healthy = sum(d["health"] == HEALTHY for d in rest)
-            health = "all Healthy" if healthy == len(rest) else f"{healthy} Healthy"
-            lines.append(f"    ... {len(rest)} more ({health})")
+        hidden = resource.get("more_devices", 0)  # a list cut short (devplugin-host status)
+        if hidden:
+            more = len(rest) + hidden
+            healthy = resource["allocatable"] - sum(d["health"] == HEALTHY for d in devices)
+        else:
+            more, healthy = len(rest), sum(d["health"] == HEALTHY for d in rest)
+        if more:
+            health = "all Healthy" if healthy == more else f"{healthy} Healthy"
+            lines.append(f"    ... {more} more ({health})")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) or "no resources registered"
 

@@ -11,21 +11,27 @@ from host._http import format_address, parse_address
 
 __all__ = ["fetch_status", "status_text"]
 
+TEXT_DEVICES = 10
+"""Devices per resource the text view lists (as ``simulate``), so only these are fetched."""
+
 _ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 
-def fetch_status(address: str, timeout: float) -> dict[str, Any]:
+def fetch_status(address: str, timeout: float, devices: int | None = None) -> dict[str, Any]:
     """GET ``/status`` from the host at ``address`` (``HOST:PORT``).
+
+    ``devices``: at most this many devices per resource (None: all of them).
 
     A bad address raises ConfigError; a host that cannot be reached, or that answers
     with anything but a JSON document, raises OSError with one line saying so.
     """
     host, port = parse_address(address, "--address")
     host = _ANY_ADDRESS.get(host, host)
-    url = f"http://{format_address(host, port)}/status"
+    path = f"/status?devices={'all' if devices is None else devices}"
+    url = f"http://{format_address(host, port)}{path}"
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        connection.request("GET", "/status")
+        connection.request("GET", path)
         response = connection.getresponse()
         body = response.read()
     except (OSError, http.client.HTTPException) as exc:

@@ -490,19 +490,28 @@ DEFAULT_STATUS_ADDRESS = "127.0.0.1:9464"
     show_default=True,
     help="The --metrics-address of the running host (0.0.0.0 or :: means this machine).",
 )
+@_option(
+    "--all-devices",
+    envvar="DEVPLUGIN_ALL_DEVICES",
+    is_flag=True,
+    help="With --json, list every device of every resource (default: the first 100 of each, "
+    "the count of the others in more_devices).",
+)
 @_timeout_option("Seconds to wait for the host's answer.")
 @_json_option
-def status(address: str, timeout: float, as_json: bool) -> None:
+def status(address: str, all_devices: bool, timeout: float, as_json: bool) -> None:
     """Show a running host: its plugins, and each resource with its devices.
 
     Reads /status from the host's --metrics-address and prints it as `simulate` prints
     what kubelet sees (--json: the document as the host sent it).
     """
-    from host._status_client import fetch_status, status_text
+    from host._health import STATUS_DEVICES
+    from host._status_client import TEXT_DEVICES, fetch_status, status_text
 
+    devices = None if all_devices else STATUS_DEVICES if as_json else TEXT_DEVICES
     with _config_errors():
         try:
-            document = fetch_status(address, timeout)
+            document = fetch_status(address, timeout, devices)
         except OSError as exc:
             click.echo(f"devplugin-host status: {exc}", err=True)
             raise SystemExit(EXIT_FAILED) from None

@@ -166,7 +166,7 @@ class TestRunWithMetrics:
         assert "ready: every plugin loaded" in out
 
         code, out, err = await cli(
-            "status", "--json", extra_env={"DEVPLUGIN_METRICS_ADDRESS": address}
+            "status", "--json", "--all-devices", extra_env={"DEVPLUGIN_METRICS_ADDRESS": address}
         )
         assert code == 0, err
         document = json.loads(out)
@@ -209,8 +209,8 @@ class TestStatusErrors:
         assert code == 1
         assert out == ""
         assert err.strip().splitlines() == [
-            f"devplugin-host status: cannot reach a host at http://127.0.0.1:{port}/status: "
-            "Connection refused"
+            f"devplugin-host status: cannot reach a host at http://127.0.0.1:{port}"
+            "/status?devices=10: Connection refused"
         ]
 
     async def test_bad_address(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 import pytest_asyncio
@@ -20,13 +20,17 @@ from host._http import (
 from host.testing._http import HttpReply, http_get
 
 
-def failing() -> Response:
+def failing(query: Mapping[str, str]) -> Response:
     raise RuntimeError("handler bug")
 
 
 @pytest_asyncio.fixture
 async def server() -> AsyncIterator[HttpServer]:
-    routes = {"/ok": lambda: Response(200, b"fine\n"), "/broken": failing}
+    routes = {
+        "/ok": lambda query: Response(200, b"fine\n"),
+        "/echo": lambda query: Response(200, repr(sorted(query.items())).encode()),
+        "/broken": failing,
+    }
     http = HttpServer(routes, "127.0.0.1", 0, read_timeout=0.3)
     await http.start()
     try:
@@ -84,6 +88,11 @@ class TestAnswers:
         assert (reply.status, reply.body) == (200, b"fine\n")
         assert reply.headers["content-length"] == "5"
         assert reply.headers["connection"] == "close"
+
+    async def test_query_parameters(self, server: HttpServer) -> None:
+        """Handlers get the query parameters, percent-decoded, the last value of each."""
+        reply = await http_get(server.address, "/echo?devices=all&x=1&x=2&y=%41")
+        assert reply.text == "[('devices', 'all'), ('x', '2'), ('y', 'A')]"
 
     async def test_unknown_path_404(self, server: HttpServer) -> None:
         """An unknown path is 404 and names the paths there are."""
@@ -158,7 +167,7 @@ class TestBadClients:
 
     async def test_stop_drops_clients(self) -> None:
         """Stopping the server ends connections still waiting for their head."""
-        http = HttpServer({"/ok": lambda: Response(200)}, "127.0.0.1", 0)
+        http = HttpServer({"/ok": lambda query: Response(200)}, "127.0.0.1", 0)
         await http.start()
         host, _, port = http.address.rpartition(":")
         reader, writer = await asyncio.open_connection(host, int(port))

@@ -421,3 +421,29 @@ class TestJsonLogs:
         assert crashed
         assert crashed[0]["plugin"] == "obs"
         assert host.running
+
+
+class TestStatusLimits:
+    async def test_devices_shown_and_counted(self, kubelet: FakeKubelet, run_host: RunHost) -> None:
+        """?devices=N lists the first N by ID and counts the rest; ?devices=all lists all."""
+        states = [HEALTHY] * 11 + [UNHEALTHY]
+        host, _ = await start(run_host, kubelet, *states)
+        short = (await host.http_get("/status?devices=3")).json()["resources"][RESOURCE]
+        assert [d["id"] for d in short["devices"]] == ["d0", "d1", "d2"]
+        assert short["more_devices"] == 9
+        full = (await host.http_get("/status?devices=all")).json()["resources"][RESOURCE]
+        assert [d["id"] for d in full["devices"]] == [f"d{i}" for i in range(12)]
+        assert "more_devices" not in full
+        assert (await host.http_get("/status?devices=lots")).status == 400
+
+    async def test_text_counts_the_devices_not_fetched(
+        self, kubelet: FakeKubelet, run_host: RunHost
+    ) -> None:
+        """The text view fetches 10 devices and still sums up the others' health."""
+        from host._status_client import status_text
+
+        states = [HEALTHY] * 11 + [UNHEALTHY]
+        host, _ = await start(run_host, kubelet, *states)
+        document = (await host.http_get("/status?devices=10")).json()
+        text = status_text(document)
+        assert "    ... 2 more (1 Healthy)" in text.splitlines()
