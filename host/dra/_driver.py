@@ -44,6 +44,10 @@ DeviceNamer = Callable[[Iterable[tuple[str, str]]], Mapping[tuple[str, str], str
 """Names every ``(device type, device id)`` of a snapshot as its ResourceSlices do."""
 
 
+SERIALIZE_LOCK_NAME = "serialize.lock"
+"""With an instance id, the file that serialises both instances' changes (flock)."""
+
+
 class _KeyedLocks:
     """One asyncio lock per key, dropped when nobody holds or waits for it."""
 
@@ -72,7 +76,8 @@ class DraDriver:
     ``scanner``'s optional ``allocate`` / ``post_allocate`` shape the CDI edits;
     ``claims`` reads ResourceClaims. Sockets and the checkpoint live under
     ``plugin_dir/<driver>`` and ``registry_dir`` (see :mod:`host.dra._sockets`; an
-    ``instance_id``, the pod UID, selects the rolling-update socket names); CDI specs go
+    ``instance_id``, the pod UID, selects the rolling-update socket names and shares
+    the checkpoint with the other instance under ``flock``); CDI specs go
     to ``cdi_dir`` through ``cdi_writer`` (pass the device-plugin manager's writer to
     share spec files both serve). ``device_name`` names a snapshot's devices; the default
     is the ResourceSlice builder's :func:`~host.dra.device_names`, so claims name the
@@ -115,6 +120,7 @@ class DraDriver:
             driver_name,
             ClaimCheckpoint(self.data_dir / CHECKPOINT_NAME, driver_name),
             cdi_writer if cdi_writer is not None else CdiSpecWriter(cdi_dir),
+            lock_path=self.data_dir / SERIALIZE_LOCK_NAME if instance_id else None,
         )
         self._devices: dict[str, tuple[str, str, DeviceInfo]] = {}
         self._have_snapshot = False
@@ -180,17 +186,22 @@ class DraDriver:
         outcomes = await asyncio.gather(*(self._prepare_one(ref) for ref in unique))
         return dict(zip((ref.uid for ref in unique), outcomes, strict=True))
 
+    async def _lookup(self, uid: str) -> PreparedClaim | None:
+        if self._store.shared:
+            return await asyncio.to_thread(self._store.lookup, uid)
+        return self._store.get(uid)
+
     async def _prepare_one(self, ref: ClaimRef) -> PreparedClaim | ClaimError:
-        known = self._store.get(ref.uid)
+        known = await self._lookup(ref.uid)
         if known is not None:
-            return known  # the common repeat: no lock, no API call
+            return known  # the common repeat: no API call
         async with self._locks.hold(ref.uid):
-            known = self._store.get(ref.uid)
+            known = await self._lookup(ref.uid)
             if known is not None:
                 return known
             try:
                 claim = await self._build_claim(ref)
-                await asyncio.to_thread(self._store.add, claim)
+                claim = await asyncio.to_thread(self._store.add, claim)
             except ClaimError as err:
                 log.info("DRA driver %s: %s", self.driver_name, err)
                 return err
@@ -242,7 +253,7 @@ class DraDriver:
         return dict(zip((ref.uid for ref in unique), outcomes, strict=True))
 
     async def _unprepare_one(self, ref: ClaimRef) -> ClaimError | None:
-        if self._store.get(ref.uid) is None:
+        if await self._lookup(ref.uid) is None:
             return None
         async with self._locks.hold(ref.uid):
             try:

@@ -6,13 +6,23 @@ prepared only once the checkpoint holds it, so a restarted host answers kubelet'
 repeats and unprepares what was prepared before. Concurrent changes coalesce: a
 checkpoint write always records the latest state, and a change already covered by a
 later write does not write again.
+
+Shared mode (``lock_path`` given: rolling updates, where two instances of a driver
+run side by side on one data directory and kubelet may send any call to either)
+serialises every look-up and change across processes with ``flock`` on
+``serialize.lock`` (as k8s.io/dynamic-resource-allocation's kubeletplugin helper
+does) and first takes over what the other instance recorded in the checkpoint since.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -28,14 +38,25 @@ log = logging.getLogger("host.dra.store")
 class ClaimStore:
     """Thread-safe record of prepared claims backed by CDI spec files and a checkpoint.
 
-    The blocking methods (:meth:`add`, :meth:`remove`, :meth:`restore`) belong in a
-    worker thread; :meth:`get` and :attr:`claims` are cheap and safe on the event loop.
+    The blocking methods (:meth:`add`, :meth:`remove`, :meth:`lookup`,
+    :meth:`restore`) belong in a worker thread; :meth:`get` and :attr:`claims` are
+    cheap and safe on the event loop, but in shared mode only :meth:`lookup` sees what
+    the other instance did.
     """
 
-    def __init__(self, driver: str, checkpoint: ClaimCheckpoint, writer: CdiSpecWriter) -> None:
+    def __init__(
+        self,
+        driver: str,
+        checkpoint: ClaimCheckpoint,
+        writer: CdiSpecWriter,
+        *,
+        lock_path: Path | None = None,
+    ) -> None:
         self.driver = driver
         self.checkpoint = checkpoint
         self.writer = writer
+        self.lock_path = lock_path
+        self._disk_stamp: tuple[int, int, int] | None = None
         self._claims: dict[str, PreparedClaim] = {}
         self._state_lock = threading.Lock()
         self._save_lock = threading.Lock()
@@ -47,9 +68,69 @@ class ClaimStore:
         """The prepared claims by UID (a read-only view)."""
         return MappingProxyType(self._claims)
 
+    @property
+    def shared(self) -> bool:
+        """Whether another instance may change the checkpoint too (rolling update)."""
+        return self.lock_path is not None
+
     def get(self, uid: str) -> PreparedClaim | None:
-        """Return the prepared claim with ``uid``, if there is one."""
+        """Return the prepared claim with ``uid`` as this process knows it."""
         return self._claims.get(uid)
+
+    def lookup(self, uid: str) -> PreparedClaim | None:
+        """Return the prepared claim with ``uid``, up to date with the other instance."""
+        with self._exclusive():
+            return self._claims.get(uid)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        if self.lock_path is None:
+            yield
+            return
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            # One open file description per call: threads of this process exclude
+            # each other as well as the other instance's.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._sync()
+            yield
+        finally:
+            os.close(fd)
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.checkpoint.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _sync(self) -> None:
+        """Take over the claims the other instance prepared or unprepared since."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._disk_stamp:
+            return
+        try:
+            disk = self.checkpoint.load()
+        except CheckpointError as err:
+            log.warning("DRA driver %s: keeping its own record: %s", self.driver, err)
+            return
+        with self._state_lock:
+            mine = self._claims
+            gone = [claim for uid, claim in mine.items() if uid not in disk]
+            new = [claim for uid, claim in disk.items() if uid not in mine]
+            self._claims = dict(disk)
+            self._generation += 1
+            self._saved_generation = self._generation
+        for claim in gone:
+            with contextlib.suppress(OSError):
+                self._release_specs(claim)  # the other instance removed the files
+        for claim in new:
+            try:
+                self._acquire_specs(claim)  # adopt the files, so unprepare removes them
+            except (OSError, ValueError) as err:
+                log.warning("DRA driver %s: claim %s: %s", self.driver, claim.ref, err)
+        self._disk_stamp = stamp
 
     def _owner(self, claim: PreparedClaim, spec: Mapping[str, Any]) -> tuple[str, str, str]:
         return (self.driver, claim.ref.uid, qualified_name(spec))
@@ -69,12 +150,21 @@ class ClaimStore:
         for spec in claim.cdi_specs:
             self.writer.release(self._owner(claim, spec))
 
-    def add(self, claim: PreparedClaim) -> None:
-        """Write the claim's CDI specs, record it and write the checkpoint.
+    def add(self, claim: PreparedClaim) -> PreparedClaim:
+        """Write the claim's CDI specs, record it and write the checkpoint; return it.
 
-        Raises ValueError (an invalid spec) or OSError (a file that cannot be written);
-        then nothing of the claim is left behind.
+        A claim already recorded (the other instance prepared it meanwhile) is returned
+        as recorded instead. Raises ValueError (an invalid spec) or OSError (a file
+        that cannot be written); then nothing of the claim is left behind.
         """
+        with self._exclusive():
+            known = self._claims.get(claim.ref.uid)
+            if known is not None:
+                return known
+            self._add(claim)
+            return claim
+
+    def _add(self, claim: PreparedClaim) -> None:
         self._acquire_specs(claim)
         with self._state_lock:
             self._claims[claim.ref.uid] = claim
@@ -97,6 +187,10 @@ class ClaimStore:
         removed (the claim stays recorded) or the checkpoint cannot be written (the
         claim is gone; the next write records that).
         """
+        with self._exclusive():
+            return self._remove(uid)
+
+    def _remove(self, uid: str) -> PreparedClaim | None:
         claim = self._claims.get(uid)
         if claim is None:
             return None
@@ -118,6 +212,7 @@ class ClaimStore:
                 claims = dict(self._claims)
             self.checkpoint.save(claims)
             self._saved_generation = generation
+            self._disk_stamp = self._stamp()
 
     def restore(self) -> int:
         """Read the checkpoint and write every recorded claim's CDI specs again.
@@ -126,6 +221,10 @@ class ClaimStore:
         moved aside (logged) and the store starts empty; a spec that cannot be written
         is logged and its claim kept (kubelet will unprepare it).
         """
+        with self._exclusive():
+            return self._restore()
+
+    def _restore(self) -> int:
         try:
             claims = self.checkpoint.load()
         except CheckpointError as err:
@@ -151,4 +250,5 @@ class ClaimStore:
             self._claims = dict(claims)
             self._generation += 1
             self._saved_generation = self._generation
+        self._disk_stamp = self._stamp()
         return len(claims)
