@@ -107,6 +107,7 @@ class DriverRunner:
         await asyncio.wait({task, waiter}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             waiter.cancel()
+            del self.tasks[driver]
             task.result()
         assert driver.serving
         return driver

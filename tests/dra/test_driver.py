@@ -14,7 +14,8 @@ import pytest
 from host._api import api_pb2 as pluginapi
 from host.deviceplugin import UseDefaultMethodError
 from host.deviceplugin._cdi import qualified_name
-from host.dra import build_slices
+from host.deviceplugin._endpoint import SocketInUseError
+from host.dra import DraDriver, build_slices
 from host.testing import FakeClaims, FakeDraKubelet
 from tests.dra.helpers import (
     DRIVER,
@@ -84,6 +85,36 @@ class TestRegistration:
         async with FakeDraKubelet(dirs.registry) as kubelet:
             await kubelet.wait_for_driver(DRIVER)
         assert stat.S_ISSOCK(os.stat(driver.socket_path).st_mode)
+
+    async def test_live_socket_not_taken_over(
+        self, drivers: DriverRunner, claims: FakeClaims, dirs: Dirs
+    ) -> None:
+        """A second driver on the same socket refuses to start; the first keeps serving."""
+        first = await drivers.start()
+        second = DraDriver(
+            DRIVER,
+            NODE,
+            None,
+            claims,
+            plugin_dir=dirs.plugins,
+            registry_dir=dirs.registry,
+            cdi_dir=dirs.cdi,
+        )
+        with pytest.raises(SocketInUseError, match="served by another process"):
+            await second.serve()
+        assert first.serving
+        assert stat.S_ISSOCK(os.stat(first.socket_path).st_mode)
+        async with FakeDraKubelet(dirs.registry) as kubelet:
+            await kubelet.wait_for_driver(DRIVER)
+
+    async def test_non_socket_file_refused(self, drivers: DriverRunner, dirs: Dirs) -> None:
+        """A regular file where the socket goes is left alone and reported."""
+        path = dirs.plugins / DRIVER / "dra.sock"
+        path.parent.mkdir(parents=True)
+        path.write_text("not a socket")
+        with pytest.raises(SocketInUseError, match="is not a socket"):
+            await drivers.start()
+        assert path.read_text() == "not a socket"
 
     async def test_instance_id_names(self, drivers: DriverRunner, dirs: Dirs) -> None:
         """With an instance id both sockets carry it (rolling update)."""

@@ -1,0 +1,119 @@
+"""FakeDraKubelet validates registrations as kubelet's DRA handler does."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from host._pluginwatcher import RegistrationServicer
+from host.testing import FakeDraKubelet, KubeletError
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def registry() -> AsyncIterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="drk", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def serve_registration(
+    socket: Path,
+    *,
+    plugin_type: str = "DRAPlugin",
+    name: str = "gpu.example.com",
+    endpoint: str = "/tmp/x/dra.sock",
+    versions: Sequence[str] = ("v1.DRAPlugin",),
+) -> tuple[grpc.aio.Server, RegistrationServicer]:
+    servicer = RegistrationServicer(
+        plugin_type=plugin_type, name=name, endpoint=endpoint, supported_versions=versions
+    )
+    server = grpc.aio.server()
+    servicer.add_to_server(server)
+    server.add_insecure_port(f"unix:{socket}")
+    await server.start()
+    return server, servicer
+
+
+class TestValidation:
+    @pytest.mark.parametrize(
+        ("kwargs", "error"),
+        [
+            (
+                {"plugin_type": "DevicePlugin"},
+                "no handler registered for plugin type: DevicePlugin at socket",
+            ),
+            (
+                {"versions": ("v1alpha3.NodeService",)},
+                "none of services supported by the plugin",
+            ),
+            ({"name": "Not_A_Name"}, "invalid driver name 'Not_A_Name'"),
+            ({"endpoint": "/tmp/" + "x" * 120 + "/dra.sock"}, "is longer than 107 bytes"),
+        ],
+    )
+    async def test_refused(self, registry: Path, kwargs: dict[str, object], error: str) -> None:
+        """A bad PluginInfo is refused with kubelet's words; the plugin is told why."""
+        server, servicer = await serve_registration(registry / "p-reg.sock", **kwargs)  # type: ignore[arg-type]
+        try:
+            async with FakeDraKubelet(registry) as kubelet:
+                await kubelet.wait_for(lambda: bool(kubelet.rejections), what="a rejection")
+                path, message = kubelet.rejections[0]
+                assert path == str(registry / "p-reg.sock")
+                assert error in message
+                assert message.startswith("RegisterPlugin error -- ")
+                assert await servicer.wait_for_status() is False
+                assert error in servicer.error
+                assert kubelet.drivers == {}
+        finally:
+            await server.stop(None)
+
+    async def test_same_endpoint_twice(self, registry: Path) -> None:
+        """A second socket announcing an endpoint already registered is refused."""
+        one, _ = await serve_registration(registry / "a-reg.sock")
+        two, _ = await serve_registration(registry / "b-reg.sock")
+        try:
+            async with FakeDraKubelet(registry) as kubelet:
+                await kubelet.wait_for_driver("gpu.example.com")
+                await kubelet.wait_for(lambda: bool(kubelet.rejections), what="a rejection")
+                assert (
+                    "already registered for DRA driver plugin gpu.example.com"
+                    in (kubelet.rejections[0][1])
+                )
+                assert len(kubelet.drivers["gpu.example.com"]) == 1
+        finally:
+            await one.stop(None)
+            await two.stop(None)
+
+    async def test_hidden_sockets_ignored(self, registry: Path) -> None:
+        """Sockets whose names start with '.' are not registered."""
+        server, servicer = await serve_registration(registry / ".hidden-reg.sock")
+        try:
+            async with FakeDraKubelet(registry) as kubelet:
+                visible, _ = await serve_registration(
+                    registry / "v-reg.sock", name="other.example.com"
+                )
+                try:
+                    await kubelet.wait_for_driver("other.example.com")
+                    assert servicer.status_count == 0
+                    assert list(kubelet.drivers) == ["other.example.com"]
+                finally:
+                    await visible.stop(None)
+        finally:
+            await server.stop(None)
+
+    async def test_calls_need_a_registered_driver(self, registry: Path) -> None:
+        """Calling a driver kubelet does not know fails as kubelet does."""
+        async with FakeDraKubelet(registry) as kubelet:
+            with pytest.raises(
+                KubeletError, match=r"DRA driver gpu\.example\.com is not registered"
+            ):
+                await kubelet.prepare("gpu.example.com", [("ns", "c", "uid")])
