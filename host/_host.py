@@ -33,6 +33,7 @@ __all__ = [
     "JsonFormatter",
     "ScanOutcome",
     "Servable",
+    "TextFormatter",
     "build_managers",
     "configure_logging",
     "device_json",
@@ -77,6 +78,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message``, one line per record (a traceback may follow).
+
+    Control characters in the message are escaped (a newline as backslash-n): a device
+    ID or a plugin's exception text is data, and must not forge a log line of its own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """Format the record's line with its message escaped."""
+        record.message = _escape_controls(record.message)
+        return super().formatMessage(record)
+
+
+def _escape_controls(text: str) -> str:
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 class _StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is at the time of each record.
 
@@ -106,7 +132,7 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())
 
@@ -354,6 +380,31 @@ async def _serve_all(
             watchdog.stop()
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+_MMAP_THRESHOLD = 128 * 1024
+
+
+def return_large_buffers_to_the_os() -> bool:
+    """Make glibc serve every allocation of 128 KiB or more with mmap, freed to the OS.
+
+    glibc raises that threshold as large blocks are freed, so after a few large
+    requests (a device list, a request of many IDs) their memory stays in the heap,
+    fragmented, and the host's RSS keeps the peak. Fixing the threshold keeps RSS near
+    what the host really holds. Returns False where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
 def run_host(
     scanners: Sequence[ScannerRecord],
     post_allocators: Sequence[PostAllocateHook] = (),
@@ -373,6 +424,8 @@ def run_host(
     if not scanners:
         log.error("no scanners to run: every enabled plugin failed or none returned a scanner")
         return 1
+
+    return_large_buffers_to_the_os()
 
     async def main() -> int:
         loop = asyncio.get_running_loop()

@@ -18,6 +18,7 @@ import pytest_asyncio
 from host import _host
 from host._host import (
     JsonFormatter,
+    TextFormatter,
     build_managers,
     configure_logging,
     device_json,
@@ -339,6 +340,22 @@ class TestInProcessRun:
 
 
 class TestLogging:
+    def test_text_formatter_escapes_control_characters(self) -> None:
+        """Text logs: a newline inside a message (an ID, a plugin's text) cannot forge a line."""
+        logger = logging.getLogger("host.test-text")
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(TextFormatter())
+        logger.addHandler(handler)
+        try:
+            logger.error("device %s gone", "x\n2026-01-01 INFO host: forged\x1b[2J")
+        finally:
+            logger.removeHandler(handler)
+        (line,) = stream.getvalue().splitlines()
+        assert line.endswith(
+            "ERROR host.test-text: device x\\n2026-01-01 INFO host: forged\\x1b[2J gone"
+        )
+
     def test_json_formatter_one_object_per_line(self) -> None:
         """JSON logs: time, level, logger, message and the exception, on one line."""
         logger = logging.getLogger("host.test-json")

@@ -271,9 +271,17 @@ class Manager:
     def _sync_cdi(
         self, dev_type: str, devices: Mapping[str, DeviceInfo], old: Mapping[str, DeviceInfo]
     ) -> None:
-        """Write the CDI specs of new or changed devices, release those of gone ones."""
-        for dev_id in devices.keys() | old.keys():
-            new_info, old_info = devices.get(dev_id), old.get(dev_id)
+        """Write the CDI specs of new or changed devices, release those of gone ones.
+
+        Runs on the loop for every changed type: unchanged devices (most of them, and the
+        same objects when the scanner reuses them) cost one lookup each.
+        """
+        changed = [
+            (dev_id, info) for dev_id, info in devices.items() if old.get(dev_id) is not info
+        ]
+        gone = [(dev_id, None) for dev_id in old.keys() - devices.keys()] if old else []
+        for dev_id, new_info in changed + gone:
+            old_info = old.get(dev_id)
             spec = new_info.cdi_spec if new_info is not None else None
             if old_info is not None and old_info.cdi_spec == spec:
                 continue

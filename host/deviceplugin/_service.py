@@ -51,6 +51,17 @@ _INLINE_DECODE = 64 * 1024
 """Request bytes decoded on the loop; larger requests are decoded in a worker thread."""
 
 
+def request_byte_cap(list_bytes: int) -> int:
+    """Return the largest request worth decoding: 20x the encoded device list, 64 KiB at least.
+
+    A request names each device at most 10 times (:func:`id_cap`), in at most two lists
+    (GetPreferredAllocation's available and must-include IDs), and the device list holds
+    every ID once: a larger request cannot be valid, so it is refused before it is
+    decoded (decoding a few hundred thousand IDs costs tens of MiB).
+    """
+    return max(_INLINE_DECODE, 20 * list_bytes)
+
+
 def id_cap(device_count: int) -> int:
     """Return the most device IDs one request may name: 10x the devices, 128 at least.
 
@@ -262,7 +273,9 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                 ),
                 "GetPreferredAllocation": unary(
                     self._decoding(
-                        pluginapi.PreferredAllocationRequest, self.GetPreferredAllocation
+                        pluginapi.PreferredAllocationRequest,
+                        self.GetPreferredAllocation,
+                        lambda: callable(self._preferred),
                     ),
                     response_serializer=pluginapi.PreferredAllocationResponse.SerializeToString,
                 ),
@@ -271,16 +284,33 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                     response_serializer=pluginapi.AllocateResponse.SerializeToString,
                 ),
                 "PreStartContainer": unary(
-                    self._decoding(pluginapi.PreStartContainerRequest, self.PreStartContainer),
+                    self._decoding(
+                        pluginapi.PreStartContainerRequest,
+                        self.PreStartContainer,
+                        lambda: callable(self._pre_start),
+                    ),
                     response_serializer=pluginapi.PreStartContainerResponse.SerializeToString,
                 ),
             },
         )
 
     def _decoding(
-        self, message_type: Any, handler: Callable[[Any, Any], Awaitable[Any]]
+        self,
+        message_type: Any,
+        handler: Callable[[Any, Any], Awaitable[Any]],
+        implemented: Callable[[], bool] = lambda: True,
     ) -> Callable[[bytes, Any], Awaitable[Any]]:
         async def decode_then_handle(data: bytes, context: Any) -> Any:
+            if not implemented():
+                return await handler(message_type(), context)  # UNIMPLEMENTED, undecoded
+            cap = request_byte_cap(len(self._snapshot_bytes))
+            if len(data) > cap:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"resource {self.resource_name}: the {message_type.DESCRIPTOR.name} is "
+                    f"{len(data)} bytes; at most {cap} are accepted (20 times the device "
+                    "list, 64 KiB at least)",
+                )
             request = message_type()
             try:
                 if len(data) <= _INLINE_DECODE:

@@ -1,9 +1,10 @@
-"""The benchmarks of issue 6, measured side by side in one run: ``python tests/bench/run.py``.
+"""The benchmarks, measured side by side in one run: ``python tests/bench/run.py``.
 
 Prints one table: Allocate latency against a floor server, update propagation, scale
 (100 resources x 1,000 devices), footprint of one host with 8 plugins against 8 hosts,
-recovery after kubelet restarts, what metrics cost on Allocate (7), and DRA notify ->
-ResourceSlice stored at 1,000 devices (8); each figure with its target and a verdict.
+recovery after kubelet restarts, what metrics cost on Allocate (7), DRA notify ->
+ResourceSlice stored at 1,000 devices (8), and a well-behaved plugin's Allocate while
+another misbehaves (9, ``isolation.py``); each figure with its target and a verdict.
 ``--quick`` shrinks the sizes and the idle window for a fast run (its verdicts are
 indicative only); ``--soak`` adds the soak (100,000 Allocate calls with concurrent
 updates, RSS growth). Not collected by pytest (no ``test_`` files here): never run in CI.
@@ -38,6 +39,7 @@ from common import (
 )
 from dra_bench import dra_slice_latency
 from floor_server import serve_floor
+from isolation import isolation_rows
 from report import Row, format_table, mib, ms, us
 
 from host._api import api_pb2
@@ -76,6 +78,28 @@ class TreeScanner:
         await asyncio.Future()
 
 
+class PlainAllocateScanner(TreeScanner):
+    """Answers Allocate itself with a plain method: the host runs it in a worker thread."""
+
+    def __init__(self, tree: DeviceTree, table: dict[str, api_pb2.ContainerAllocateResponse]):
+        super().__init__(tree)
+        self.table = table
+
+    def allocate(self, request: api_pb2.AllocateRequest) -> api_pb2.AllocateResponse:
+        return api_pb2.AllocateResponse(
+            container_responses=[self.table[c.devices_ids[0]] for c in request.container_requests]
+        )
+
+
+class AsyncAllocateScanner(PlainAllocateScanner):
+    """Answers Allocate itself with a coroutine: the host awaits it on the loop."""
+
+    async def allocate(  # type: ignore[override]
+        self, request: api_pb2.AllocateRequest
+    ) -> api_pb2.AllocateResponse:
+        return super().allocate(request)
+
+
 @contextlib.asynccontextmanager
 async def serving(manager: Manager):  # type: ignore[no-untyped-def]
     task = asyncio.create_task(manager.serve())
@@ -101,21 +125,51 @@ async def allocate_latency(work: Path, sizes: Sizes) -> list[Row]:
         info = DeviceInfo(nodes=[node(f"/dev/bench/{dev_id}")], envs={"BENCH_DEVICE": dev_id})
         tree.add_device("dev", dev_id, info)
         table[dev_id] = api_pb2.ContainerAllocateResponse(
-            devices=list(info.nodes), envs=dict(info.envs)
+            devices=[
+                api_pb2.DeviceSpec(
+                    host_path=n.host_path,
+                    container_path=n.container_path,
+                    permissions=n.permissions,
+                )
+                for n in info.nodes
+            ],
+            envs=dict(info.envs),
         )
     manager = Manager(
         "alloc.bench.example.com", TreeScanner(tree), plugin_dir=plugin_dir, cdi_dir=work / "cdi"
+    )
+    # The same answer from a plugin's own allocate: plain (worker thread) and coroutine.
+    plain = Manager(
+        "plain.bench.example.com",
+        PlainAllocateScanner(tree, table),
+        plugin_dir=plugin_dir,
+        cdi_dir=work / "cdi",
+    )
+    coro = Manager(
+        "coro.bench.example.com",
+        AsyncAllocateScanner(tree, table),
+        plugin_dir=plugin_dir,
+        cdi_dir=work / "cdi",
     )
     floor_dir = work / "floor"
     floor_dir.mkdir()
     floor = await serve_floor(floor_dir / "floor.sock", table)
     try:
-        async with serving(manager):
-            await kubelet.wait_all_listed({"alloc.bench.example.com/dev": 8}, 0, 30)
-            ours_socket = manager.resources["alloc.bench.example.com/dev"].socket_path
+        async with serving(manager), serving(plain), serving(coro):
+            names = [f"{m.namespace}/dev" for m in (manager, plain, coro)]
+            await kubelet.wait_all_listed(dict.fromkeys(names, 8), 0, 30)
+            sockets = [
+                m.resources[n].socket_path
+                for m, n in zip((manager, plain, coro), names, strict=True)
+            ]
             blocks = 6
             spec = {
-                "targets": {"ours": str(ours_socket), "floor": str(floor_dir / "floor.sock")},
+                "targets": {
+                    "ours": str(sockets[0]),
+                    "floor": str(floor_dir / "floor.sock"),
+                    "plain": str(sockets[1]),
+                    "coro": str(sockets[2]),
+                },
                 "ids": ids,
                 "warmup": 500,
                 "blocks": blocks,
@@ -132,7 +186,18 @@ async def allocate_latency(work: Path, sizes: Sizes) -> list[Row]:
         await floor.stop(None)
         await kubelet.stop()
     ours, base = result["latencies"]["ours"], result["latencies"]["floor"]
-    rows = []
+    plain_l, coro_l = result["latencies"]["plain"], result["latencies"]["coro"]
+    rows = [
+        Row(
+            "1",
+            "  plugin's own allocate, p50 / p99: plain (worker thread, deadline) "
+            f"{us(percentile(plain_l, 50))} / {us(percentile(plain_l, 99))}, "
+            f"coroutine {us(percentile(coro_l, 50))} / {us(percentile(coro_l, 99))}",
+            f"thread hop p50 +{us(percentile(plain_l, 50) - percentile(coro_l, 50))}",
+            "-",
+            None,
+        )
+    ]
     for pct in (50, 99):
         a, b = percentile(ours, pct), percentile(base, pct)
         rows.append(
@@ -474,6 +539,10 @@ async def allocate_metrics_cost(work: Path, sizes: Sizes) -> list[Row]:
 # -- main --------------------------------------------------------------------------------
 
 
+async def isolation_figures(work: Path, sizes: Sizes) -> list[Row]:
+    return await isolation_rows(work, max(200, sizes.allocate_calls // 10))
+
+
 def _json(value: object) -> str:
     import json
 
@@ -493,6 +562,7 @@ async def main(quick: bool, soak: bool, strict: bool, only: set[str]) -> int:
             ({"6"}, "6 restart latency at 10 and 100 resources", restart_latency),
             ({"7"}, "7 metrics cost on Allocate", allocate_metrics_cost),
             ({"8"}, "8 DRA notify -> ResourceSlice updated", dra_latency),
+            ({"9"}, "9 isolation under fire", isolation_figures),
         ):
             if figures & only:
                 print(f"measuring {name} ...", file=sys.stderr, flush=True)
@@ -521,7 +591,7 @@ if __name__ == "__main__":
     parser.add_argument("--strict", action="store_true", help="exit with 1 when a target is missed")
     parser.add_argument(
         "--only",
-        default="1,2,3,4,5,6,7,8",
+        default="1,2,3,4,5,6,7,8,9",
         help="comma-separated figures to measure (3 and 5 go together)",
     )
     options = parser.parse_args()

@@ -273,6 +273,12 @@ class TestBoundedRequests:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await kubelet.allocate("good.example.com/dev", ids)
             assert info.value.code() == code
+        # Refused before decoding: 20 times the device list is the most worth reading.
+        assert "bytes; at most 65536 are accepted" in (info.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await kubelet.allocate("good.example.com/dev", [f"{i}" for i in range(1_000)])
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "names 1000 device IDs; at most 128" in (info.value.details() or "")
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await kubelet.allocate("good.example.com/dev", ["g0", "g0"])
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
