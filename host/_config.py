@@ -90,16 +90,46 @@ def _parse_float(text: str) -> float:
 def split_env_items(text: str) -> list[str]:
     """Split a list-valued environment variable such as ``DEVPLUGIN_SET`` into items.
 
-    With a newline in it, each non-blank line is one item (so a value may hold spaces,
-    e.g. JSON); otherwise items are separated by whitespace::
+    With several non-blank lines, each line is one item (a value may then hold any
+    spaces). Otherwise items are separated by whitespace outside brackets and quotes,
+    so a JSON value keeps its spaces::
 
         DEVPLUGIN_SET='gpu.shared-dev-num=2 gpu.allocation-policy=balanced'
+        DEVPLUGIN_SET='generic.devices=[{"name": "kvm", "paths": ["/dev/kvm"]}] gpu.bypath=all'
         DEVPLUGIN_SET='generic.devices=[{"name": "kvm", "paths": ["/dev/kvm"]}]
         gpu.shared-dev-num=2'
     """
-    if "\n" in text:
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    return text.split()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:
+        return lines
+    items: list[str] = []
+    current: list[str] = []
+    depth = 0
+    quote: str | None = None
+    escaped = False
+    for char in text:
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        elif char.isspace() and depth == 0:
+            if current:
+                items.append("".join(current))
+                current = []
+            continue
+        current.append(char)
+    if current:
+        items.append("".join(current))
+    return items
 
 
 def nesting_depth(value: Any) -> int:

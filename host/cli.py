@@ -172,8 +172,9 @@ def _set_option(command: F) -> F:
         "set_items",
         multiple=True,
         metavar="PLUGIN.KEY=VALUE",
-        help="Set a plugin option (repeatable). Also DEVPLUGIN_SET: one item a line when a "
-        "value holds spaces (JSON), else space-separated; --set overrides it key by key. "
+        help="Set a plugin option (repeatable). Also DEVPLUGIN_SET: items separated by "
+        "whitespace outside brackets and quotes (JSON keeps its spaces), or one a line; "
+        "--set overrides it key by key. "
         "Options of a plugin that is not enabled are checked too. `devplugin-host plugins` "
         "lists the options.  [env var: DEVPLUGIN_SET]",
     )(command)

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from host import _host
-from host._config import MAX_CONFIG_FILE_BYTES, MAX_NESTING, MAX_VALUE_BYTES
+from host._config import MAX_CONFIG_FILE_BYTES, MAX_NESTING, MAX_VALUE_BYTES, split_env_items
 from host.cli import main
 from tests.fixtures.builtins import BUILTIN_PLUGINS
 
@@ -127,6 +127,40 @@ class TestDevpluginSet:
         assert result.exit_code == 0, result.stderr
         report = json.loads(result.stdout)
         assert [d["id"] for d in report["devices.devplugin.io/widget"]] == ["widget-0", "widget-1"]
+
+    @pytest.mark.parametrize(
+        ("text", "items"),
+        [
+            ("a.x=1 a.y=2", ["a.x=1", "a.y=2"]),
+            ("a.x=1 a.y=2\n", ["a.x=1", "a.y=2"]),  # a YAML block scalar's final newline
+            (
+                'g.devices=[{"name": "k", "paths": ["k"]}] a.y=2',
+                ['g.devices=[{"name": "k", "paths": ["k"]}]', "a.y=2"],
+            ),
+            ('a.label="two words" a.y=2', ['a.label="two words"', "a.y=2"]),
+            ("a.label=two words\na.y=2\n", ["a.label=two words", "a.y=2"]),
+            ("  \n ", []),
+        ],
+    )
+    def test_splitting(self, text: str, items: list[str]) -> None:
+        """Whitespace outside brackets and quotes separates items; several lines, one a line."""
+        assert split_env_items(text) == items
+
+    def test_one_line_holds_json_with_spaces(self, tmp_path: Path) -> None:
+        """A single-line DEVPLUGIN_SET keeps a JSON value's spaces."""
+        devfs = tmp_path / "dev"
+        devfs.mkdir()
+        (devfs / "widget").symlink_to("/dev/null")
+        env = {
+            "DEVPLUGIN_SET": 'generic.devices=[{"name": "widget", "paths": ["widget"]}] '
+            "generic.rescan-interval=7",
+            "DEVPLUGIN_ENABLE": "generic",
+        }
+        result = invoke("scan", "--json", "--devfs-root", str(devfs), env=env)
+        assert result.exit_code == 0, result.stderr
+        assert [d["id"] for d in json.loads(result.stdout)["devices.devplugin.io/widget"]] == [
+            "widget"
+        ]
 
     def test_space_separated_items_still_work(self, bare: list[str]) -> None:
         """Without a newline, items are separated by whitespace as before."""
