@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -84,6 +85,7 @@ class ScannerFeed:
         self._rejected_seen: set[tuple[str, str]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        self._context = contextvars.copy_context()
         self.scanner_restarts = 0
         self.notifier = _FeedNotifier(self)
 
@@ -106,6 +108,8 @@ class ScannerFeed:
         """Run the scanner until cancelled, restarting it with backoff when it fails."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        # Applies scheduled from a scanner's thread log with this task's fields (plugin).
+        self._context = contextvars.copy_context()
         scan = asyncio.create_task(self._supervise(), name=f"scan {self.namespace}")
         try:
             await asyncio.shield(scan)
@@ -176,7 +180,7 @@ class ScannerFeed:
             loop.call_soon(self._apply_pending)
         else:
             with contextlib.suppress(RuntimeError):  # loop closed: nobody listens
-                loop.call_soon_threadsafe(self._apply_pending)
+                loop.call_soon_threadsafe(self._apply_pending, context=self._context)
 
     # -- on the loop ---------------------------------------------------------------------
 

@@ -84,15 +84,22 @@ class PreferringScanner(ControlledScanner):
             raise RuntimeError("d1 needs a firmware reset first")
 
 
+class ThreadScanner:
+    """A plain (blocking) scan: it runs in a thread of its own, notifies once, returns."""
+
+    def scan(self, notifier: Notifier) -> None:
+        notifier.notify(tree(HEALTHY))
+
+
 class ControlledPlugin:
     """A plugin object serving one ControlledScanner as ``obs.example.com``."""
 
-    def __init__(self, scanner: ControlledScanner, namespace: str = NAMESPACE) -> None:
+    def __init__(self, scanner: object, namespace: str = NAMESPACE) -> None:
         self.scanner = scanner
         self.namespace = namespace
 
     @hookimpl
-    def devplugin_scanners(self, config: object) -> list[tuple[str, ControlledScanner]]:
+    def devplugin_scanners(self, config: object) -> list[tuple[str, object]]:
         return [(self.namespace, self.scanner)]
 
 
@@ -113,6 +120,7 @@ __all__ = [
     "ControlledPlugin",
     "ControlledScanner",
     "PreferringScanner",
+    "ThreadScanner",
     "families",
     "samples",
     "tree",

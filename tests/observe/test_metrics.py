@@ -22,6 +22,7 @@ from tests.observe.helpers import (
     ControlledPlugin,
     ControlledScanner,
     PreferringScanner,
+    ThreadScanner,
     families,
     samples,
     value,
@@ -421,6 +422,21 @@ class TestJsonLogs:
         assert crashed
         assert crashed[0]["plugin"] == "obs"
         assert host.running
+
+
+class TestJsonLogsFromThreads:
+    async def test_thread_scanner_lines_name_the_plugin(
+        self, kubelet: FakeKubelet, run_host: RunHost, json_log: io.StringIO
+    ) -> None:
+        """A tree notified from a scanner's own thread is applied with the plugin's fields."""
+        await run_host(plugins={"obs": ControlledPlugin(ThreadScanner())})
+        await kubelet.wait_for_resource(RESOURCE, count=1)
+        lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
+        serving = [
+            e for e in lines if e["message"].endswith("serving obs.example.com/dev (1 devices)")
+        ]
+        assert serving
+        assert serving[0].get("plugin") == "obs"
 
 
 class TestStatusLimits:
