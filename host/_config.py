@@ -18,18 +18,22 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_CDI_DIR",
+    "DEFAULT_PLUGINS_REGISTRY_DIR",
     "DEFAULT_PLUGIN_DIR",
+    "DEFAULT_POD_RESOURCES_SOCKET",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "MAX_CONFIG_FILE_BYTES",
     "MAX_NESTING",
     "MAX_VALUE_BYTES",
+    "REGISTRATION_MODES",
     "ConfigError",
     "ConfigFile",
     "HostSettings",
     "Option",
     "OptionSetting",
     "PluginConfig",
+    "check_instance_id",
     "check_plugin_dir",
     "parse_set_item",
     "read_config_file",
@@ -41,6 +45,9 @@ __all__ = [
 
 DEFAULT_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins/")
 DEFAULT_CDI_DIR = Path("/var/run/cdi")
+DEFAULT_PLUGINS_REGISTRY_DIR = Path("/var/lib/kubelet/plugins_registry")
+DEFAULT_POD_RESOURCES_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+REGISTRATION_MODES = ("kubelet-socket", "plugins-registry")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -401,6 +408,7 @@ _FILE_SETTINGS: dict[str, tuple[str, str]] = {
     "log-level": ("log_level", "level"),
     "log-format": ("log_format", "format"),
     "metrics-address": ("metrics_address", "address"),
+    "instance-id": ("instance_id", "instance"),
 }
 
 
@@ -496,14 +504,27 @@ def _file_value(path: Path, key: str, kind: str, value: Any) -> Any:
         raise ConfigError(f"config file {path}: {key} must be a string, got {value!r}")
     if kind == "path":
         return Path(value)
+    if kind == "instance":
+        problem = check_instance_id(value)
+        if problem is not None:
+            raise ConfigError(f"config file {path}: {key} {value!r} cannot be used: {problem}")
+        return value
     if kind == "address":
         return value
-    allowed = LOG_LEVELS if kind == "level" else LOG_FORMATS
+    allowed = {"level": LOG_LEVELS, "format": LOG_FORMATS}.get(kind, REGISTRATION_MODES)
     if value.lower() not in allowed:
         raise ConfigError(
             f"config file {path}: {key} must be one of {', '.join(allowed)}, got {value!r}"
         )
     return value.lower()
+
+
+def check_instance_id(value: str) -> str | None:
+    """Return why ``value`` cannot be an instance id, or None (see ``--instance-id``)."""
+    # Imported here: host.deviceplugin pulls in grpc, and --help must stay fast.
+    from host.deviceplugin._names import instance_id_error
+
+    return instance_id_error(value)
 
 
 @dataclass(frozen=True)
@@ -522,6 +543,12 @@ class HostSettings:
     log_level: str = "info"
     log_format: str = "text"
     metrics_address: str | None = None
+    instance_id: str | None = None
+    """Distinguishes this host's sockets from another host's (a rolling update's old pod)."""
+    registration: str = "kubelet-socket"
+    """How kubelet learns about the resources: Register on kubelet.sock, or the plugin watcher."""
+    plugins_registry_dir: Path = DEFAULT_PLUGINS_REGISTRY_DIR
+    pod_resources_socket: Path = DEFAULT_POD_RESOURCES_SOCKET
     sources: Mapping[str, str] = field(default_factory=dict)
     """Where each setting not left at its default came from, for error messages:
     ``{"enable": "config file host.toml (enable)"}``, ``{"enable": "DEVPLUGIN_ENABLE"}``."""

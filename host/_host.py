@@ -272,12 +272,15 @@ def build_managers(
     kubelet_socket: Path | None = None,
     cdi_dir: Path,
     metrics: HostMetrics | None = None,
+    instance_id: str | None = None,
 ) -> list[tuple[str, Servable]]:
     """Build one Manager per scanner, labelled ``plugin namespace``.
 
     All share one plugin-directory watcher (one inotify watch for the process) and
     every plugin's post-allocate hook. With ``metrics``, each Manager reports to it.
-    Call it with the event loop running.
+    ``instance_id`` names
+    their sockets (see :class:`~host.deviceplugin.Manager`). Call it with the event loop
+    running.
     """
     from host.deviceplugin import Manager, PluginDirWatcher
 
@@ -294,6 +297,7 @@ def build_managers(
             post_allocators=post_allocators,
             plugin_name=record.plugin,
             observer=None if metrics is None else metrics.observer(record.plugin),
+            instance_id=instance_id,
         )
         if metrics is not None:
             metrics.add_manager(manager)
@@ -414,6 +418,7 @@ def run_host(
     cdi_dir: Path,
     plugins: Sequence[PluginRecord] = (),
     metrics_address: tuple[str, int] | None = None,
+    instance_id: str | None = None,
 ) -> int:
     """Serve every scanner under one event loop until SIGTERM/SIGINT; return the exit status.
 
@@ -445,6 +450,7 @@ def run_host(
                 kubelet_socket=kubelet_socket,
                 cdi_dir=cdi_dir,
                 metrics=metrics,
+                instance_id=instance_id,
             )
             log.info(
                 "serving %d namespace(s) from %d plugin(s) in %s",

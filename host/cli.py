@@ -28,6 +28,7 @@ from host._config import (
     ConfigError,
     HostSettings,
     OptionSetting,
+    check_instance_id,
     check_plugin_dir,
     parse_set_item,
     read_config_file,
@@ -214,6 +215,22 @@ def _json_option(command: F) -> F:
     )
 
 
+def _kubelet_options(command: F) -> F:
+    decorators = [
+        _option(
+            "--instance-id",
+            envvar="DEVPLUGIN_INSTANCE_ID",
+            metavar="ID",
+            help="Name this host's sockets after ID (a hash of it), so that two hosts serve "
+            "the same resources side by side during a rolling update; the DaemonSet sets it "
+            "to the pod UID. Default: none (sockets named <namespace>-<type>.sock).",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
 def _settings(params: dict[str, Any], **defaults: Any) -> HostSettings:
     """Resolve the command's settings: command line > environment > --config file > defaults.
 
@@ -225,12 +242,20 @@ def _settings(params: dict[str, Any], **defaults: Any) -> HostSettings:
         given[name] = split_names(given.get(name) or ())
     given["plugin_modules"] = tuple(given.get("plugin_modules") or ())
     config = read_config_file(given["config"]) if given.get("config") else None
+    sources = _given_sources(ctx)
+    if given.get("instance_id") is not None:
+        problem = check_instance_id(given["instance_id"])
+        if problem is not None:
+            raise ConfigError(
+                f"{sources.get('instance_id', '--instance-id')} {given['instance_id']!r} "
+                f"cannot be used: {problem}"
+            )
     return resolve_settings(
         given,
         config,
         _set_items(params.get("set_items") or ()),
         defaults=defaults,
-        given_sources=_given_sources(ctx),
+        given_sources=sources,
     )
 
 
@@ -440,6 +465,7 @@ def _print_table(report: dict[str, list[dict[str, Any]]]) -> None:
     help="Serve /metrics (Prometheus), /healthz, /readyz and /status over HTTP here, "
     "e.g. 0.0.0.0:9464. Default: off.",
 )
+@_kubelet_options
 def run(**params: Any) -> None:
     """Serve every enabled plugin's scanners to kubelet, all in one event loop.
 
@@ -472,6 +498,7 @@ def run(**params: Any) -> None:
             cdi_dir=settings.cdi_dir,
             plugins=activation.plugins,
             metrics_address=address,
+            instance_id=settings.instance_id,
         )
     )
 

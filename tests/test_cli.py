@@ -287,6 +287,24 @@ class TestUsageErrors:
         assert message.startswith(expected)
         assert not (short_dir / "plugins").exists()
 
+    def test_bad_instance_id(self, plugin_site: PluginSite, short_dir: Path) -> None:
+        """An unusable --instance-id: one line naming the option, exit 2, nothing served."""
+        result = invoke(
+            "run", "--enable", "acme", "--plugin-dir", str(short_dir / "p"), "--instance-id", "a b"
+        )
+        assert one_line_error(result) == (
+            "--instance-id 'a b' cannot be used: it must be printable "
+            "text without whitespace (e.g. the pod UID)"
+        )
+        assert not (short_dir / "p").exists()
+
+    def test_bad_instance_id_in_config_file(self, plugin_site: PluginSite, tmp_path: Path) -> None:
+        """instance-id in the config file is checked the same way."""
+        config = tmp_path / "host.toml"
+        config.write_text('instance-id = ""\n', encoding="utf-8")
+        message = one_line_error(invoke("run", "--config", str(config)))
+        assert message == f"config file {config}: instance-id '' cannot be used: it is empty"
+
     def test_malformed_config_file(self, plugin_site: PluginSite, tmp_path: Path) -> None:
         """A malformed TOML file: its path and line, exit 2."""
         config = tmp_path / "host.toml"

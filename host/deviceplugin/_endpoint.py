@@ -17,6 +17,7 @@ import os
 import random
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,21 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 """Largest request a resource's server accepts (gRPC answers RESOURCE_EXHAUSTED above)."""
 MAX_SOCKET_PATH = 107
 """The longest Unix socket path in bytes: ``sun_path`` holds 108 with the final NUL."""
+SHUTDOWN_GRACE = 2.0
+"""Seconds calls in flight (an Allocate) get to finish when the host stops for good.
+
+The device list streams end first, so kubelet moves on to another instance (a rolling
+update's new pod) while a call it already sent here still gets its answer.
+"""
+STREAM_WAIT = 5.0
+"""Seconds a successful registration may go without kubelet opening ListAndWatch.
+
+Kubelet opens the stream right after Register (1.25+: after GetDevicePluginOptions,
+still inside the call). It never comes when kubelet dropped the new connection at
+once, which 1.25-1.35 do when an older instance's stream of the same resource ends
+during the registration (``runClient`` disconnects the client it finds by name):
+then register again. Generous, so that a busy event loop is not taken for that.
+"""
 
 
 class SocketInUseError(RuntimeError):
@@ -133,10 +149,14 @@ class ResourceEndpoint:
         self._registered_with: SocketIdentity | None = None
         self._registering_with: SocketIdentity | None = None
         self._need_register = True
+        self._registered_at: float | None = None
         self._wake = asyncio.Event()
         self._last_problem: str | None = None
         self._serve_problem: str | None = None
         self.registrations = 0
+        self.last_recovery: float | None = None
+        """Seconds from losing kubelet's stream to the next accepted registration."""
+        self._lost_at: float | None = None
         # Streams opened before this sequence number belong to an older registration.
         self._stream_floor = 0
         service.on_stream_closed = self._on_stream_closed
@@ -190,6 +210,7 @@ class ResourceEndpoint:
         # Kubelet never re-opens ListAndWatch on its own: without a stream our
         # devices are lost to it until we register again.
         log.info("%s: kubelet closed its device list stream", self.service.resource_name)
+        self._lost_at = time.monotonic()
         self._need_register = True
         self._wake.set()
 
@@ -203,7 +224,7 @@ class ResourceEndpoint:
         finally:
             unsubscribe()
             self.service.close()
-            await self._stop_server()
+            await self._stop_server(SHUTDOWN_GRACE)
 
     async def _maintain(self) -> None:
         while True:
@@ -224,12 +245,39 @@ class ResourceEndpoint:
                 else:
                     delay = self._backoff.next()
             if delay is None:
+                delay = self._stream_deadline()
+            if delay is None:
                 await self._wake.wait()
             else:
                 # asyncio.timeout, not wait_for: see PluginDirWatcher (lost cancellations).
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
+
+    def _stream_deadline(self) -> float | None:
+        """Seconds left for kubelet to open ListAndWatch after our registration (STREAM_WAIT).
+
+        None when there is nothing to wait for; when the time is up with no stream
+        open at all, asks for a new registration and returns None.
+        """
+        if self._need_register or self._registered_with is None or self._registered_at is None:
+            return None
+        if self.service.has_stream_since(self._stream_floor):
+            return None
+        left = self._registered_at + STREAM_WAIT - time.monotonic()
+        if left > 0:
+            return left
+        if self.service.stream_count == 0:
+            log.info(
+                "%s: kubelet accepted the registration but opened no device list stream "
+                "within %.1f s; registering again",
+                self.service.resource_name,
+                STREAM_WAIT,
+            )
+            self._lost_at = self._registered_at
+            self._need_register = True
+            self._wake.set()
+        return None
 
     def _socket_ok(self) -> bool:
         return self._server is not None and socket_identity(self.socket_path) == self._socket_id
@@ -293,11 +341,11 @@ class ResourceEndpoint:
         self._socket_id = socket_identity(path)
         log.debug("%s: serving on %s", self.service.resource_name, path)
 
-    async def _stop_server(self) -> None:
+    async def _stop_server(self, grace: float = SERVER_STOP_GRACE) -> None:
         server, self._server = self._server, None
         if server is None:
             return
-        await server.stop(SERVER_STOP_GRACE)
+        await server.stop(grace)
         # Only ever unlink the socket we created: kubelet or another instance may
         # have put a new file at the path since.
         if self._socket_id is not None and socket_identity(self.socket_path) == self._socket_id:
@@ -334,14 +382,25 @@ class ResourceEndpoint:
             )
             return False
         self._registered_with = kubelet_id
+        self._registered_at = time.monotonic()
         self.registrations += 1
         self._last_problem = None
         self.service.observer.registered(self.service.resource_name, self.registrations)
-        log.info(
-            "%s: registered with kubelet (socket %s)",
-            self.service.resource_name,
-            self.socket_path.name,
-        )
+        if self._lost_at is not None:
+            self.last_recovery = self._registered_at - self._lost_at
+            self._lost_at = None
+            log.info(
+                "%s: registered again with kubelet (socket %s), %.1f ms after losing its stream",
+                self.service.resource_name,
+                self.socket_path.name,
+                self.last_recovery * 1000,
+            )
+        else:
+            log.info(
+                "%s: registered with kubelet (socket %s)",
+                self.service.resource_name,
+                self.socket_path.name,
+            )
         return True
 
     async def _call_register(self, request: pluginapi.RegisterRequest) -> None:

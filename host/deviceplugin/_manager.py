@@ -17,7 +17,7 @@ from host.deviceplugin._cdi import DEFAULT_CDI_DIR, CdiSpecWriter, qualified_nam
 from host.deviceplugin._endpoint import Backoff, ResourceEndpoint
 from host.deviceplugin._feed import ScannerFeed, Snapshot
 from host.deviceplugin._guard import DEFAULT_CALL_TIMEOUT, PluginCaller
-from host.deviceplugin._names import resource_name_error, socket_name
+from host.deviceplugin._names import instance_id_error, resource_name_error, socket_name
 from host.deviceplugin._observer import LOG_FIELDS, NULL_OBSERVER, Observer, log_context
 from host.deviceplugin._service import DevicePluginService, PostAllocateHook
 from host.deviceplugin._types import HEALTHY, DeviceInfo, Notifier, Scanner
@@ -63,7 +63,9 @@ class Manager:
     Each device type ``T`` becomes resource ``<namespace>/T`` served by its own gRPC
     server on ``<plugin_dir>/<namespace>-T.sock`` (``-`` in the namespace doubled, see
     :func:`~host.deviceplugin._names.socket_name`), registered with kubelet and
-    re-registered whenever kubelet restarts.
+    re-registered whenever kubelet restarts. With ``instance_id`` (the pod UID of the
+    host), sockets are named ``<namespace>-T-<tag>.sock`` so that two hosts (the old
+    and the new pod of a rolling update) serve the same resources side by side.
     """
 
     def __init__(
@@ -81,8 +83,12 @@ class Manager:
         register_backoff: tuple[float, float] = (0.5, 30.0),
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         observer: Observer | None = None,
+        instance_id: str | None = None,
     ) -> None:
         self.plugin_name = plugin_name or namespace
+        if instance_id is not None and (problem := instance_id_error(instance_id)):
+            raise ValueError(f"instance id {instance_id!r} cannot be used: {problem}")
+        self.instance_id = instance_id
         reason = resource_name_error(f"{namespace}/x")
         if reason is not None:
             raise ValueError(
@@ -229,7 +235,7 @@ class Manager:
         service.update(devices, all_unhealthy=self._scan_failed)
         endpoint = ResourceEndpoint(
             service,
-            self.plugin_dir / socket_name(self.namespace, dev_type),
+            self.plugin_dir / socket_name(self.namespace, dev_type, self.instance_id),
             self._watcher,
             backoff=Backoff(*self._register_backoff),
         )

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
-__all__ = ["resource_name_error", "socket_name", "validate_resource_name"]
+__all__ = [
+    "instance_id_error",
+    "instance_tag",
+    "resource_name_error",
+    "socket_name",
+    "validate_resource_name",
+]
+
+INSTANCE_ID_MAX = 253
 
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
@@ -53,7 +62,7 @@ def validate_resource_name(name: str) -> str:
     return name
 
 
-def socket_name(namespace: str, dev_type: str) -> str:
+def socket_name(namespace: str, dev_type: str, instance_id: str | None = None) -> str:
     """Return the socket file name of resource ``namespace/dev_type``: ``<ns>-<type>.sock``.
 
     Intel's convention (``gpu.intel.com-i915.sock``), made collision-free: every ``-``
@@ -64,6 +73,33 @@ def socket_name(namespace: str, dev_type: str) -> str:
         socket_name("a.com", "x-y") == "a.com-x-y.sock"
         socket_name("a.com-x", "y") == "a.com--x-y.sock"
 
-    Namespaces without ``-`` (every Intel one) keep the familiar name.
+    Namespaces without ``-`` (every Intel one) keep the familiar name. With an
+    ``instance_id`` (see :func:`instance_tag`) the name ends ``-<tag>.sock``, so two
+    hosts of one node serve the same resource on two sockets.
     """
-    return f"{namespace.replace('-', '--')}-{dev_type}.sock"
+    base = f"{namespace.replace('-', '--')}-{dev_type}"
+    return f"{base}.sock" if instance_id is None else f"{base}-{instance_tag(instance_id)}.sock"
+
+
+def instance_id_error(instance_id: str) -> str | None:
+    """Return why ``instance_id`` cannot tell this host's sockets apart, or None.
+
+    Any printable text of 1 to 253 characters without whitespace works (a pod UID, a
+    pod name, a hostname): only a hash of it appears in file names.
+    """
+    if not instance_id:
+        return "it is empty"
+    if len(instance_id) > INSTANCE_ID_MAX:
+        return f"it is {len(instance_id)} characters long, at most {INSTANCE_ID_MAX} are allowed"
+    if not instance_id.isprintable() or any(ch.isspace() for ch in instance_id):
+        return "it must be printable text without whitespace (e.g. the pod UID)"
+    return None
+
+
+def instance_tag(instance_id: str) -> str:
+    """Return the short form of an instance id for socket names: 8 hex digits of its SHA-256.
+
+    Two hosts of one node (the old and the new pod of a rolling update) get different
+    tags unless their ids collide in 32 bits.
+    """
+    return hashlib.sha256(instance_id.encode()).hexdigest()[:8]

@@ -279,6 +279,39 @@ class FakeKubelet:
         """Allocations made by :meth:`allocate_like_kubelet` (or restored from the checkpoint)."""
         return tuple(self._dm.allocations)
 
+    def allocatable_history(self, name: str) -> Sequence[tuple[float, int]]:
+        """Every change of resource ``name``'s allocatable count: ``(monotonic time, count)``.
+
+        Recorded as the change happens (a ListAndWatch message applied, a disconnection,
+        a restart, a removal), so no transition is missed between two observations.
+        Kept across restarts; empty for a resource kubelet never heard of.
+        """
+        book = self._dm.books.get(name)
+        return tuple(book.history) if book is not None else ()
+
+    def zero_allocatable_spans(
+        self, name: str, *, now: float | None = None
+    ) -> Sequence[tuple[float, float]]:
+        """Return the intervals ``(start, end)`` during which ``name`` had allocatable 0.
+
+        Only spans after the resource first had a healthy device count; a span still
+        open ends at ``now`` (default: :func:`time.monotonic`).
+        """
+        spans: list[tuple[float, float]] = []
+        started: float | None = None
+        seen_healthy = False
+        for when, allocatable in self.allocatable_history(name):
+            if allocatable > 0:
+                if started is not None:
+                    spans.append((started, when))
+                    started = None
+                seen_healthy = True
+            elif seen_healthy and started is None:
+                started = when
+        if started is not None:
+            spans.append((started, time.monotonic() if now is None else now))
+        return tuple(spans)
+
     def _snapshot(self, name: str) -> ResourceState | None:
         return self.resources.get(name)
 

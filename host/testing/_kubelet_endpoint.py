@@ -96,6 +96,8 @@ class PluginEndpoint:
         self.stop_time = stop_time
         self.channel: grpc.aio.Channel | None = None
         self.stream_error: str | None = None
+        self.messages = 0
+        """ListAndWatch messages kubelet received on this connection."""
 
     def __repr__(self) -> str:
         state = "stopped" if self.stopped else "open" if self.channel else "idle"

@@ -106,6 +106,8 @@ class DeviceManager:
         now = time.monotonic()
         for name in registered:
             book = self.books[name] = ResourceBook(name)
+            if name in previous:
+                book.history = previous[name].history
             book.restore(now)
             self._schedule_expiry(name)
         for name, old in previous.items():
@@ -113,6 +115,7 @@ class DeviceManager:
                 # Not in the checkpoint: the node status keeps it at 0.
                 self.books[name] = ResourceBook(name)
                 self.books[name].removed = True
+                self.books[name].history = old.history
         self.allocations = allocations
 
     async def register(
@@ -224,6 +227,7 @@ class DeviceManager:
                     # Disconnected meanwhile (e.g. by an older stream's end, #121994):
                     # kubelet closed this connection, so nothing more reaches it.
                     return
+                endpoint.messages += 1
                 self.book(endpoint.resource).apply(response)
                 self.write_checkpoint()
                 await self._notify()

@@ -8,6 +8,7 @@ Mirrors the device manager's per-resource maps (``healthyDevices``, ``unhealthyD
 
 from __future__ import annotations
 
+import time
 from types import MappingProxyType
 
 from host._api import api_pb2
@@ -35,6 +36,13 @@ class ResourceBook:
         """Mode 1.36: connected endpoints by socket path (``m.endpointStore[name]``)."""
         self.removed = False
         self.updates = 0
+        self.history: list[tuple[float, int]] = []
+        """(monotonic time, allocatable) at every change of allocatable."""
+
+    def _record(self) -> None:
+        allocatable = 0 if self.removed or self.healthy is None else len(self.healthy)
+        if not self.history or self.history[-1][1] != allocatable:
+            self.history.append((time.monotonic(), allocatable))
 
     @property
     def present(self) -> bool:
@@ -54,6 +62,7 @@ class ResourceBook:
             (self.healthy if device.health == HEALTHY else self.unhealthy).add(device.ID)
         self.removed = False
         self.updates += 1
+        self._record()
 
     def mark_unhealthy(self) -> None:
         """Move every healthy ID to unhealthy (``markResourceUnhealthy``): allocatable 0."""
@@ -61,18 +70,21 @@ class ResourceBook:
         if self.healthy is not None:
             self.healthy = set()
         self.unhealthy = (self.unhealthy or set()) | moved
+        self._record()
 
     def restore(self, stop_time: float) -> None:
         """Start from the checkpoint: present at 0/0 behind a stopped endpoint."""
         self.healthy, self.unhealthy, self.devices = set(), set(), {}
         self.endpoint = PluginEndpoint(self.name, None, stop_time=stop_time)
         self.store = {}
+        self._record()
 
     def remove(self) -> None:
         """Drop the resource after the grace period; the node status keeps it at 0."""
         self.healthy = self.unhealthy = self.endpoint = None
         self.devices, self.store = {}, {}
         self.removed = True
+        self._record()
 
     def connected_endpoints(self) -> list[PluginEndpoint]:
         """Endpoints with a live connection (the store in 1.36, else the primary)."""
@@ -97,6 +109,7 @@ class ResourceBook:
             removed=self.removed and not self.present,
             socket_path=endpoint.socket_path if endpoint is not None else None,
             endpoints=tuple(ep.socket_path for ep in connected if ep.socket_path),
+            listing=tuple(ep.socket_path for ep in connected if ep.socket_path and ep.messages),
             options=options,
             registrations=registrations,
             updates=self.updates,

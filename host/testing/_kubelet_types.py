@@ -87,6 +87,8 @@ class ResourceState:
     """Socket of the primary endpoint (None for an endpoint restored from the checkpoint)."""
     endpoints: tuple[str, ...]
     """Sockets of all connected endpoints (more than one only in mode 1.36)."""
+    listing: tuple[str, ...]
+    """Those of ``endpoints`` whose ListAndWatch stream has delivered a device list."""
     options: api_pb2.DevicePluginOptions | None
     """Options of the primary endpoint (None for an endpoint restored from the checkpoint)."""
     registrations: int
