@@ -150,6 +150,7 @@ class ResourceEndpoint:
         self._registering_with: SocketIdentity | None = None
         self._need_register = True
         self._registered_at: float | None = None
+        self._stream_check: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._last_problem: str | None = None
         self._serve_problem: str | None = None
@@ -223,6 +224,8 @@ class ResourceEndpoint:
             await self._maintain()
         finally:
             unsubscribe()
+            if self._stream_check is not None:
+                self._stream_check.cancel()
             self.service.close()
             await self._stop_server(SHUTDOWN_GRACE)
 
@@ -245,8 +248,6 @@ class ResourceEndpoint:
                 else:
                     delay = self._backoff.next()
             if delay is None:
-                delay = self._stream_deadline()
-            if delay is None:
                 await self._wake.wait()
             else:
                 # asyncio.timeout, not wait_for: see PluginDirWatcher (lost cancellations).
@@ -254,30 +255,24 @@ class ResourceEndpoint:
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
 
-    def _stream_deadline(self) -> float | None:
-        """Seconds left for kubelet to open ListAndWatch after our registration (STREAM_WAIT).
-
-        None when there is nothing to wait for; when the time is up with no stream
-        open at all, asks for a new registration and returns None.
-        """
-        if self._need_register or self._registered_with is None or self._registered_at is None:
-            return None
-        if self.service.has_stream_since(self._stream_floor):
-            return None
-        left = self._registered_at + STREAM_WAIT - time.monotonic()
-        if left > 0:
-            return left
-        if self.service.stream_count == 0:
-            log.info(
-                "%s: kubelet accepted the registration but opened no device list stream "
-                "within %.1f s; registering again",
-                self.service.resource_name,
-                STREAM_WAIT,
-            )
-            self._lost_at = self._registered_at
-            self._need_register = True
-            self._wake.set()
-        return None
+    def _check_stream(self, registration: int) -> None:
+        """STREAM_WAIT after a registration: register again if kubelet never opened a stream."""
+        if (
+            registration != self.registrations
+            or self._need_register
+            or self._registered_with is None
+            or self.service.stream_count > 0
+        ):
+            return
+        log.info(
+            "%s: kubelet accepted the registration but opened no device list stream "
+            "within %.1f s; registering again",
+            self.service.resource_name,
+            STREAM_WAIT,
+        )
+        self._lost_at = self._registered_at
+        self._need_register = True
+        self._wake.set()
 
     def _socket_ok(self) -> bool:
         return self._server is not None and socket_identity(self.socket_path) == self._socket_id
@@ -384,6 +379,11 @@ class ResourceEndpoint:
         self._registered_with = kubelet_id
         self._registered_at = time.monotonic()
         self.registrations += 1
+        if self._stream_check is not None:
+            self._stream_check.cancel()
+        self._stream_check = asyncio.get_running_loop().call_later(
+            STREAM_WAIT, self._check_stream, self.registrations
+        )
         self._last_problem = None
         self.service.observer.registered(self.service.resource_name, self.registrations)
         if self._lost_at is not None:
