@@ -275,3 +275,37 @@ class TestBuildSlices:
         forward = {"a": {"1": DeviceInfo(), "2": DeviceInfo()}, "b": {"3": DeviceInfo()}}
         backward = {"b": {"3": DeviceInfo()}, "a": {"2": DeviceInfo(), "1": DeviceInfo()}}
         assert build(forward).slices == build(backward).slices
+
+
+class TestAgainstServerRules:
+    @given(
+        st.dictionaries(
+            st.text(min_size=1, max_size=70),
+            st.dictionaries(
+                st.text(min_size=1, max_size=90),
+                st.tuples(st.booleans(), st.lists(st.integers(0, 7), max_size=2)),
+                max_size=20,
+            ),
+            max_size=4,
+        ),
+        st.booleans(),
+    )
+    def test_any_snapshot_builds_slices_the_server_accepts(
+        self, shape: dict[str, dict[str, tuple[bool, list[int]]]], scan_failed: bool
+    ) -> None:
+        """Whatever the types and IDs, every built slice passes the API server's v1 rules."""
+        from host.testing._apiserver_validation import validate_resource_slice
+
+        snapshot = {
+            dev_type: {
+                dev_id: DeviceInfo(state=HEALTHY if ok else UNHEALTHY, topology=numa(*nodes))
+                for dev_id, (ok, nodes) in ids.items()
+            }
+            for dev_type, ids in shape.items()
+        }
+        result = build(snapshot, scan_failed=scan_failed)
+        for one in result.slices:
+            assert validate_resource_slice(one) == []
+        published = sum(len(s["spec"].get("devices", ())) for s in result.slices)
+        total = sum(len(ids) for ids in snapshot.values())
+        assert published + len(result.problems) == total
