@@ -270,13 +270,17 @@ class ResourceSlicePublisher:
         self._attempt_done()
         capped = min(self._retry_max, self._retry_initial * 2 ** (self._failures - 1))
         delay = capped * random.uniform(0.5, 1.0)
-        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        # The first failure, then every tenfold count, so a lasting one stays visible.
+        loud = self._failures == 1 or str(self._failures).rstrip("0") == "1"
+        level = logging.WARNING if loud else logging.DEBUG
         log.log(
             level,
-            "DRA driver %s on node %s: publishing ResourceSlices failed (%s); retrying in %.1f s",
+            "DRA driver %s on node %s: publishing ResourceSlices failed (%s; failure %d in a "
+            "row); retrying in %.1f s",
             self.driver,
             self.node_name,
             self._last_error,
+            self._failures,
             delay,
         )
         await asyncio.sleep(delay)

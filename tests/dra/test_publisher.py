@@ -438,6 +438,24 @@ class TestFailures:
             await synced(publisher)
         assert matches(apiserver, gpus(260, unhealthy={9}))()
 
+    async def test_lasting_failure_warns_at_tenfold_counts(
+        self,
+        apiserver: FakeApiServer,
+        apiserver_kubeconfig: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A failure that lasts warns at failures 1 and 10, quietly in between."""
+        apiserver.begin_outage("unavailable")
+        with caplog.at_level(logging.WARNING, logger="host.dra"):
+            async with publishing(apiserver_kubeconfig, retry_max=0.05) as publisher:
+                publisher.update(gpus(1))
+                await failures(publisher, 11)
+        warned = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+        assert len(warned) == 2
+        assert "failure 1 in a row" in warned[0]
+        assert "failure 10 in a row" in warned[1]
+        assert "ServiceUnavailable" in warned[0] or "unable to handle" in warned[0]
+
     async def test_cleanup_during_an_outage_is_logged_not_raised(
         self,
         apiserver: FakeApiServer,
