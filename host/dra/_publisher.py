@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -28,12 +29,14 @@ from lightkube.resources.core_v1 import Node
 from lightkube.resources.resource_v1 import ResourceSlice
 
 from host.dra._client import api_error_code, kube_client
-from host.dra._slices import DEFAULT_DEVICES_PER_SLICE, Snapshot, build_slices
+from host.dra._slices import DEFAULT_DEVICES_PER_SLICE, BuildResult, Snapshot, build_slices
 
 __all__ = ["PublisherStatus", "ResourceSlicePublisher"]
 
 log = logging.getLogger("host.dra")
 
+_LARGE_SNAPSHOT = 500
+"""Snapshots with more devices are built in a worker thread."""
 _QUICK_RETRIES = 5
 """Conflicts in a row retried at once (after a re-list) before backing off."""
 
@@ -73,6 +76,12 @@ def _content(obj: dict[str, Any]) -> str:
     ]
     owners = (obj.get("metadata") or {}).get("ownerReferences") or []
     return json.dumps([{**spec, "pool": pool, "devices": devices}, owners], sort_keys=True)
+
+
+def _build(**kwargs: Any) -> tuple[BuildResult, dict[str, str]]:
+    """Build the slices and render each one's content for comparison."""
+    result = build_slices(**kwargs)
+    return result, {s["metadata"]["name"]: _content(s) for s in result.slices}
 
 
 def _resource(obj: dict[str, Any]) -> ResourceSlice:
@@ -301,7 +310,8 @@ class ResourceSlicePublisher:
                 self._node_uid = uid
             await self._list()
         assert self._node_uid is not None
-        result = build_slices(
+        build = functools.partial(
+            _build,
             driver=self.driver,
             node_name=self.node_name,
             node_uid=self._node_uid,
@@ -309,11 +319,15 @@ class ResourceSlicePublisher:
             scan_failed=scan_failed,
             max_devices=self._max_devices,
         )
+        # Building and rendering a large pool takes milliseconds per 1,000 devices: off
+        # the event loop then (the snapshot and its DeviceInfos are immutable).
+        large = sum(len(ids) for ids in snapshot.values()) > _LARGE_SNAPSHOT
+        result, contents = await asyncio.to_thread(build) if large else build()
         self._report(result.problems)
         desired = {s["metadata"]["name"]: s for s in result.slices}
         existing = self._existing
         current = max((_generation(s) for s in existing.values()), default=0)
-        changed = [n for n in desired if not self._unchanged(n, desired[n], current)]
+        changed = [n for n in desired if not self._unchanged(n, contents[n], current)]
         obsolete = [n for n in existing if n not in desired]
         if not changed and not obsolete:
             self._generation = current
@@ -325,16 +339,15 @@ class ResourceSlicePublisher:
         times = self._taint_times()
         for name in writes:
             desired[name]["spec"]["pool"]["generation"] = generation
-            await self._write(desired[name], times)
+            await self._write(desired[name], contents[name], times)
         for name in obsolete:
             await self._delete(name)
         self._generation = generation
 
-    def _unchanged(self, name: str, want: dict[str, Any], generation: int) -> bool:
+    def _unchanged(self, name: str, content: str, generation: int) -> bool:
         have = self._existing.get(name)
         if have is None or _generation(have) != generation:
             return False
-        content = _content(want)
         # After our own write the server's copy may differ in fields it dropped (a
         # disabled feature gate): what we wrote is what counts while the object is ours.
         if self._written.get(name) == (have["metadata"].get("resourceVersion"), content):
@@ -368,9 +381,10 @@ class ResourceSlicePublisher:
             if taint.get("timeAdded")
         }
 
-    async def _write(self, want: dict[str, Any], times: dict[tuple[str, str, str], str]) -> None:
+    async def _write(
+        self, want: dict[str, Any], content: str, times: dict[tuple[str, str, str], str]
+    ) -> None:
         name = want["metadata"]["name"]
-        content = _content(want)
         # A taint keeps the timeAdded the server gave it (it sets one when missing).
         for device in want["spec"].get("devices") or ():
             for taint in device.get("taints") or ():

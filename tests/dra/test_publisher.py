@@ -198,10 +198,14 @@ class TestPublishing:
     async def test_growing_and_shrinking_bumps_the_generation(
         self, apiserver: FakeApiServer, apiserver_kubeconfig: Path
     ) -> None:
-        """A change spanning slices rewrites all with generation+1 and deletes leftovers."""
+        """A change spanning slices rewrites all with generation+1 and deletes leftovers.
+
+        700 devices: large enough to be built in a worker thread.
+        """
         async with publishing(apiserver_kubeconfig) as publisher:
-            publisher.update(gpus(300))
+            publisher.update(gpus(700))
             await synced(publisher)
+            assert len(apiserver.resource_slices()) == 11
             publisher.update(gpus(100))
             await synced(publisher)
         slices = apiserver.resource_slices()
