@@ -6,7 +6,8 @@ then ``blocks`` rounds of ``block`` calls per target, the order of targets alter
 each round so neither side always runs first. Calls are serial with no deadline, as
 kubelet makes them (it admits pods one at a time). Prints one JSON object mapping each
 label to its latencies in nanoseconds; with ``progress`` set, also prints
-``{"ev": "progress", "calls": n}`` every ``progress`` calls.
+``{"ev": "progress", "calls": n}`` every ``progress`` calls. With ``stamps`` set, also
+the start of every call (``time.monotonic_ns()``, comparable across processes).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def main(spec: dict) -> None:
         for index in range(spec["warmup"]):
             call(requests[index % len(requests)])
     latencies: dict[str, list[int]] = {label: [] for label in stubs}
+    stamps: dict[str, list[int]] = {label: [] for label in stubs}
+    monotonic = time.monotonic_ns
     labels = list(stubs)
     clock = time.perf_counter_ns
     for block in range(spec["blocks"]):
@@ -53,6 +56,8 @@ def main(spec: dict) -> None:
             call, out = stubs[label], latencies[label]
             for index in range(spec["block"]):
                 request = requests[index % len(requests)]
+                if spec.get("stamps"):
+                    stamps[label].append(monotonic())
                 start = clock()
                 call(request)
                 out.append(clock() - start)
@@ -61,7 +66,7 @@ def main(spec: dict) -> None:
                     print(json.dumps({"ev": "progress", "calls": done}), flush=True)
     for channel in channels:
         channel.close()
-    print(json.dumps({"ev": "latencies", "latencies": latencies}), flush=True)
+    print(json.dumps({"ev": "latencies", "latencies": latencies, "stamps": stamps}), flush=True)
 
 
 if __name__ == "__main__":
