@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from host._api import api_pb2 as pluginapi
 from host.deviceplugin._attributes import SemVer
+from host.deviceplugin._cdi_store import DevicesInUse, InUse
 from host.deviceplugin._manager import DEFAULT_CDI_DIR, DEFAULT_PLUGIN_DIR, Manager, ResourceStatus
 from host.deviceplugin._observer import Observer
 from host.deviceplugin._types import (
@@ -40,6 +41,8 @@ __all__ = [
     "DeviceInfo",
     "DeviceSpec",
     "DeviceTree",
+    "DevicesInUse",
+    "InUse",
     "Manager",
     "Mount",
     "NUMANode",

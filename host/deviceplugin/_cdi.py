@@ -1,24 +1,36 @@
-"""CDI (Container Device Interface) spec files: writing and removing them.
+"""CDI (Container Device Interface) spec files: writing, checking, removing, and the ledger.
 
 A device may carry a CDI spec describing one CDI device. Allocate reports it to
 kubelet as ``CDIDevice{name="<kind>=<device name>"}`` and the container runtime then
-looks the name up in the spec files of the CDI directory; :class:`CdiSpecWriter`
-keeps those files in place while devices hold them.
+looks the name up in the spec files of the CDI directory, at every container start:
+kubelet re-uses its recorded Allocate answer when a container restarts, so a file
+must outlive the host that wrote it as long as a container may still need it.
 
-Validation and names live in :mod:`host.deviceplugin._cdi_spec`.
+:class:`CdiSpecWriter` does the blocking file work; the event loop drives it through
+:class:`~host.deviceplugin._cdi_store.CdiSpecStore`. Validation and names live in
+:mod:`host.deviceplugin._cdi_spec`.
+
+The ledger (``<cdi_dir>/.devplugin-host/<namespace>.json``; runtimes read only the
+``*.json`` and ``*.yaml`` files of the directory itself) records every spec file this
+software wrote for a namespace and the ``(resource, device ID)`` pairs that named
+it. It is what lets a later host, of any instance, tell its own leftovers from other
+vendors' files, and ask kubelet whether a running container still holds one of those
+devices before collecting the file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
 import stat
 import tempfile
 import threading
-from collections.abc import Hashable, Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +43,10 @@ from host.deviceplugin._cdi_spec import (
 
 __all__ = [
     "DEFAULT_CDI_DIR",
+    "LEDGER_DIR",
     "CdiSpecWriter",
+    "FileStamp",
+    "LedgerEntry",
     "minimum_cdi_version",
     "qualified_name",
     "spec_file_bytes",
@@ -43,6 +58,23 @@ log = logging.getLogger("host.deviceplugin.cdi")
 
 DEFAULT_CDI_DIR = "/var/run/cdi"
 """Where container runtimes look for dynamically generated CDI specs."""
+
+LEDGER_DIR = ".devplugin-host"
+"""Subdirectory of the CDI directory holding the ledgers (runtimes skip directories)."""
+
+FileStamp = tuple[int, int, int, int]
+"""(device, inode, size, mtime in ns) of a spec file as written: a change means a rewrite."""
+
+DeviceKey = tuple[str, str]
+"""(resource name, device ID)."""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One spec file of the ledger: its CDI name and every device that ever named it."""
+
+    name: str
+    devices: frozenset[DeviceKey]
 
 
 def spec_file_bytes(spec: Mapping[str, Any]) -> bytes:
@@ -58,110 +90,39 @@ def spec_file_bytes(spec: Mapping[str, Any]) -> bytes:
 
 
 class CdiSpecWriter:
-    """Writes CDI spec files into ``cdi_dir`` and removes them when no device holds them.
-
-    Several devices may carry the same spec (GPU shares ``card0-0`` and ``card0-1``
-    both describe ``card0``), and one file serves them all. Each holder calls
-    :meth:`acquire` with a key of its own (any hashable, e.g. ``(resource, dev_id)``)
-    and :meth:`release` when it lets go; the file goes away with the last holder.
-    :meth:`write` and :meth:`remove` work on a file directly, without counting;
-    :meth:`remove_all` removes every file this writer wrote (at shutdown).
+    """Blocking file work on the spec files of ``cdi_dir`` and the ledger of ``namespace``.
 
     Files are written atomically (a temporary file in the same directory, fsync,
-    rename) with mode 0644, and not rewritten when they already hold the same bytes.
-    Only regular files this writer wrote or confirmed are ever removed. The methods
-    do blocking file I/O (run them through ``asyncio.to_thread`` from the event loop)
-    and are thread-safe. Write errors raise OSError naming the path.
+    rename) with mode 0644, and not rewritten when they already hold the same bytes:
+    a starting host adopts the files it would write anyway. Only regular files are
+    ever removed, and only through :meth:`collect` (files of the ledger). Errors
+    raise OSError naming the path. Thread-safe; writes of one file are serialised.
+    Without a ``namespace`` there is no ledger.
     """
 
-    def __init__(self, cdi_dir: str | os.PathLike[str] = DEFAULT_CDI_DIR) -> None:
+    def __init__(
+        self, cdi_dir: str | os.PathLike[str] = DEFAULT_CDI_DIR, namespace: str | None = None
+    ) -> None:
         self.cdi_dir = Path(cdi_dir)
-        self._lock = threading.Lock()
-        self._written: set[Path] = set()
-        self._holders: dict[Path, set[Hashable]] = {}
-        self._held: dict[Hashable, Path] = {}
+        self.namespace = namespace
+        self._file_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     def path_for(self, spec: Mapping[str, Any]) -> Path:
         """Return where ``spec`` is (or would be) written."""
         return self.cdi_dir / spec_file_name(spec)
 
-    def write(self, spec: Mapping[str, Any]) -> Path:
-        """Write ``spec`` (validated first) to its file and return the file's path.
+    def file_lock(self, file_name: str) -> threading.Lock:
+        """Return the lock serialising writes of one file (taken by :meth:`write`'s callers)."""
+        with self._locks_lock:
+            return self._file_locks.setdefault(file_name, threading.Lock())
 
-        Skips the write when the file already holds exactly these bytes. Raises
-        ValueError for an invalid spec and OSError when the file cannot be written.
+    def write(self, spec: Mapping[str, Any], *, sync_dir: bool = True) -> FileStamp:
+        """Write valid ``spec`` to its file unless it holds these bytes; return its stamp.
+
+        ``sync_dir=False`` leaves the directory's fsync to a later :meth:`sync_dir`
+        (one for a batch of files). Raises OSError naming the path.
         """
-        spec = validate_cdi_spec(spec)
-        with self._lock:
-            return self._write(spec)
-
-    def remove(self, spec: Mapping[str, Any]) -> bool:
-        """Remove ``spec``'s file if this writer wrote it; return whether a file was removed.
-
-        Drops any holders of the file too. Never removes anything but a regular file.
-        """
-        path = self.path_for(validate_cdi_spec(spec))
-        with self._lock:
-            for owner in self._holders.pop(path, set()):
-                del self._held[owner]
-            return self._remove(path)
-
-    def acquire(self, owner: Hashable, spec: Mapping[str, Any]) -> Path:
-        """Make sure ``spec``'s file exists and record ``owner`` as one of its holders.
-
-        Acquiring again with the same owner rewrites the file if the spec changed;
-        with a spec of another name it releases the previous one first. The content
-        of a file is that of the last acquire.
-        """
-        spec = validate_cdi_spec(spec)
-        path = self.path_for(spec)
-        with self._lock:
-            previous = self._held.get(owner)
-            if previous is not None and previous != path:
-                self._release(owner)
-            self._write(spec)
-            self._holders.setdefault(path, set()).add(owner)
-            self._held[owner] = path
-            return path
-
-    def release(self, owner: Hashable) -> bool:
-        """Forget ``owner``; remove its file if no holder is left. Return whether one was.
-
-        Releasing an owner that holds nothing does nothing.
-        """
-        with self._lock:
-            return self._release(owner)
-
-    def remove_all(self) -> list[Path]:
-        """Remove every file this writer wrote and forget all holders; return the removed paths.
-
-        Keeps going past files it cannot remove (logged as warnings): it runs at
-        shutdown, where one stuck file must not keep the others around.
-        """
-        with self._lock:
-            self._holders.clear()
-            self._held.clear()
-            removed = []
-            for path in sorted(self._written):
-                try:
-                    if self._remove(path):
-                        removed.append(path)
-                except OSError as err:
-                    log.warning("cannot remove CDI spec file %s: %s", path, err)
-            return removed
-
-    def _release(self, owner: Hashable) -> bool:
-        path = self._held.pop(owner, None)
-        if path is None:
-            return False
-        holders = self._holders.get(path, set())
-        holders.discard(owner)
-        if holders:
-            return False
-        self._holders.pop(path, None)
-        return self._remove(path)
-
-    def _write(self, spec: Mapping[str, Any]) -> Path:
         path = self.path_for(spec)
         data = spec_file_bytes(spec)
         try:
@@ -177,41 +138,145 @@ class CdiSpecWriter:
                     f"cannot write CDI spec {path}: it exists and is not a regular file",
                 )
             if stat.S_IMODE(current.st_mode) == 0o644 and _read_bytes(path) == data:
-                self._written.add(path)
-                return path
+                return _stamp(current)
         try:
             self._ensure_dir()
             _write_atomically(path, data)
+            if sync_dir:
+                _fsync_dir(path.parent)
+            written = os.lstat(path)
         except OSError as err:
             raise OSError(
                 err.errno, f"cannot write CDI spec {path}: {err.strerror or err}"
             ) from err
-        self._written.add(path)
         log.debug("wrote CDI spec %s", path)
-        return path
+        return _stamp(written)
 
-    def _remove(self, path: Path) -> bool:
-        if path not in self._written:
-            return False
-        self._written.discard(path)
+    def stamp(self, file_name: str) -> FileStamp | None:
+        """Return the stamp of spec file ``file_name``, or None if it is not a regular file."""
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return False
-        if not stat.S_ISREG(st.st_mode):
-            log.warning("not removing CDI spec %s: it is no longer a regular file", path)
-            return False
+            st = os.lstat(self.cdi_dir / file_name)
+        except OSError:
+            return None
+        return _stamp(st) if stat.S_ISREG(st.st_mode) else None
+
+    def sync_dir(self) -> None:
+        """Persist the renames of earlier ``write(sync_dir=False)`` calls (best effort)."""
+        if self.cdi_dir.is_dir():
+            _fsync_dir(self.cdi_dir)
+
+    # -- ledger -------------------------------------------------------------------------
+
+    def ledger_path(self) -> Path | None:
+        """Where this namespace's ledger lives (None without a namespace)."""
+        if self.namespace is None:
+            return None
+        return self.cdi_dir / LEDGER_DIR / f"{self.namespace}.json"
+
+    def ledger_read(self) -> dict[str, LedgerEntry]:
+        """Return the ledger: spec file name -> entry (empty when there is none)."""
+        path = self.ledger_path()
+        if path is None:
+            return {}
+        with self._ledger_locked(path, create=False) as exists:
+            return _parse_ledger(path) if exists else {}
+
+    def ledger_add(self, entries: Mapping[str, LedgerEntry]) -> None:
+        """Merge ``entries`` into the ledger (device sets are united), under a file lock."""
+        path = self.ledger_path()
+        if path is None or not entries:
+            return
+        with self._ledger_locked(path, create=True):
+            ledger = _parse_ledger(path)
+            for file_name, entry in entries.items():
+                old = ledger.get(file_name)
+                devices = entry.devices | old.devices if old is not None else entry.devices
+                ledger[file_name] = LedgerEntry(entry.name, devices)
+            _write_ledger(path, ledger)
+
+    def collect(self, file_names: Iterable[str]) -> list[Path]:
+        """Remove the ledger's spec files ``file_names`` and their entries; return removed paths.
+
+        A name not in the ledger is left alone (not ours); a path that is no longer a
+        regular file is dropped from the ledger but not touched.
+        """
+        path = self.ledger_path()
+        if path is None:
+            return []
+        removed = []
+        with self._ledger_locked(path, create=False) as exists:
+            if not exists:
+                return []
+            ledger = _parse_ledger(path)
+            for file_name in file_names:
+                if ledger.pop(file_name, None) is None:
+                    continue
+                target = self.cdi_dir / file_name
+                try:
+                    if stat.S_ISREG(os.lstat(target).st_mode):
+                        target.unlink()
+                        removed.append(target)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    log.warning("cannot remove stale CDI spec %s: %s", target, err)
+            _write_ledger(path, ledger)
+        return removed
+
+    @contextlib.contextmanager
+    def _ledger_locked(self, path: Path, *, create: bool) -> Any:
+        lock_path = path.with_suffix(".lock")
+        if create:
+            self._ensure_dir()
+            lock_path.parent.mkdir(mode=0o755, exist_ok=True)
         try:
-            os.unlink(path)
+            fd = os.open(lock_path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
         except FileNotFoundError:
-            return False
-        log.debug("removed CDI spec %s", path)
-        return True
+            yield False
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # other instances sharing the directory
+            yield True
+        finally:
+            os.close(fd)
 
     def _ensure_dir(self) -> None:
         if not self.cdi_dir.is_dir():
             self.cdi_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
             os.chmod(self.cdi_dir, 0o755)  # mkdir's mode is filtered by the umask
+
+
+def _stamp(st: os.stat_result) -> FileStamp:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _parse_ledger(path: Path) -> dict[str, LedgerEntry]:
+    try:
+        raw = json.loads(path.read_bytes())
+        files = raw["files"]
+        return {
+            str(file_name): LedgerEntry(
+                str(entry["name"]), frozenset((str(r), str(d)) for r, d in entry["devices"])
+            )
+            for file_name, entry in files.items()
+        }
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        # A damaged ledger only costs garbage collection, never a served device.
+        log.warning("ignoring unreadable CDI ledger %s: %s", path, err)
+        return {}
+
+
+def _write_ledger(path: Path, ledger: Mapping[str, LedgerEntry]) -> None:
+    data = {
+        "version": 1,
+        "files": {
+            file_name: {"name": entry.name, "devices": sorted(map(list, entry.devices))}
+            for file_name, entry in sorted(ledger.items())
+        },
+    }
+    _write_atomically(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -229,11 +294,10 @@ def _write_atomically(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself; best effort (some file systems refuse a directory fsync)."""
+    """Persist renames in ``directory``; best effort (some file systems refuse it)."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -13,14 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from host.deviceplugin._cdi import DEFAULT_CDI_DIR, CdiSpecWriter, qualified_name
+import grpc
+
+from host.deviceplugin._cdi import DEFAULT_CDI_DIR, qualified_name
+from host.deviceplugin._cdi_store import CdiSpecStore, CdiSpecUnavailableError, InUse
 from host.deviceplugin._endpoint import Backoff, ResourceEndpoint
 from host.deviceplugin._feed import ScannerFeed, Snapshot
 from host.deviceplugin._guard import DEFAULT_CALL_TIMEOUT, PluginCaller
 from host.deviceplugin._names import instance_id_error, resource_name_error, socket_name
 from host.deviceplugin._observer import LOG_FIELDS, NULL_OBSERVER, Observer, log_context
-from host.deviceplugin._service import DevicePluginService, PostAllocateHook
-from host.deviceplugin._types import HEALTHY, DeviceInfo, Notifier, Scanner
+from host.deviceplugin._service import DevicePluginService, PostAllocateHook, RpcError
+from host.deviceplugin._types import HEALTHY, UNHEALTHY, DeviceInfo, Notifier, Scanner
 from host.deviceplugin._watcher import PluginDirWatcher
 
 __all__ = [
@@ -84,6 +88,9 @@ class Manager:
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         observer: Observer | None = None,
         instance_id: str | None = None,
+        cdi_in_use: InUse | None = None,
+        cdi_check_interval: float = 60.0,
+        cdi_retry_backoff: tuple[float, float] = (1.0, 60.0),
     ) -> None:
         self.plugin_name = plugin_name or namespace
         if instance_id is not None and (problem := instance_id_error(instance_id)):
@@ -109,7 +116,16 @@ class Manager:
         self._watcher = watcher or PluginDirWatcher(self.plugin_dir, self.kubelet_socket)
         self._post_allocators = tuple(post_allocators)
         self._register_backoff = register_backoff
-        self._cdi = CdiSpecWriter(self.cdi_dir)
+        # cdi_in_use tells which devices running containers hold (kubelet's PodResources);
+        # without it, stale CDI spec files are never collected.
+        self._cdi = CdiSpecStore(
+            self.cdi_dir,
+            namespace,
+            in_use=cdi_in_use,
+            on_failed_change=self._cdi_failed_changed,
+            check_interval=cdi_check_interval,
+            retry_backoff=cdi_retry_backoff,
+        )
         self._feed = ScannerFeed(self.plugin_name, namespace, scanner, backoff=scan_backoff)
         self._feed.subscribe(self._apply)
         self._caller = PluginCaller(self.plugin_name, timeout=call_timeout)
@@ -162,6 +178,15 @@ class Manager:
         service = self._services.get(dev_type)
         return {} if service is None else service.devices
 
+    async def collect_cdi_garbage(self) -> list[Path]:
+        """Run one pass of CDI spec garbage collection now; return the files removed.
+
+        It also runs every ``cdi_check_interval`` seconds. A spec file goes in the
+        second pass that finds it held by no device of this manager and by no running
+        container (``cdi_in_use``); without ``cdi_in_use`` nothing is ever collected.
+        """
+        return await self._cdi.collect_garbage()
+
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop cleanly (blocking)."""
         asyncio.run(_serve_until_signalled(self.serve()))
@@ -171,6 +196,7 @@ class Manager:
         self._serving = True
         LOG_FIELDS.set({**LOG_FIELDS.get(), "plugin": self.plugin_name})
         self.plugin_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._cdi.start()
         feed = asyncio.create_task(self._feed.run(), name=f"feed {self.namespace}")
         try:
             await asyncio.Future()  # until cancelled
@@ -228,11 +254,12 @@ class Manager:
             resource_name,
             self.scanner,
             caller=self._caller,
-            post_allocators=self._post_allocators,
+            post_allocators=(*self._post_allocators, self._ensure_cdi_specs),
             cdi_name=qualified_name,
             observer=self.observer,
         )
-        service.update(devices, all_unhealthy=self._scan_failed)
+        service.unhealthy_reason = functools.partial(self._cdi.failure, resource_name)
+        service.update(self._offered(resource_name, devices), all_unhealthy=self._scan_failed)
         endpoint = ResourceEndpoint(
             service,
             self.plugin_dir / socket_name(self.namespace, dev_type, self.instance_id),
@@ -260,7 +287,7 @@ class Manager:
         if service is None:
             return  # an invalid type: never served
         self._sync_cdi(dev_type, devices, old)
-        service.update(devices)
+        service.update(self._offered(service.resource_name, devices))
 
     def _remove_type(self, dev_type: str, old: Mapping[str, DeviceInfo]) -> None:
         self._invalid_types.discard(dev_type)
@@ -291,20 +318,40 @@ class Manager:
             spec = new_info.cdi_spec if new_info is not None else None
             if old_info is not None and old_info.cdi_spec == spec:
                 continue
-            owner = (dev_type, dev_id)
+            resource_name = f"{self.namespace}/{dev_type}"
             if spec is None:
-                self._cdi.release(owner)
-                continue
-            try:
-                self._cdi.acquire(owner, spec)
-            except OSError as exc:
-                log.error(
-                    "plugin %r: cannot write the CDI spec of %s/%s: %s",
-                    self.plugin_name,
-                    dev_type,
-                    dev_id,
-                    exc,
-                )
+                self._cdi.release(resource_name, dev_id)
+            else:
+                self._cdi.hold(resource_name, dev_id, spec)
+
+    def _offered(
+        self, resource_name: str, devices: Mapping[str, DeviceInfo]
+    ) -> Mapping[str, DeviceInfo]:
+        """``devices`` as advertised: Unhealthy while their CDI spec cannot be written."""
+        failed = self._cdi.failed(resource_name)
+        if not failed:
+            return devices
+        offered = dict(devices)
+        for dev_id in failed & offered.keys():
+            offered[dev_id] = dataclasses.replace(offered[dev_id], state=UNHEALTHY)
+        return offered
+
+    def _cdi_failed_changed(self, resource_names: set[str]) -> None:
+        for dev_type, service in self._services.items():
+            if service.resource_name in resource_names:
+                service.update(self._offered(service.resource_name, self._tree.get(dev_type, {})))
+
+    async def _ensure_cdi_specs(self, resource_name: str, response: Any) -> None:
+        """Post-allocate: every spec file the response names is on disk (waits if needed)."""
+        names = [c.name for cresp in response.container_responses for c in cresp.cdi_devices]
+        if not names:
+            return
+        try:
+            await self._cdi.ensure(names)
+        except CdiSpecUnavailableError as exc:
+            raise RpcError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"resource {resource_name}: {exc}"
+            ) from exc
 
     async def _stop_all(self) -> None:
         tasks = list(self._tasks.values())
@@ -315,7 +362,7 @@ class Manager:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._services.clear()
         self._endpoints.clear()
-        self._cdi.remove_all()
+        await self._cdi.close()  # spec files stay: containers may restart without Allocate
 
 
 def _log_task_end(task: asyncio.Task[None], resource_name: str) -> None:

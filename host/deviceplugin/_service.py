@@ -131,6 +131,8 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         self._post_allocators = tuple(post_allocators)
         self._cdi_name = cdi_name
         self.on_stream_closed = on_stream_closed
+        self.unhealthy_reason: Callable[[str], str | None] | None = None
+        """Why a device is unhealthy, for the Allocate error (set by the manager)."""
         self.options = pluginapi.DevicePluginOptions(
             pre_start_required=callable(self._pre_start),
             get_preferred_allocation_available=callable(self._preferred),
@@ -434,6 +436,8 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         draft.CopyFrom(response)
         try:
             await hook(self.resource_name, draft)
+        except RpcError:
+            raise  # the host's own hooks answer with a status of their own
         except PluginError as exc:
             if exc.plugin == self._caller.plugin:
                 raise self._plugin_failure(exc) from exc
@@ -490,9 +494,11 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                         f"resource {self.resource_name}: unknown device {dev_id!r}",
                     )
                 if info.state != HEALTHY or self._all_unhealthy:
+                    why = self.unhealthy_reason(dev_id) if self.unhealthy_reason else None
                     raise RpcError(
                         grpc.StatusCode.FAILED_PRECONDITION,
-                        f"resource {self.resource_name}: device {dev_id!r} is unhealthy",
+                        f"resource {self.resource_name}: device {dev_id!r} is unhealthy"
+                        + (f": {why}" if why else ""),
                     )
                 add_node, add_mount = cresp.devices.add, cresp.mounts.add
                 for node in info.nodes:

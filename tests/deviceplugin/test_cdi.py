@@ -13,6 +13,7 @@ import pytest
 from host.deviceplugin import DeviceInfo
 from host.deviceplugin._cdi import (
     CdiSpecWriter,
+    LedgerEntry,
     qualified_name,
     spec_file_name,
 )
@@ -70,10 +71,13 @@ class TestNames:
     def test_written_version_is_the_lowest_needed(self, tmp_path: Path) -> None:
         """The file carries the lowest cdiVersion its fields need, not the scanner's."""
         spec = make_spec(cdiVersion="v1.1.0")
-        path = CdiSpecWriter(tmp_path).write(spec)
+        writer = CdiSpecWriter(tmp_path)
+        writer.write(spec)
+        path = writer.path_for(spec)
         assert json.loads(path.read_text())["cdiVersion"] == "0.3.0"
         spec["devices"][0]["containerEdits"]["deviceNodes"][0]["hostPath"] = "/dev/dri/card9"
-        assert json.loads(CdiSpecWriter(tmp_path).write(spec).read_text())["cdiVersion"] == "0.5.0"
+        writer.write(spec)
+        assert json.loads(path.read_text())["cdiVersion"] == "0.5.0"
 
     @pytest.mark.parametrize(
         ("first", "second"),
@@ -109,8 +113,11 @@ class TestWrite:
     def test_write_creates_a_complete_file(self, tmp_path: Path) -> None:
         """write() creates the directory (0755) and a complete 0644 JSON file, nothing else."""
         cdi_dir = tmp_path / "run" / "cdi"
-        path = CdiSpecWriter(cdi_dir).write(make_spec())
+        writer = CdiSpecWriter(cdi_dir)
+        stamp = writer.write(make_spec())
+        path = writer.path_for(make_spec())
         assert path == cdi_dir / "intel.cdi.k8s.io-gpu-card0.json"
+        assert writer.stamp(path.name) == stamp
         assert json.loads(path.read_text()) == make_spec()
         assert _mode(path) == 0o644
         assert _mode(cdi_dir) == 0o755
@@ -119,16 +126,15 @@ class TestWrite:
     def test_identical_content_is_not_rewritten(self, tmp_path: Path) -> None:
         """Writing the same spec again leaves the file (same inode) alone."""
         writer = CdiSpecWriter(tmp_path)
-        path = writer.write(make_spec())
-        inode = path.stat().st_ino
-        assert writer.write(make_spec()) == path
-        assert CdiSpecWriter(tmp_path).write(make_spec()) == path
-        assert path.stat().st_ino == inode
+        stamp = writer.write(make_spec())
+        assert writer.write(make_spec()) == stamp
+        assert CdiSpecWriter(tmp_path).write(make_spec()) == stamp
 
     def test_changed_content_is_replaced(self, tmp_path: Path) -> None:
         """A changed spec replaces the file atomically (a new inode, no temp files left)."""
         writer = CdiSpecWriter(tmp_path)
-        path = writer.write(make_spec())
+        writer.write(make_spec())
+        path = writer.path_for(make_spec())
         inode = path.stat().st_ino
         changed = make_spec()
         changed["devices"][0]["containerEdits"]["env"] = ["A=1"]
@@ -140,7 +146,8 @@ class TestWrite:
     def test_wrong_mode_is_rewritten(self, tmp_path: Path) -> None:
         """Identical bytes with another mode are rewritten with 0644."""
         writer = CdiSpecWriter(tmp_path)
-        path = writer.write(make_spec())
+        writer.write(make_spec())
+        path = writer.path_for(make_spec())
         path.chmod(0o600)
         writer.write(make_spec())
         assert _mode(path) == 0o644
@@ -176,104 +183,35 @@ class TestWrite:
             writer.write(make_spec(name="card1"))
         assert target.read_text() == "keep"
 
-    def test_invalid_spec(self, tmp_path: Path) -> None:
-        """write() validates first."""
-        with pytest.raises(ValueError, match="exactly one device"):
-            CdiSpecWriter(tmp_path).write(make_spec(devices=[]))
 
+class TestLedger:
+    def test_collect_removes_only_ledger_files(self, tmp_path: Path) -> None:
+        """collect() removes files the ledger lists, drops their entries, keeps the rest."""
+        writer = CdiSpecWriter(tmp_path, "ex.com")
+        writer.write(make_spec(name="card0"))
+        writer.write(make_spec(name="card1"))
+        card0, card1 = (spec_file_name(make_spec(name=n)) for n in ("card0", "card1"))
+        writer.ledger_add({card0: LedgerEntry("k=card0", frozenset({("ex.com/a", "d0")}))})
+        writer.ledger_add({card0: LedgerEntry("k=card0", frozenset({("ex.com/a", "d1")}))})
+        assert writer.ledger_read()[card0].devices == {("ex.com/a", "d0"), ("ex.com/a", "d1")}
+        assert writer.collect([card0, card1]) == [tmp_path / card0]
+        assert sorted(p.name for p in tmp_path.glob("*.json")) == [card1]
+        assert writer.ledger_read() == {}
 
-class TestRemove:
-    def test_remove_written_file(self, tmp_path: Path) -> None:
-        """remove() deletes a file this writer wrote."""
-        writer = CdiSpecWriter(tmp_path)
-        path = writer.write(make_spec())
-        assert writer.remove(make_spec()) is True
-        assert not path.exists()
-        assert writer.remove(make_spec()) is False
+    def test_ledger_is_invisible_to_runtimes(self, tmp_path: Path) -> None:
+        """The ledger sits in a subdirectory; the CDI directory holds only spec files."""
+        writer = CdiSpecWriter(tmp_path, "ex.com")
+        name = spec_file_name(make_spec())
+        writer.write(make_spec())
+        writer.ledger_add({name: LedgerEntry("k=card0", frozenset())})
+        assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [name]
 
-    def test_foreign_file_is_kept(self, tmp_path: Path) -> None:
-        """A file this writer never wrote (nor confirmed) is not removed."""
-        path = tmp_path / spec_file_name(make_spec())
-        path.write_text("{}")
-        assert CdiSpecWriter(tmp_path).remove(make_spec()) is False
-        assert path.read_text() == "{}"
-
-    def test_never_removes_a_non_regular_file(self, tmp_path: Path) -> None:
-        """If our file was replaced by a symlink or directory, it stays."""
-        writer = CdiSpecWriter(tmp_path)
-        path = writer.write(make_spec())
-        path.unlink()
-        target = tmp_path / "target"
-        target.write_text("keep")
-        path.symlink_to(target)
-        assert writer.remove(make_spec()) is False
-        assert path.is_symlink()
-        assert target.read_text() == "keep"
-
-        path2 = writer.write(make_spec(name="card1"))
-        path2.unlink()
-        path2.mkdir()
-        assert writer.remove_all() == []
-        assert path2.is_dir()
-
-
-class TestRefcount:
-    def test_shared_spec_lives_until_the_last_holder(self, tmp_path: Path) -> None:
-        """Two devices holding one spec share one file, removed with the last release."""
-        writer = CdiSpecWriter(tmp_path)
-        path = writer.acquire(("gpu", "card0-0"), make_spec())
-        assert writer.acquire(("gpu", "card0-1"), make_spec()) == path
-        assert os.listdir(tmp_path) == [path.name]
-        assert writer.release(("gpu", "card0-0")) is False
-        assert path.exists()
-        assert writer.release(("gpu", "card0-1")) is True
-        assert not path.exists()
-
-    def test_release_unknown_owner(self, tmp_path: Path) -> None:
-        """Releasing an owner that holds nothing is a no-op."""
-        assert CdiSpecWriter(tmp_path).release("nobody") is False
-
-    def test_acquire_twice_counts_once(self, tmp_path: Path) -> None:
-        """The same owner acquiring again is still one holder."""
-        writer = CdiSpecWriter(tmp_path)
-        path = writer.acquire("a", make_spec())
-        writer.acquire("a", make_spec())
-        assert writer.release("a") is True
-        assert not path.exists()
-
-    def test_acquire_another_spec_releases_the_previous(self, tmp_path: Path) -> None:
-        """An owner switching specs lets go of the old one."""
-        writer = CdiSpecWriter(tmp_path)
-        old = writer.acquire("a", make_spec(name="card0"))
-        new = writer.acquire("a", make_spec(name="card1"))
-        assert not old.exists()
-        assert new.exists()
-
-    def test_acquire_updates_changed_content(self, tmp_path: Path) -> None:
-        """Re-acquiring with a changed spec of the same name rewrites the file."""
-        writer = CdiSpecWriter(tmp_path)
-        writer.acquire("a", make_spec())
-        changed = make_spec()
-        changed["devices"][0]["containerEdits"]["env"] = ["A=1"]
-        path = writer.acquire("a", changed)
-        assert json.loads(path.read_text()) == changed
-
-    def test_remove_drops_holders(self, tmp_path: Path) -> None:
-        """remove() deletes the file whatever its holders; their release is then a no-op."""
-        writer = CdiSpecWriter(tmp_path)
-        path = writer.acquire("a", make_spec())
-        assert writer.remove(make_spec()) is True
-        assert not path.exists()
-        assert writer.release("a") is False
-
-    def test_remove_all(self, tmp_path: Path) -> None:
-        """remove_all() removes every file written, held or not, and nothing else."""
-        writer = CdiSpecWriter(tmp_path)
-        held = writer.acquire("a", make_spec(name="card0"))
-        written = writer.write(make_spec(name="card1"))
-        foreign = tmp_path / "other-vendor.json"
-        foreign.write_text("{}")
-        assert sorted(writer.remove_all()) == sorted([held, written])
-        assert os.listdir(tmp_path) == [foreign.name]
-        assert writer.release("a") is False
-        assert writer.remove_all() == []
+    def test_damaged_ledger_is_ignored(self, tmp_path: Path) -> None:
+        """An unreadable ledger reads as empty (nothing gets collected)."""
+        writer = CdiSpecWriter(tmp_path, "ex.com")
+        writer.ledger_add({"x.json": LedgerEntry("k=x", frozenset())})
+        path = writer.ledger_path()
+        assert path is not None
+        path.write_text("{not json")
+        assert writer.ledger_read() == {}
+        assert writer.collect(["x.json"]) == []

@@ -28,6 +28,8 @@ class TestPublicNames:
                 "PostAllocator",
                 "PreferredAllocator",
                 "ResourceStatus",
+                "DevicesInUse",
+                "InUse",
                 "Scanner",
                 "SemVer",
                 "TopologyInfo",

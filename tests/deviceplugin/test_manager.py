@@ -221,10 +221,11 @@ class TestSocketSafety:
 
 
 class TestCleanStop:
-    async def test_cancel_removes_only_our_sockets_and_specs(
+    async def test_cancel_removes_only_our_sockets_and_keeps_specs(
         self, kubelet: FakeKubelet, short_dir: Path
     ) -> None:
-        """Cancelling serve() stops servers and removes our sockets and CDI specs, nothing else."""
+        """Cancelling serve() stops servers and removes our sockets, nothing else; CDI specs
+        stay for containers that restart without a new Allocate."""
         from host.deviceplugin import Manager
 
         (short_dir / "unrelated.txt").write_text("x")
@@ -238,12 +239,13 @@ class TestCleanStop:
         task = asyncio.create_task(manager.serve())
         await kubelet.wait_for_resource("ex.com/a", count=1)
         await kubelet.wait_for_resource("ex.com/b", count=1)
-        assert len(list((short_dir / "cdi").iterdir())) == 1
+        await kubelet.allocate("ex.com/a", ["a0"])
+        assert len(list((short_dir / "cdi").glob("*.json"))) == 1
         task.cancel()
         await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 1.0)
         assert sockets_in(short_dir) == {"kubelet.sock"}
         assert (short_dir / "unrelated.txt").exists()
-        assert list((short_dir / "cdi").iterdir()) == []
+        assert len(list((short_dir / "cdi").glob("*.json"))) == 1
 
 
 def cdi_spec(name: str) -> dict[str, Any]:

@@ -779,7 +779,7 @@ class TestEndToEnd:
             assert kubelet.options("gpu.intel.com/i915").get_preferred_allocation_available
             first = await kubelet.allocate_like_kubelet("gpu.intel.com/i915", 2)
             second = await kubelet.allocate_like_kubelet("gpu.intel.com/i915", 1)
-            cdi_files = sorted(p.name for p in (short_dir / "cdi").iterdir())
+            cdi_files = sorted(p.name for p in (short_dir / "cdi").glob("*.json"))
         assert sorted(first.device_ids) == ["card0-0", "card1-0"]
         assert [Path(d.host_path).name for d in first.response.devices] == [
             "card0",

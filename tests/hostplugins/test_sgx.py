@@ -321,7 +321,7 @@ class TestEndToEnd:
                 await kubelet.wait_for_resource("sgx.intel.com/registration", healthy=1)
                 registration = await kubelet.allocate_like_kubelet("sgx.intel.com/registration", 1)
                 enclaves = await kubelet.allocate_like_kubelet("sgx.intel.com/enclave", 2)
-                cdi_files = {p.name: json.loads(p.read_text()) for p in cdi_dir.iterdir()}
+                cdi_files = {p.name: json.loads(p.read_text()) for p in cdi_dir.glob("*.json")}
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
