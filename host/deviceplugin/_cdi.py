@@ -29,7 +29,7 @@ import os
 import stat
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,8 @@ class CdiSpecWriter:
     Files are written atomically (a temporary file in the same directory, fsync,
     rename) with mode 0644, and not rewritten when they already hold the same bytes:
     a starting host adopts the files it would write anyway. Only regular files are
-    ever removed, and only through :meth:`collect` (files of the ledger). Errors
+    ever removed: through :meth:`collect` (files of the ledger) or, for reference-
+    counted callers, with the last :meth:`release`. Errors
     raise OSError naming the path. Thread-safe; writes of one file are serialised.
     Without a ``namespace`` there is no ledger.
     """
@@ -107,6 +108,8 @@ class CdiSpecWriter:
         self.namespace = namespace
         self._file_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self._holders: dict[Path, set[Hashable]] = {}
+        self._held: dict[Hashable, Path] = {}
 
     def path_for(self, spec: Mapping[str, Any]) -> Path:
         """Return where ``spec`` is (or would be) written."""
@@ -151,6 +154,51 @@ class CdiSpecWriter:
             ) from err
         log.debug("wrote CDI spec %s", path)
         return _stamp(written)
+
+    def acquire(self, owner: Hashable, spec: Mapping[str, Any]) -> Path:
+        """Write ``spec`` (validated) and record ``owner`` as one of the file's holders.
+
+        Reference counting for callers whose holders end for good (a DRA claim that
+        kubelet unprepared): :meth:`release` of the last holder removes the file. An
+        owner acquiring a spec of another name releases its previous one first.
+        """
+        spec = validate_cdi_spec(spec)
+        path = self.path_for(spec)
+        with self._locks_lock:
+            previous = self._held.get(owner)
+        if previous is not None and previous != path:
+            self.release(owner)
+        with self.file_lock(path.name):
+            self.write(spec)
+            with self._locks_lock:
+                self._holders.setdefault(path, set()).add(owner)
+                self._held[owner] = path
+        return path
+
+    def release(self, owner: Hashable) -> bool:
+        """Forget ``owner``; remove its file if no holder is left. Return whether one was.
+
+        Releasing an owner that holds nothing does nothing; only a regular file is
+        ever removed.
+        """
+        with self._locks_lock:
+            path = self._held.pop(owner, None)
+            if path is None:
+                return False
+            holders = self._holders.get(path, set())
+            holders.discard(owner)
+            if holders:
+                return False
+            self._holders.pop(path, None)
+        with self.file_lock(path.name):
+            try:
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    return False
+                path.unlink()
+            except FileNotFoundError:
+                return False
+        log.debug("removed CDI spec %s", path)
+        return True
 
     def stamp(self, file_name: str) -> FileStamp | None:
         """Return the stamp of spec file ``file_name``, or None if it is not a regular file."""

@@ -215,3 +215,33 @@ class TestLedger:
         path.write_text("{not json")
         assert writer.ledger_read() == {}
         assert writer.collect(["x.json"]) == []
+
+
+class TestRefcount:
+    def test_shared_spec_lives_until_the_last_holder(self, tmp_path: Path) -> None:
+        """Two holders of one spec share one file, removed with the last release."""
+        writer = CdiSpecWriter(tmp_path)
+        path = writer.acquire(("claim", "a"), make_spec())
+        assert writer.acquire(("claim", "b"), make_spec()) == path
+        assert writer.release(("claim", "a")) is False
+        assert path.exists()
+        assert writer.release(("claim", "b")) is True
+        assert not path.exists()
+        assert writer.release(("claim", "b")) is False
+
+    def test_acquire_another_spec_releases_the_previous(self, tmp_path: Path) -> None:
+        """An owner switching specs lets go of the old one."""
+        writer = CdiSpecWriter(tmp_path)
+        old = writer.acquire("a", make_spec(name="card0"))
+        new = writer.acquire("a", make_spec(name="card1"))
+        assert not old.exists()
+        assert new.exists()
+
+    def test_never_removes_a_non_regular_file(self, tmp_path: Path) -> None:
+        """If the file was replaced by a directory, release leaves it."""
+        writer = CdiSpecWriter(tmp_path)
+        path = writer.acquire("a", make_spec())
+        path.unlink()
+        path.mkdir()
+        assert writer.release("a") is False
+        assert path.is_dir()
