@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import inspect
 import logging
 import queue
@@ -226,7 +227,9 @@ class PluginCaller:
                 if _is_coroutine_function(method):
                     return await method(*args)  # type: ignore[no-any-return,misc]
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._pool, method, *args)
+                # The caller's context (log fields naming plugin and resource) goes along.
+                context = contextvars.copy_context()
+                result = await loop.run_in_executor(self._pool, context.run, method, *args)
                 if inspect.isawaitable(result):
                     return await result
                 return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -76,6 +77,7 @@ async def host_with(
     kubelet: FakeKubelet, tmp_path: Path
 ) -> AsyncIterator[Callable[[str], Awaitable[HostHandle]]]:
     handles: list[HostHandle] = []
+    fds_before = len(os.listdir("/proc/self/fd"))
 
     async def start(bad_source: str) -> HostHandle:
         (tmp_path / "good.py").write_text(GOOD)
@@ -93,6 +95,20 @@ async def host_with(
     yield start
     for handle in handles:
         await handle.stop()
+    # Nothing of the host outlives it: none of its tasks, no socket or file left open.
+    await kubelet.wait_for(
+        lambda: not host_tasks() and len(os.listdir("/proc/self/fd")) <= fds_before,
+        timeout=10,
+        what="the host's tasks and file descriptors to be gone",
+    )
+
+
+HOST_TASKS = ("serve ", "feed ", "scan ", "encode ", "host serving")
+
+
+def host_tasks() -> set[asyncio.Task[object]]:
+    """The tasks the host starts (named by what they do), still running."""
+    return {t for t in asyncio.all_tasks() if t.get_name().startswith(HOST_TASKS)}
 
 
 async def good_still_serves(kubelet: FakeKubelet, handle: HostHandle) -> None:
