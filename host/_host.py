@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gc
 import json
 import logging
 import re
@@ -452,6 +453,10 @@ def run_host(
                 metrics=metrics,
                 instance_id=instance_id,
             )
+            # Everything loaded so far (modules, plugins, managers) lives as long as the
+            # host: out of the collector's sight, a full collection no longer walks it
+            # on the loop (a /status of 100,000 devices waited 0.7 s for it otherwise).
+            gc.freeze()
             log.info(
                 "serving %d namespace(s) from %d plugin(s) in %s",
                 len(servers),
