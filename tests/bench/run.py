@@ -39,6 +39,7 @@ from common import (
 )
 from dra_bench import dra_slice_latency
 from floor_server import serve_floor
+from frozen import frozen_rows
 from isolation import isolation_rows
 from report import Row, format_table, mib, ms, us
 
@@ -441,6 +442,7 @@ async def scale_and_recovery(work: Path, sizes: Sizes) -> list[Row]:
         ]
         for how in ("fresh", "same"):
             scale_rows += await touches(kubelet, host, how, sizes.touches, types)
+        scale_rows += frozen_rows()
         recovery_rows = await recovery(kubelet, resources, sizes.restarts)
         await host.send("quit")
         await host.stop()
