@@ -25,7 +25,7 @@ import grpc
 
 from host._api import api_pb2 as pluginapi
 from host._api import api_pb2_grpc
-from host.deviceplugin._service import DevicePluginService
+from host.deviceplugin._service import KUBELET_MAX_MESSAGE, DevicePluginService
 from host.deviceplugin._watcher import (
     PluginDirWatcher,
     SocketIdentity,
@@ -161,6 +161,7 @@ class ResourceEndpoint:
         # Streams opened before this sequence number belong to an older registration.
         self._stream_floor = 0
         service.on_stream_closed = self._on_stream_closed
+        service.on_size_change = self._wake.set
 
     @property
     def registered(self) -> bool:
@@ -186,6 +187,12 @@ class ResourceEndpoint:
             return f"cannot serve its socket: {self._serve_problem}"
         if self._server is None:
             return "not serving its socket yet"
+        if self.service.oversize is not None:
+            return (
+                f"device list is {self.service.oversize} bytes, over kubelet's "
+                f"{KUBELET_MAX_MESSAGE}-byte receive limit: not registered until it fits "
+                "(split the devices over several device types)"
+            )
         if not self.registered:
             if self._registering_with is not None:
                 return "registering with kubelet"
@@ -210,7 +217,8 @@ class ResourceEndpoint:
             return
         # Kubelet never re-opens ListAndWatch on its own: without a stream our
         # devices are lost to it until we register again.
-        log.info("%s: kubelet closed its device list stream", self.service.resource_name)
+        if self.service.oversize is None:
+            log.info("%s: kubelet closed its device list stream", self.service.resource_name)
         self._lost_at = time.monotonic()
         self._need_register = True
         self._wake.set()
@@ -242,7 +250,9 @@ class ResourceEndpoint:
                     delay = self._backoff.next()
                 else:
                     self._serve_problem = None
-            if delay is None and self._need_register:
+            if delay is None and self._need_register and self.service.oversize is not None:
+                pass  # kubelet would drop the stream at once: wait until the list fits
+            elif delay is None and self._need_register:
                 if await self._register():
                     self._backoff.reset()
                 else:

@@ -133,6 +133,10 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         self.on_stream_closed = on_stream_closed
         self.unhealthy_reason: Callable[[str], str | None] | None = None
         """Why a device is unhealthy, for the Allocate error (set by the manager)."""
+        self.oversize: int | None = None
+        """Bytes of the newest device list when it is over :data:`KUBELET_MAX_MESSAGE`."""
+        self.on_size_change: Callable[[], None] | None = None
+        """Called when the newest list starts or stops fitting kubelet's limit."""
         self.options = pluginapi.DevicePluginOptions(
             pre_start_required=callable(self._pre_start),
             get_preferred_allocation_available=callable(self._preferred),
@@ -215,8 +219,31 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         self._snapshot = snapshot
         self._snapshot_bytes = data
         self._version += 1
+        oversize = len(data) if len(data) > KUBELET_MAX_MESSAGE else None
+        changed = (oversize is None) != (self.oversize is None)
+        self.oversize = oversize
+        if changed:
+            # Once per change, never per update: a list that stays too big is one line.
+            if oversize is not None:
+                log.error(
+                    "resource %s: the device list is %d bytes (%d devices), over kubelet's "
+                    "%d-byte receive limit: kubelet would drop the stream. Not registering "
+                    "until it fits; split the devices over several device types",
+                    self.resource_name,
+                    oversize,
+                    len(snapshot.devices),
+                    KUBELET_MAX_MESSAGE,
+                )
+            else:
+                log.info(
+                    "resource %s: the device list fits kubelet's limit again (%d bytes)",
+                    self.resource_name,
+                    len(data),
+                )
         for wake in self._streams:
             wake.set()
+        if changed and self.on_size_change is not None:
+            self.on_size_change()
 
     def close(self) -> None:
         """End every ListAndWatch stream (the server is going away)."""
@@ -240,17 +267,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
             else:
                 add(ID=dev_id, health=health, topology=topology)
         # Encoded once per change, here: every stream sends these same bytes.
-        data = snapshot.SerializeToString()
-        size = len(data)
-        if size > KUBELET_MAX_MESSAGE:
-            log.error(
-                "resource %s: the device list is %d bytes, over kubelet's %d-byte limit; "
-                "kubelet will drop the stream (use fewer or shorter device IDs)",
-                self.resource_name,
-                size,
-                KUBELET_MAX_MESSAGE,
-            )
-        return snapshot, data
+        return snapshot, snapshot.SerializeToString()
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         """Return the ``v1beta1.DevicePlugin`` service as a handler for a gRPC server.
@@ -362,6 +379,11 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
             sent = -1
             while not self._closed:
                 if sent != self._version:
+                    if self.oversize is not None:
+                        # Kubelet would fail the stream on receipt and keep a stale list
+                        # meanwhile; ending it makes kubelet mark the devices unhealthy
+                        # at once. The endpoint registers again once the list fits.
+                        return
                     # Only the newest list is ever sent: a slow reader that falls
                     # behind skips the lists superseded while it was not reading.
                     sent = self._version

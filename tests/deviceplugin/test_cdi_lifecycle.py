@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from host.deviceplugin import DeviceInfo, Manager
+from host.deviceplugin import Manager
 from host.deviceplugin._cdi import CdiSpecWriter, LedgerEntry, spec_file_name
 from host.deviceplugin._cdi_store import DevicesInUse
-from host.deviceplugin._service import KUBELET_MAX_MESSAGE, DevicePluginService
 from host.testing import FakeKubelet
 
 from .conftest import QueueScanner, ServeFn
@@ -209,20 +207,3 @@ class TestCdiFiles:
         path.write_text("{}")
         await kubelet.wait_for(lambda: path.read_text() != "{}")
         assert spec_files(cdi_dir)[path.name]["kind"] == "example.com/dev"
-
-
-class TestSnapshotSize:
-    def test_oversized_snapshot_is_logged_with_name_and_size(
-        self, caplog: pytest.LogCaptureFixture
-    ) -> None:
-        """A device list over kubelet's 4 MiB limit is reported as an error."""
-        caplog.set_level(logging.ERROR)
-        service = DevicePluginService("ex.com/huge", object())
-        one = DeviceInfo()
-        service.update({f"{i:0>100}": one for i in range(45_000)})
-        assert service.snapshot.ByteSize() > KUBELET_MAX_MESSAGE
-        assert "ex.com/huge" in caplog.text
-        assert str(service.snapshot.ByteSize()) in caplog.text
-        caplog.clear()
-        service.update({"small": one})
-        assert caplog.text == ""
