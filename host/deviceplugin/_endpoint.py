@@ -250,8 +250,8 @@ class ResourceEndpoint:
                     delay = self._backoff.next()
                 else:
                     self._serve_problem = None
-            if delay is None and self._need_register and self.service.oversize is not None:
-                pass  # kubelet would drop the stream at once: wait until the list fits
+            if delay is None and self._need_register and not self._list_sendable():
+                pass  # woken by the service once its list is encoded and fits
             elif delay is None and self._need_register:
                 if await self._register():
                     self._backoff.reset()
@@ -283,6 +283,10 @@ class ResourceEndpoint:
         self._lost_at = self._registered_at
         self._need_register = True
         self._wake.set()
+
+    def _list_sendable(self) -> bool:
+        """Whether kubelet can be given the device list: encoded, and within its limit."""
+        return self.service.list_ready and self.service.oversize is None
 
     def _socket_ok(self) -> bool:
         return self._server is not None and socket_identity(self.socket_path) == self._socket_id

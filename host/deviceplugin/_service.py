@@ -136,7 +136,9 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         self.oversize: int | None = None
         """Bytes of the newest device list when it is over :data:`KUBELET_MAX_MESSAGE`."""
         self.on_size_change: Callable[[], None] | None = None
-        """Called when the newest list starts or stops fitting kubelet's limit."""
+        """Called when the first list is ready, and when the newest starts or stops fitting."""
+        self.list_ready = False
+        """Whether a device list has been encoded (streams never send an empty placeholder)."""
         self.options = pluginapi.DevicePluginOptions(
             pre_start_required=callable(self._pre_start),
             get_preferred_allocation_available=callable(self._preferred),
@@ -220,29 +222,29 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         self._snapshot_bytes = data
         self._version += 1
         oversize = len(data) if len(data) > KUBELET_MAX_MESSAGE else None
-        changed = (oversize is None) != (self.oversize is None)
+        was_over, first = self.oversize is not None, not self.list_ready
+        self.list_ready = True
         self.oversize = oversize
-        if changed:
-            # Once per change, never per update: a list that stays too big is one line.
-            if oversize is not None:
-                log.error(
-                    "resource %s: the device list is %d bytes (%d devices), over kubelet's "
-                    "%d-byte receive limit: kubelet would drop the stream. Not registering "
-                    "until it fits; split the devices over several device types",
-                    self.resource_name,
-                    oversize,
-                    len(snapshot.devices),
-                    KUBELET_MAX_MESSAGE,
-                )
-            else:
-                log.info(
-                    "resource %s: the device list fits kubelet's limit again (%d bytes)",
-                    self.resource_name,
-                    len(data),
-                )
+        # Once per change, never per update: a list that stays too big is one line.
+        if oversize is not None and not was_over:
+            log.error(
+                "resource %s: the device list is %d bytes (%d devices), over kubelet's "
+                "%d-byte receive limit: kubelet would drop the stream. Not registering "
+                "until it fits; split the devices over several device types",
+                self.resource_name,
+                oversize,
+                len(snapshot.devices),
+                KUBELET_MAX_MESSAGE,
+            )
+        elif oversize is None and was_over:
+            log.info(
+                "resource %s: the device list fits kubelet's limit again (%d bytes)",
+                self.resource_name,
+                len(data),
+            )
         for wake in self._streams:
             wake.set()
-        if changed and self.on_size_change is not None:
+        if (first or was_over != (oversize is not None)) and self.on_size_change is not None:
             self.on_size_change()
 
     def close(self) -> None:
