@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from host._api import api_pb2 as pluginapi
-from host.deviceplugin._cdi import qualified_name, validate_cdi_spec
+from host.deviceplugin._cdi import qualified_name
 from host.deviceplugin._guard import PluginCaller, PluginError
 from host.deviceplugin._types import UseDefaultMethodError
 from host.dra._prepare import (
@@ -74,11 +74,10 @@ class ClaimBuilder:
             return await self._build_through_allocate(ref, allocated)
         return self._build_plain(ref, allocated)
 
-    def _spec(self, name: str, edits: Mapping[str, Any], ref: ClaimRef) -> Mapping[str, Any]:
-        try:
-            return validate_cdi_spec(claim_cdi_spec(self.driver, name, edits))
-        except ValueError as err:
-            raise ClaimError(f"claim {ref}: cannot build CDI device {name!r}: {err}") from err
+    def _spec(self, name: str, edits: Mapping[str, Any]) -> Mapping[str, Any]:
+        # Validated once, by the CDI writer when the driver writes it (a ValueError
+        # there fails the claim).
+        return claim_cdi_spec(self.driver, name, edits)
 
     def _build_plain(self, ref: ClaimRef, allocated: Sequence[AllocatedDevice]) -> ClaimParts:
         specs: dict[str, Mapping[str, Any]] = {}
@@ -91,7 +90,7 @@ class ClaimBuilder:
                 specs.setdefault(ids[-1], own)
             edits = container_edits(dev.info.nodes, dev.info.mounts, dev.info.envs)
             if edits:
-                spec = self._spec(f"claim-{ref.uid}-{dev.device}", edits, ref)
+                spec = self._spec(f"claim-{ref.uid}-{dev.device}", edits)
                 ids.append(qualified_name(spec))
                 specs.setdefault(ids[-1], spec)
             devices.append(_prepared(dev, ids))
@@ -118,7 +117,7 @@ class ClaimBuilder:
                 name = f"claim-{ref.uid}-{dev_type}"
                 if per_type[dev_type] > 1:
                     name += f"-{seen[dev_type]}"
-                spec = self._spec(name, edits, ref)
+                spec = self._spec(name, edits)
                 ids.append(qualified_name(spec))
                 specs.setdefault(ids[-1], spec)
             if cresp.annotations:

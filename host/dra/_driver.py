@@ -205,7 +205,12 @@ class DraDriver:
             except ClaimError as err:
                 log.info("DRA driver %s: %s", self.driver_name, err)
                 return err
-            except (OSError, ValueError) as err:
+            except ValueError as err:
+                log.error(
+                    "DRA driver %s: claim %s: invalid CDI spec: %s", self.driver_name, ref, err
+                )
+                return ClaimError(f"claim {ref}: invalid CDI spec: {err}")
+            except OSError as err:
                 log.error("DRA driver %s: claim %s: %s", self.driver_name, ref, err)
                 return ClaimError(f"claim {ref}: cannot record it as prepared: {err}")
             log.info(

@@ -12,8 +12,10 @@ scanner's own CDI device when the DeviceInfo carries one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from host._api import api_pb2 as pluginapi
@@ -114,6 +116,11 @@ class PreparedClaim:
     ref: ClaimRef
     devices: tuple[PreparedDevice, ...]
     cdi_specs: tuple[Mapping[str, Any], ...] = ()
+
+    @cached_property
+    def canonical_json(self) -> str:
+        """The claim's checkpoint data as canonical JSON (sorted keys, no whitespace)."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
 
     def to_json(self) -> dict[str, Any]:
         """Return the claim as checkpoint data."""

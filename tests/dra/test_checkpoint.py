@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -29,9 +30,19 @@ class TestRoundTrip:
         assert checkpoint.load() == {"uid-1": CLAIM}
         document = json.loads(checkpoint.path.read_text())
         assert document["version"] == 1
-        assert len(document["checksum"]) == 64
+        canonical = json.dumps(document["data"], sort_keys=True, separators=(",", ":"))
+        assert document["checksum"] == hashlib.sha256(canonical.encode()).hexdigest()
         assert checkpoint.path.stat().st_mode & 0o777 == 0o600
         assert [p.name for p in checkpoint.path.parent.iterdir()] == ["checkpoint.json"]
+
+    def test_many_claims_sorted(self, checkpoint: ClaimCheckpoint) -> None:
+        """Several claims, saved in any order, load back with a valid checksum."""
+        claims = {
+            f"uid-{i}": PreparedClaim(ClaimRef("ns", f"c{i}", f"uid-{i}"), CLAIM.devices)
+            for i in (3, 1, 2, 10)
+        }
+        checkpoint.save(claims)
+        assert checkpoint.load() == claims
 
     def test_absent_is_empty(self, checkpoint: ClaimCheckpoint) -> None:
         """No file means no prepared claims."""

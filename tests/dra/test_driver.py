@@ -497,6 +497,23 @@ class TestPluginMethods:
         assert "allocate raised RuntimeError: card1 is on fire" in results[UID2].error
         assert len(cdi_files(dirs.cdi)) == 1
 
+    async def test_invalid_edits_are_per_claim(
+        self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims, dirs: Dirs
+    ) -> None:
+        """An answer that makes an invalid CDI spec fails its claim, naming the problem."""
+
+        class Scanner:
+            def post_allocate(self, response: Any) -> None:
+                response.container_responses[0].envs[""] = "nameless"
+
+        await drivers.start(Scanner())
+        await dra_kubelet.wait_for_driver(DRIVER)
+        claim = add_claim(claims, "c1", UID1, result("i915-card0"))
+        error = (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].error
+        assert "claim default/c1: invalid CDI spec" in error
+        assert "'=nameless'" in error
+        assert cdi_files(dirs.cdi) == []
+
     async def test_plugin_base_exception_is_per_claim(
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
     ) -> None:
