@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 import grpc
 
 from host._api import api_pb2
-from host.deviceplugin._names import resource_name_error
 from host.testing._kubelet_checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from host.testing._kubelet_endpoint import PluginEndpoint, go_join, go_status_text
+from host.testing._kubelet_names import is_extended_resource_name
 from host.testing._kubelet_resource import ResourceBook
 from host.testing._kubelet_types import (
     Allocation,
@@ -149,7 +149,7 @@ class DeviceManager:
                 f"requested API version {_go_quote(request.version)} is not supported by "
                 f'kubelet. Supported version is ["{API_VERSION}"]'
             )
-        if resource_name_error(request.resource_name) is not None:
+        if not is_extended_resource_name(request.resource_name):
             return f"the ResourceName {_go_quote(request.resource_name)} is invalid"
         return None
 
