@@ -271,8 +271,19 @@ class ResourceEndpoint:
             registration != self.registrations
             or self._need_register
             or self._registered_with is None
-            or self.service.stream_count > 0
         ):
+            return
+        if not self.service.has_stream_since(self._stream_floor) and self.service.stream_count:
+            # Register succeeded without a new stream (a kubelet that already served this
+            # socket keeps its connection): that older stream is the live one. Track it,
+            # or its end would go unnoticed and our devices be lost to kubelet.
+            self._stream_floor = self.service.oldest_stream_seq()
+            log.info(
+                "%s: kubelet kept the device list stream of the previous registration",
+                self.service.resource_name,
+            )
+            return
+        if self.service.stream_count > 0:
             return
         log.info(
             "%s: kubelet accepted the registration but opened no device list stream "
@@ -374,6 +385,7 @@ class ResourceEndpoint:
             resource_name=self.service.resource_name,
             options=self.service.options,
         )
+        previous = (self._registered_with, self._stream_floor)
         self._need_register = False
         self._registered_with = None  # not registered until this call succeeds
         self._registering_with = kubelet_id
@@ -383,6 +395,18 @@ class ResourceEndpoint:
             await self._serve_while(call)
             await call
         except grpc.aio.AioRpcError as err:
+            if previous[0] == kubelet_id and self.service.has_stream_since(previous[1]):
+                # Kubelet 1.36+ refuses a second Register for a socket it still serves
+                # ("device plugin already connected"): the stream we have is the one
+                # it listens to, so we are registered as before.
+                self._registered_with, self._stream_floor = previous
+                log.info(
+                    "%s: kubelet refused a second registration (%s) and still reads our "
+                    "device list; keeping that stream",
+                    self.service.resource_name,
+                    err.details(),
+                )
+                return True
             self._need_register = True
             self._registering_with = None
             self._problem(

@@ -171,6 +171,10 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         """The sequence number the next ListAndWatch stream will get."""
         return self._stream_seq
 
+    def oldest_stream_seq(self) -> int:
+        """Return the sequence number of the oldest open stream (the next one's if none)."""
+        return min(self._streams.values(), default=self._stream_seq)
+
     def has_stream_since(self, seq: int) -> bool:
         """Whether a stream opened at or after sequence number ``seq`` is still open."""
         return any(opened >= seq for opened in self._streams.values())

@@ -106,3 +106,24 @@ class TestScannerFailure:
         state = await kubelet.wait_for_resource("ex.com/s", count=2)
         assert state.allocatable == 1
         assert (await kubelet.allocate("ex.com/s", ["s0"])).container_responses
+
+
+@pytest.mark.asyncio
+class TestSecondRegistrationSameSocket:
+    async def test_refused_second_register_keeps_the_live_stream(
+        self, serve: ServeFn, short_dir: Path
+    ) -> None:
+        """Kubelet 1.36 refuses a Register for a socket it still serves; the endpoint stays
+        registered and ready on the stream it has, instead of retrying forever."""
+        async with FakeKubelet(short_dir, mode="1.36") as kubelet:
+            manager = await serve("ex.com", QueueScanner(tree_of({"a": {"d0": info()}})))
+            await kubelet.wait_for_resource("ex.com/a", count=1, healthy=1)
+            endpoint = manager._endpoints["a"]
+            endpoint._need_register = True  # as after a spurious kubelet-restart signal
+            endpoint._wake.set()
+            await kubelet.wait_for(lambda: len(kubelet.rejected) > 0, what="the refusal")
+            assert "already connected" in kubelet.rejected[-1].reason
+            await kubelet.wait_for(lambda: manager.resources["ex.com/a"].ready)
+            assert manager.resources["ex.com/a"].registered
+            assert kubelet.resources["ex.com/a"].registrations == 1
+            assert len(kubelet.rejected) == 1  # no retry loop
