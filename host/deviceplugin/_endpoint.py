@@ -148,6 +148,7 @@ class ResourceEndpoint:
         self._socket_id: SocketIdentity | None = None
         self._registered_with: SocketIdentity | None = None
         self._registering_with: SocketIdentity | None = None
+        self._restarted_as: SocketIdentity | None = None
         self._need_register = True
         self._registered_at: float | None = None
         self._stream_check: asyncio.TimerHandle | None = None
@@ -204,8 +205,10 @@ class ResourceEndpoint:
     def _on_watch_event(self, event: WatchEvent) -> None:
         if event.kind is WatchEventKind.KUBELET_STARTED:
             # A registration with this very kubelet done or in flight needs no other.
-            if self._registering_with != self.watcher.kubelet_identity():
+            current = self.watcher.kubelet_identity()
+            if self._registering_with != current:
                 self._need_register = True
+                self._restarted_as = current
         elif event.kind is WatchEventKind.SOCKET_REMOVED and event.name != self.socket_path.name:
             return
         self._wake.set()
@@ -221,6 +224,7 @@ class ResourceEndpoint:
             log.info("%s: kubelet closed its device list stream", self.service.resource_name)
         self._lost_at = time.monotonic()
         self._need_register = True
+        self._restarted_as = None  # a lost stream always means registering again
         self._wake.set()
 
     # -- main loop ------------------------------------------------------------------
@@ -414,7 +418,14 @@ class ResourceEndpoint:
                 f"{err.code().name}: {err.details()}"
             )
             return False
-        self._registered_with = kubelet_id
+        # The kubelet that answered is the one listening at the path now: the one read
+        # before dialing may have been a dead socket that a restarting kubelet replaced
+        # while the call was retrying. A restart seen meanwhile is this kubelet's.
+        answered = self.watcher.kubelet_identity() or kubelet_id
+        if self._need_register and self._restarted_as == answered:
+            self._need_register = False
+        self._registered_with = self._registering_with = answered
+        self._restarted_as = None
         self._registered_at = time.monotonic()
         self.registrations += 1
         if self._stream_check is not None:
