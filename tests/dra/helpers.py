@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from host.deviceplugin import HEALTHY, DeviceInfo, DeviceSpec
+from host.deviceplugin import HEALTHY, DeviceInfo, DeviceSpec, DeviceTree
 from host.deviceplugin._cdi import validate_cdi_spec
 from host.dra import ClaimSource, DraDriver
 from host.testing import FakeClaims, allocated_claim
@@ -117,3 +117,19 @@ class DriverRunner:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class QueueScanner:
+    """A scanner driven by the test: each tree put on ``trees`` is notified, an exception raised."""
+
+    def __init__(self, *trees: DeviceTree) -> None:
+        self.trees: asyncio.Queue[DeviceTree | BaseException] = asyncio.Queue()
+        for tree in trees:
+            self.trees.put_nowait(tree)
+
+    async def scan(self, notifier: Any) -> None:
+        while True:
+            item = await self.trees.get()
+            if isinstance(item, BaseException):
+                raise item
+            notifier.notify(item)

@@ -52,6 +52,22 @@ class TestRegistration:
         async with asyncio.timeout(5):
             assert await driver.registration.wait_for_status() is True
 
+    async def test_kubelet_restart_registers_again(
+        self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
+    ) -> None:
+        """A restarted kubelet finds the socket again and the driver hears of it."""
+        driver = await drivers.start()
+        await dra_kubelet.wait_for_driver(DRIVER)
+        async with asyncio.timeout(5):
+            await driver.registration.wait_for_status()
+        reports = driver.registration.status_count
+        await dra_kubelet.restart()
+        await dra_kubelet.wait_for_driver(DRIVER)
+        async with asyncio.timeout(5):
+            assert await driver.registration.wait_for_status(after=reports) is True
+        claim = add_claim(claims, "c1", UID1, result("i915-card0"))
+        assert (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].error == ""
+
     async def test_refusal_reported(self, drivers: DriverRunner, dirs: Dirs) -> None:
         """A kubelet speaking none of our services refuses; the driver hears why."""
         driver = await drivers.start()
