@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import shutil
 import stat
 import tempfile
@@ -75,6 +76,7 @@ class FakeKubelet:
         grace_period: float = 300.0,
         authority: str | None = "localhost",
         dial_timeout: float = DIAL_TIMEOUT,
+        seed: int | None = None,
     ) -> None:
         if mode not in get_args(KubeletMode):
             raise ValueError(
@@ -91,6 +93,9 @@ class FakeKubelet:
         self._grace = grace_period
         self._authority = authority
         self._dial_timeout = dial_timeout
+        # Kubelet hands over device IDs in Go map order: unspecified, so random here
+        # (seed it to reproduce a run).
+        self._random = random.Random(seed)
         self._server: grpc.aio.Server | None = None
         self._listen_dir: str | None = None
         self._dm = DeviceManager(
@@ -493,26 +498,41 @@ class FakeKubelet:
         return await endpoint.pre_start_container(request)
 
     async def allocate_like_kubelet(
-        self, resource: str, count: int, *, pod_uid: str | None = None, container: str = "main"
+        self,
+        resource: str,
+        count: int,
+        *,
+        pod_uid: str | None = None,
+        container: str = "main",
+        reusable: Iterable[str] = (),
     ) -> Allocation:
         """Admit one container requesting ``count`` devices, as kubelet does.
 
         As ``devicesToAllocate`` in ``pkg/kubelet/cm/devicemanager/manager.go``.
 
-        Picks healthy devices not yet allocated; asks GetPreferredAllocation first when
-        the plugin offers it (its answer intersected with the candidates, the rest filled
-        in); calls Allocate; records the allocation. Every failure raises
-        :class:`KubeletError` with kubelet's admission text ``Allocate failed due to ...,
-        which is unexpected``.
+        Takes ``reusable`` devices first (those of the pod's completed init
+        containers), then picks healthy devices not yet allocated, asking
+        GetPreferredAllocation first when the plugin offers it and devices are still
+        needed: ``available_deviceIDs`` = the free devices plus those already taken, in
+        random order (kubelet's Go map order), ``must_include_deviceIDs`` = those taken,
+        ``allocation_size`` = the whole request. Its answer is intersected with the
+        candidates and the rest filled in; then Allocate; the allocation is recorded.
+        Every failure raises :class:`KubeletError` with kubelet's admission text
+        ``Allocate failed due to ..., which is unexpected``. NUMA alignment (the
+        TopologyManager's candidate set) is not modelled: every free device is a candidate.
         """
         if count < 1:
             raise ValueError(f"allocate_like_kubelet: count must be >= 1, got {count}")
         try:
-            return await self._admit(resource, count, pod_uid or str(uuid.uuid4()), container)
+            return await self._admit(
+                resource, count, pod_uid or str(uuid.uuid4()), container, tuple(reusable)
+            )
         except KubeletError as err:
             raise KubeletError(f"Allocate failed due to {err}, which is unexpected") from err
 
-    async def _admit(self, resource: str, count: int, pod_uid: str, container: str) -> Allocation:
+    async def _admit(
+        self, resource: str, count: int, pod_uid: str, container: str, reusable: tuple[str, ...]
+    ) -> Allocation:
         book = self._dm.books.get(resource)
         if book is None or book.healthy is None:
             raise KubeletError(f"cannot allocate unregistered device {resource}")
@@ -520,17 +540,27 @@ class FakeKubelet:
             raise KubeletError(
                 f"no healthy devices present; cannot allocate unhealthy devices {resource}"
             )
-        available = book.healthy - self._dm.in_use(resource)
-        if len(available) < count:
+        taken = list(dict.fromkeys(reusable))[:count]
+        available = book.healthy - self._dm.in_use(resource) - set(taken)
+        if len(available) + len(taken) < count:
             raise KubeletError(
                 f"requested number of devices unavailable for {resource}. "
                 f"Requested: {count}, Available: {len(available)}"
             )
         endpoint = self._endpoint(resource)
         preferred: list[str] = []
-        if endpoint.options is not None and endpoint.options.get_preferred_allocation_available:
+        options = endpoint.options
+        if (
+            len(taken) < count
+            and options is not None
+            and options.get_preferred_allocation_available
+        ):
+            offered = [*available, *taken]
+            self._random.shuffle(offered)
             try:
-                answer = await self.preferred_allocation(resource, sorted(available), size=count)
+                answer = await self.preferred_allocation(
+                    resource, offered, must_include=taken, size=count
+                )
             except grpc.aio.AioRpcError as err:
                 text = go_status_text(err)
                 raise KubeletError(
@@ -539,8 +569,9 @@ class FakeKubelet:
             if answer.container_responses:
                 preferred = list(answer.container_responses[0].deviceIDs)
         # The lock was released during the RPC: only devices still healthy and free count.
-        candidates = (book.healthy or set()) - self._dm.in_use(resource)
-        chosen = list(dict.fromkeys(d for d in preferred if d in candidates))[:count]
+        candidates = (book.healthy or set()) - self._dm.in_use(resource) - set(taken)
+        chosen = taken + list(dict.fromkeys(d for d in preferred if d in candidates))
+        chosen = chosen[:count]
         chosen += sorted(candidates - set(chosen))[: count - len(chosen)]
         if len(chosen) < count:
             raise KubeletError(

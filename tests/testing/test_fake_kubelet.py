@@ -815,7 +815,8 @@ class TestClientHelpers:
         first = await kubelet.allocate_like_kubelet(RESOURCE, 2)
         assert first.device_ids == ("d3", "d1")
         (request,) = plugin.preferred_requests[0].container_requests
-        assert list(request.available_deviceIDs) == ["d1", "d2", "d3"]
+        assert sorted(request.available_deviceIDs) == ["d1", "d2", "d3"]
+        assert list(request.must_include_deviceIDs) == []
         assert request.allocation_size == 2
         assert list(plugin.allocate_requests[-1].container_requests[0].devices_ids) == [
             "d3",
@@ -830,6 +831,53 @@ class TestClientHelpers:
         second = await kubelet.allocate_like_kubelet(RESOURCE, 3)
         assert set(second.device_ids) == {"d1", "d2", "d3"}
         assert kubelet.allocations == (second,)
+
+    @pytest.mark.asyncio
+    async def test_preferred_allocation_request_as_kubelet_sends_it(self, short_dir: Path) -> None:
+        """IDs in Go map order (random, seedable), reusable devices as must-include IDs
+        (also among the available ones), and the size of the whole request."""
+        options = api_pb2.DevicePluginOptions(get_preferred_allocation_available=True)
+        ids = [f"d{i:02}" for i in range(20)]
+        orders = []
+        for index, seed in enumerate((1, 2, 1)):
+            # A directory each: a kubelet restores the allocations checkpointed there.
+            async with FakeKubelet(short_dir / f"k{index}", seed=seed) as kubelet:
+                make, started = await _started_plugins(kubelet.plugin_dir)
+                plugin = await make(devices=[dev(i) for i in ids], options=options)
+                await plugin.register(kubelet)
+                await kubelet.wait_for_resource(RESOURCE, healthy=20)
+                init = await kubelet.allocate_like_kubelet(RESOURCE, 2, pod_uid="p")
+                await kubelet.release(init)
+                plugin.preferred_answer = ["d19"]
+                main = await kubelet.allocate_like_kubelet(
+                    RESOURCE, 3, pod_uid="p", reusable=init.device_ids
+                )
+                (request,) = plugin.preferred_requests[-1].container_requests
+                assert sorted(request.available_deviceIDs) == ids
+                assert list(request.must_include_deviceIDs) == list(init.device_ids)
+                assert request.allocation_size == 3
+                assert main.device_ids == (*init.device_ids, "d19")
+                orders.append(
+                    list(plugin.preferred_requests[0].container_requests[0].available_deviceIDs)
+                )
+                for started_plugin in started:
+                    await started_plugin.stop()
+        assert orders[0] == orders[2]  # the same seed, the same order
+        assert orders[0] != orders[1]
+        assert orders[0] != sorted(orders[0])
+
+    @pytest.mark.asyncio
+    async def test_reusable_devices_enough_means_no_preference_call(
+        self, kubelet: FakeKubelet, plugins: PluginFactory
+    ) -> None:
+        """Kubelet asks for a preference only when devices are still needed."""
+        options = api_pb2.DevicePluginOptions(get_preferred_allocation_available=True)
+        plugin = await plugins(devices=TWO, options=options)
+        await plugin.register(kubelet)
+        await kubelet.wait_for_resource(RESOURCE, healthy=2)
+        allocation = await kubelet.allocate_like_kubelet(RESOURCE, 1, reusable=["d2"])
+        assert allocation.device_ids == ("d2",)
+        assert plugin.preferred_requests == []
 
     @pytest.mark.asyncio
     async def test_allocate_like_kubelet_admission_errors(
