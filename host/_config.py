@@ -409,6 +409,8 @@ _FILE_SETTINGS: dict[str, tuple[str, str]] = {
     "log-format": ("log_format", "format"),
     "metrics-address": ("metrics_address", "address"),
     "instance-id": ("instance_id", "instance"),
+    "registration": ("registration", "registration"),
+    "plugins-registry-dir": ("plugins_registry_dir", "path"),
 }
 
 

@@ -274,18 +274,25 @@ def build_managers(
     cdi_dir: Path,
     metrics: HostMetrics | None = None,
     instance_id: str | None = None,
+    registration: str = "kubelet-socket",
+    plugins_registry_dir: Path | None = None,
 ) -> list[tuple[str, Servable]]:
     """Build one Manager per scanner, labelled ``plugin namespace``.
 
-    All share one plugin-directory watcher (one inotify watch for the process) and
+    All share one socket-directory watcher (one inotify watch for the process) and
     every plugin's post-allocate hook. With ``metrics``, each Manager reports to it.
-    ``instance_id`` names
-    their sockets (see :class:`~host.deviceplugin.Manager`). Call it with the event loop
-    running.
+    ``instance_id`` names their sockets; ``registration`` and ``plugins_registry_dir``
+    choose how kubelet learns of them (see :class:`~host.deviceplugin.Manager`). Call
+    it with the event loop running.
     """
     from host.deviceplugin import Manager, PluginDirWatcher
+    from host.deviceplugin._manager import DEFAULT_PLUGINS_REGISTRY_DIR
 
-    watcher = PluginDirWatcher(plugin_dir, kubelet_socket)
+    registry_dir = plugins_registry_dir or Path(DEFAULT_PLUGINS_REGISTRY_DIR)
+    if registration == "plugins-registry":
+        watcher = PluginDirWatcher(registry_dir)
+    else:
+        watcher = PluginDirWatcher(plugin_dir, kubelet_socket)
     servers: list[tuple[str, Servable]] = []
     for record in scanners:
         manager = Manager(
@@ -299,6 +306,8 @@ def build_managers(
             plugin_name=record.plugin,
             observer=None if metrics is None else metrics.observer(record.plugin),
             instance_id=instance_id,
+            registration=registration,
+            plugins_registry_dir=registry_dir,
         )
         if metrics is not None:
             metrics.add_manager(manager)
@@ -420,6 +429,8 @@ def run_host(
     plugins: Sequence[PluginRecord] = (),
     metrics_address: tuple[str, int] | None = None,
     instance_id: str | None = None,
+    registration: str = "kubelet-socket",
+    plugins_registry_dir: Path | None = None,
 ) -> int:
     """Serve every scanner under one event loop until SIGTERM/SIGINT; return the exit status.
 
@@ -452,6 +463,8 @@ def run_host(
                 cdi_dir=cdi_dir,
                 metrics=metrics,
                 instance_id=instance_id,
+                registration=registration,
+                plugins_registry_dir=plugins_registry_dir,
             )
             # Everything loaded so far (modules, plugins, managers) lives as long as the
             # host: out of the collector's sight, a full collection no longer walks it

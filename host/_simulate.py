@@ -75,6 +75,8 @@ class SimulationPlan:
     timeout: float = 10.0
     """Seconds to wait for every resource to register (and again after each restart)."""
     kubelet_mode: KubeletMode = "1.25"
+    registration: str = "kubelet-socket"
+    """``plugins-registry``: the fake kubelet's plugin watcher registers the sockets."""
 
 
 # -- watching scanners and kubelet -------------------------------------------------------
@@ -297,7 +299,11 @@ class _Simulation:
     async def _run_in(self, workdir: Path) -> None:
         plugin_dir, cdi_dir = workdir / "plugins", workdir / "cdi"
         mode = self._plan.kubelet_mode
-        self._kubelet = FakeKubelet(plugin_dir, mode=mode)
+        registry_dir = workdir / "registry"
+        by_registry = self._plan.registration == "plugins-registry"
+        self._kubelet = FakeKubelet(
+            plugin_dir, mode=mode, registry_dir=registry_dir if by_registry else None
+        )
         await self.kubelet.start()  # first: kubelet's start removes the sockets in plugin_dir
         try:
             paths = {
@@ -305,11 +311,15 @@ class _Simulation:
                 "plugin_dir": str(plugin_dir),
                 "cdi_dir": str(cdi_dir),
             }
+            where = self.kubelet.socket_path
+            if by_registry:
+                paths["registry_dir"] = str(registry_dir)
+                where = f"{where} with its plugin watcher on {registry_dir}"
             self._note(
                 Event(
                     "kubelet-started",
-                    f"fake kubelet {mode} on {self.kubelet.socket_path}, CDI specs in {cdi_dir}",
-                    data={**paths, "mode": mode},
+                    f"fake kubelet {mode} on {where}, CDI specs in {cdi_dir}",
+                    data={**paths, "mode": mode, "registration": self._plan.registration},
                 )
             )
             loop = asyncio.get_running_loop()
@@ -319,6 +329,8 @@ class _Simulation:
                 self._post_allocators,
                 plugin_dir=plugin_dir,
                 cdi_dir=cdi_dir,
+                registration=self._plan.registration,
+                plugins_registry_dir=registry_dir,
             )
             stop = asyncio.Event()
             serving = asyncio.create_task(serve_all(servers, stop), name="simulate: managers")

@@ -23,8 +23,10 @@ from host import __version__
 from host._config import (
     DEFAULT_CDI_DIR,
     DEFAULT_PLUGIN_DIR,
+    DEFAULT_PLUGINS_REGISTRY_DIR,
     LOG_FORMATS,
     LOG_LEVELS,
+    REGISTRATION_MODES,
     ConfigError,
     HostSettings,
     OptionSetting,
@@ -224,6 +226,21 @@ def _kubelet_options(command: F) -> F:
             help="Name this host's sockets after ID (a hash of it), so that two hosts serve "
             "the same resources side by side during a rolling update; the DaemonSet sets it "
             "to the pod UID. Default: none (sockets named <namespace>-<type>.sock).",
+        ),
+        _option(
+            "--registration",
+            envvar="DEVPLUGIN_REGISTRATION",
+            type=click.Choice(REGISTRATION_MODES),
+            show_default="kubelet-socket",
+            help="kubelet-socket: Register on kubelet.sock; plugins-registry: put each "
+            "socket in the plugins registry directory, where kubelet's plugin watcher finds it.",
+        ),
+        _option(
+            "--plugins-registry-dir",
+            envvar="DEVPLUGIN_PLUGINS_REGISTRY_DIR",
+            type=click.Path(path_type=Path),
+            show_default=str(DEFAULT_PLUGINS_REGISTRY_DIR),
+            help="Kubelet's plugin watcher directory (with --registration plugins-registry).",
         ),
     ]
     for decorator in reversed(decorators):
@@ -499,6 +516,8 @@ def run(**params: Any) -> None:
             plugins=activation.plugins,
             metrics_address=address,
             instance_id=settings.instance_id,
+            registration=settings.registration,
+            plugins_registry_dir=settings.plugins_registry_dir,
         )
     )
 
@@ -607,6 +626,15 @@ KUBELET_MODES = ("1.24", "1.25", "1.36")
     "1.36 (endpoints per socket).",
 )
 @_option(
+    "--registration",
+    envvar="DEVPLUGIN_REGISTRATION",
+    type=click.Choice(REGISTRATION_MODES),
+    default="kubelet-socket",
+    show_default=True,
+    help="kubelet-socket: the plugins call Register on kubelet.sock; plugins-registry: "
+    "their sockets go to the fake kubelet's plugin watcher directory.",
+)
+@_option(
     "--json",
     "as_json",
     envvar="DEVPLUGIN_JSON",
@@ -620,6 +648,7 @@ def simulate(
     once: bool,
     timeout: float,
     kubelet_mode: str,
+    registration: str,
     as_json: bool,
     **params: Any,
 ) -> None:
@@ -652,6 +681,7 @@ def simulate(
         once=once,
         timeout=timeout,
         kubelet_mode=cast("KubeletMode", kubelet_mode),
+        registration=registration,
     )
     problems = run_simulation(
         activation.scanners, activation.post_allocators, plan, as_json=as_json, write=click.echo

@@ -305,6 +305,16 @@ class TestUsageErrors:
         message = one_line_error(invoke("run", "--config", str(config)))
         assert message == f"config file {config}: instance-id '' cannot be used: it is empty"
 
+    def test_bad_registration_in_config_file(self, plugin_site: PluginSite, tmp_path: Path) -> None:
+        """registration in the config file must be one of the two ways."""
+        config = tmp_path / "host.toml"
+        config.write_text('registration = "carrier-pigeon"\n', encoding="utf-8")
+        message = one_line_error(invoke("run", "--config", str(config)))
+        assert message == (
+            f"config file {config}: registration must be one of kubelet-socket, "
+            "plugins-registry, got 'carrier-pigeon'"
+        )
+
     def test_malformed_config_file(self, plugin_site: PluginSite, tmp_path: Path) -> None:
         """A malformed TOML file: its path and line, exit 2."""
         config = tmp_path / "host.toml"

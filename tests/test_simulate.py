@@ -125,6 +125,21 @@ class TestOnce:
         assert document["resources"][WIDGET]["allocatable"] == 4
         assert document["events"][0]["mode"] == mode
 
+    @pytest.mark.parametrize("mode", ["1.25", "1.36"])
+    def test_plugins_registry(self, mode: str) -> None:
+        """--registration plugins-registry: the fake kubelet's plugin watcher registers them."""
+        document = once_json(
+            *WITH_HOOKS, "--kubelet-mode", mode, "--registration", "plugins-registry"
+        )
+        started = document["events"][0]
+        assert started["registration"] == "plugins-registry"
+        registry = Path(started["registry_dir"])
+        widget = document["resources"][WIDGET]
+        assert (widget["allocatable"], widget["registrations"]) == (4, 1)
+        registered = next(e for e in document["events"] if e["event"] == "registered")
+        assert Path(registered["endpoint"]).parent == registry
+        assert document["rejected"] == []
+
     def test_kubelet_modes_are_the_fake_kubelets(self) -> None:
         """--kubelet-mode offers exactly the generations FakeKubelet reproduces."""
         assert get_args(KubeletMode) == KUBELET_MODES

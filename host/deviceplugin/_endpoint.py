@@ -354,6 +354,7 @@ class ResourceEndpoint:
             ]
         )
         server.add_generic_rpc_handlers((self.service.rpc_handler(),))
+        self._add_services(server)
         try:
             if server.add_insecure_port(f"unix:{path}") == 0:  # older grpcio: 0, no raise
                 raise RuntimeError(f"Failed to bind to address unix:{path}")
@@ -364,6 +365,9 @@ class ResourceEndpoint:
         self._server = server
         self._socket_id = socket_identity(path)
         log.debug("%s: serving on %s", self.service.resource_name, path)
+
+    def _add_services(self, server: grpc.aio.Server) -> None:
+        """Add services beside DevicePlugin on a new server (a registration strategy's hook)."""
 
     async def _stop_server(self, grace: float = SERVER_STOP_GRACE) -> None:
         server, self._server = self._server, None

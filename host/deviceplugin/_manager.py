@@ -23,18 +23,30 @@ from host.deviceplugin._feed import ScannerFeed, Snapshot
 from host.deviceplugin._guard import DEFAULT_CALL_TIMEOUT, PluginCaller
 from host.deviceplugin._names import instance_id_error, resource_name_error, socket_name
 from host.deviceplugin._observer import LOG_FIELDS, NULL_OBSERVER, Observer, log_context
+from host.deviceplugin._registry import PluginsRegistryEndpoint
 from host.deviceplugin._service import DevicePluginService, PostAllocateHook, RpcError
 from host.deviceplugin._types import HEALTHY, UNHEALTHY, DeviceInfo, Notifier, Scanner
 from host.deviceplugin._watcher import PluginDirWatcher
 
 __all__ = [
     "DEFAULT_CDI_DIR",
+    "DEFAULT_PLUGINS_REGISTRY_DIR",
     "DEFAULT_PLUGIN_DIR",
+    "REGISTRATIONS",
     "Manager",
     "ResourceStatus",
 ]
 
 log = logging.getLogger("host.deviceplugin.manager")
+
+DEFAULT_PLUGINS_REGISTRY_DIR = "/var/lib/kubelet/plugins_registry"
+"""Where kubelet's plugin watcher looks for sockets (``{root-dir}/plugins_registry``)."""
+
+REGISTRATIONS: dict[str, type[ResourceEndpoint]] = {
+    "kubelet-socket": ResourceEndpoint,
+    "plugins-registry": PluginsRegistryEndpoint,
+}
+"""How kubelet learns about a resource, by ``--registration`` name."""
 
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins/"
 """Where kubelet looks for device-plugin sockets (hard-coded in kubelet)."""
@@ -70,6 +82,9 @@ class Manager:
     re-registered whenever kubelet restarts. With ``instance_id`` (the pod UID of the
     host), sockets are named ``<namespace>-T-<tag>.sock`` so that two hosts (the old
     and the new pod of a rolling update) serve the same resources side by side.
+    With ``registration="plugins-registry"`` the sockets go to ``plugins_registry_dir``
+    instead, where kubelet's plugin watcher finds and registers them (no ``Register``
+    call, no ``kubelet.sock``); ``watcher`` must then watch that directory.
     """
 
     def __init__(
@@ -91,8 +106,15 @@ class Manager:
         cdi_in_use: InUse | None = None,
         cdi_check_interval: float = 60.0,
         cdi_retry_backoff: tuple[float, float] = (1.0, 60.0),
+        registration: str = "kubelet-socket",
+        plugins_registry_dir: str | os.PathLike[str] = DEFAULT_PLUGINS_REGISTRY_DIR,
     ) -> None:
         self.plugin_name = plugin_name or namespace
+        if registration not in REGISTRATIONS:
+            raise ValueError(
+                f"registration must be one of {', '.join(REGISTRATIONS)}, got {registration!r}"
+            )
+        self.registration = registration
         if instance_id is not None and (problem := instance_id_error(instance_id)):
             raise ValueError(f"instance id {instance_id!r} cannot be used: {problem}")
         self.instance_id = instance_id
@@ -113,7 +135,12 @@ class Manager:
             Path(kubelet_socket) if kubelet_socket is not None else self.plugin_dir / "kubelet.sock"
         )
         self.cdi_dir = Path(cdi_dir)
-        self._watcher = watcher or PluginDirWatcher(self.plugin_dir, self.kubelet_socket)
+        self.socket_dir = (
+            Path(plugins_registry_dir) if registration == "plugins-registry" else self.plugin_dir
+        )
+        """Where the resources' sockets are: the plugin directory or the plugins registry."""
+        self._endpoint_type = REGISTRATIONS[registration]
+        self._watcher = watcher or PluginDirWatcher(self.socket_dir, self.kubelet_socket)
         self._post_allocators = tuple(post_allocators)
         self._register_backoff = register_backoff
         # cdi_in_use tells which devices running containers hold (kubelet's PodResources);
@@ -195,7 +222,7 @@ class Manager:
         """Scan and serve until cancelled; cancellation stops every server cleanly."""
         self._serving = True
         LOG_FIELDS.set({**LOG_FIELDS.get(), "plugin": self.plugin_name})
-        self.plugin_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._cdi.start()
         feed = asyncio.create_task(self._feed.run(), name=f"feed {self.namespace}")
         try:
@@ -260,9 +287,9 @@ class Manager:
         )
         service.unhealthy_reason = functools.partial(self._cdi.failure, resource_name)
         service.update(self._offered(resource_name, devices), all_unhealthy=self._scan_failed)
-        endpoint = ResourceEndpoint(
+        endpoint = self._endpoint_type(
             service,
-            self.plugin_dir / socket_name(self.namespace, dev_type, self.instance_id),
+            self.socket_dir / socket_name(self.namespace, dev_type, self.instance_id),
             self._watcher,
             backoff=Backoff(*self._register_backoff),
         )

@@ -39,6 +39,7 @@ from host.testing._kubelet_types import (
     Rejection,
     ResourceState,
 )
+from host.testing._kubelet_watcher import PluginWatcher
 
 __all__ = ["FakeKubelet"]
 
@@ -60,6 +61,11 @@ class FakeKubelet:
     Like kubelet, :meth:`start` unlinks every socket in ``plugin_dir``: start plugins
     after it (or have them re-create their socket, as they must after a restart).
 
+    With ``registry_dir`` the kubelet also runs its plugin watcher there (kubelet:
+    ``/var/lib/kubelet/plugins_registry``): plugins that put their socket in it serving
+    ``pluginregistration.Registration`` are registered without calling ``Register``,
+    looked at every ``reconcile_interval`` seconds (kubelet's reconciler: 1 s).
+
     Use it as an async context manager, or call :meth:`start` and :meth:`stop`::
 
         async with FakeKubelet(tmp_dir) as kubelet:
@@ -77,6 +83,8 @@ class FakeKubelet:
         authority: str | None = "localhost",
         dial_timeout: float = DIAL_TIMEOUT,
         seed: int | None = None,
+        registry_dir: str | os.PathLike[str] | None = None,
+        reconcile_interval: float = 1.0,
     ) -> None:
         if mode not in get_args(KubeletMode):
             raise ValueError(
@@ -107,6 +115,15 @@ class FakeKubelet:
             notify=self._notify,
         )
         self._condition = asyncio.Condition()
+        self._registry_dir = (
+            os.path.abspath(os.fspath(registry_dir)) if registry_dir is not None else None
+        )
+        if reconcile_interval <= 0:
+            raise ValueError(
+                f"FakeKubelet: reconcile_interval must be > 0, got {reconcile_interval!r}"
+            )
+        self._reconcile_interval = reconcile_interval
+        self._watcher: PluginWatcher | None = None
 
     def __repr__(self) -> str:
         return f"FakeKubelet({self._dir!r}, mode={self._mode!r}): {self._describe()}"
@@ -174,7 +191,20 @@ class FakeKubelet:
             self._remove_listen_dir()
             raise
         self._server = server
+        if self._registry_dir is not None:
+            self._watcher = PluginWatcher(
+                self._registry_dir,
+                self._dm,
+                interval=self._reconcile_interval,
+                notify=self._notify,
+            )
+            self._watcher.start()
         await self._notify()
+
+    @property
+    def registry_dir(self) -> str | None:
+        """The plugin watcher's directory (kubelet: ``plugins_registry``), if it runs."""
+        return self._registry_dir
 
     async def stop(self) -> None:
         """Die like the kubelet process: drop the server and every plugin connection.
@@ -186,6 +216,9 @@ class FakeKubelet:
         if server is None:
             return
         await server.stop(None)
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            await watcher.stop()
         await self._dm.shutdown()
         self._remove_listen_dir()
         await self._notify()

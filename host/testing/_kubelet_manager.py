@@ -187,6 +187,40 @@ class DeviceManager:
         await self._notify()
         return None
 
+    async def register_plugin(self, name: str, endpoint: str) -> str | None:
+        """Connect as Register does, for the plugin watcher (``RegisterPlugin``); the error or None.
+
+        ``endpoint`` is the DevicePlugin socket, used as given (not joined with the
+        device-plugin directory). Validation is the watcher's (``ValidatePlugin``).
+        """
+        request = api_pb2.RegisterRequest(
+            version=API_VERSION, endpoint=endpoint, resource_name=name
+        )
+        return await self._connect_client(request, endpoint, None)
+
+    async def deregister_plugin(self, name: str, endpoint: str) -> None:
+        """Disconnect a plugin whose registry socket went away (``DeRegisterPlugin``).
+
+        Up to 1.35 the client is looked up by name only, so a newer instance of the
+        resource is the one disconnected; 1.36 looks it up by (name, socket path).
+        """
+        key = self._client_key(name, endpoint)
+        clients = self._clients.get(key)
+        if not clients:
+            return
+        client = clients[0]
+        self._deregister_client(key, client)
+        await client.close()
+        self._plugin_disconnected(name, client)
+        await self._notify()
+
+    def reject_plugin(self, name: str, endpoint: str, reason: str) -> None:
+        """Record a registration the plugin watcher refused, with kubelet's text."""
+        request = api_pb2.RegisterRequest(
+            version=API_VERSION, endpoint=endpoint, resource_name=name
+        )
+        self._reject(request, reason)
+
     async def _add_endpoint_legacy(
         self, request: api_pb2.RegisterRequest, socket_path: str
     ) -> None:

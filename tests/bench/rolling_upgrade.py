@@ -1,7 +1,8 @@
 """Rolling updates under Allocate load: ``python tests/bench/rolling_upgrade.py``.
 
 Replaces the host ``--rolls`` times (default 20) against the fake kubelet of each
-generation (``--modes``, default 1.24,1.25,1.36): start the new host with another
+generation (``--modes``, default 1.24,1.25,1.36; ``--plugins-registry`` to register
+through its plugin watcher): start the new host with another
 ``--instance-id``, wait until kubelet uses it, SIGTERM the old one, wait until kubelet
 has settled. A load task admits and releases containers as kubelet does, back to back.
 Prints, per mode: the longest span with allocatable 0 (exact: the fake kubelet records
@@ -31,12 +32,20 @@ from tests.reliability.rolling import RollFigures, roll_hosts
 GAP_TARGET = 0.100
 
 
-async def measure(mode: KubeletMode, rolls: int) -> RollFigures:
-    """Roll ``rolls`` times against a fresh fake kubelet of ``mode``."""
+async def measure(mode: KubeletMode, rolls: int, registry: bool) -> RollFigures:
+    """Roll ``rolls`` times against a fresh fake kubelet of ``mode``.
+
+    ``registry``: the hosts register through the plugin watcher, whose reconciler looks
+    every second as kubelet's does.
+    """
     work = Path(tempfile.mkdtemp(prefix="dproll", dir="/tmp"))
     try:
-        async with FakeKubelet(work, mode=mode) as kubelet:
-            return await roll_hosts(kubelet, work, rolls)
+        registry_dir = work / "reg" if registry else None
+        async with FakeKubelet(work / "dp", mode=mode, registry_dir=registry_dir) as kubelet:
+            figures = await roll_hosts(kubelet, work / "dp", rolls)
+            if registry:
+                figures.mode += " watcher"
+            return figures
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -93,12 +102,12 @@ def rows(figures: RollFigures) -> list[Row]:
     ]
 
 
-async def main(modes: list[KubeletMode], rolls: int) -> None:
+async def main(modes: list[KubeletMode], rolls: int, registry: bool) -> None:
     started = time.monotonic()
     table: list[Row] = []
     every = []
     for mode in modes:
-        every.append(await measure(mode, rolls))
+        every.append(await measure(mode, rolls, registry))
         table += rows(every[-1])
     elapsed = time.monotonic() - started
     for figures in every:
@@ -111,6 +120,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rolls", type=int, default=20)
     parser.add_argument("--modes", default="1.24,1.25,1.36")
+    parser.add_argument(
+        "--plugins-registry",
+        action="store_true",
+        help="register through the plugin watcher (--registration plugins-registry)",
+    )
     args = parser.parse_args()
     chosen: list[KubeletMode] = [m for m in args.modes.split(",") if m]  # type: ignore[misc]
-    asyncio.run(main(chosen, args.rolls))
+    asyncio.run(main(chosen, args.rolls, args.plugins_registry))

@@ -163,7 +163,16 @@ async def roll_hosts(
     *,
     timeout: float = 30.0,  # noqa: ASYNC109 - a bound per wait
 ) -> RollFigures:
-    """Start a host, then replace it ``rolls`` times under load; return the figures."""
+    """Start a host, then replace it ``rolls`` times under load; return the figures.
+
+    With a kubelet that runs its plugin watcher (``registry_dir``), the hosts register
+    through it (``--registration plugins-registry``).
+    """
+    extra: tuple[str, ...] = ()
+    socket_dir = plugin_dir
+    if kubelet.registry_dir is not None:
+        socket_dir = Path(kubelet.registry_dir)
+        extra = ("--registration", "plugins-registry", "--plugins-registry-dir", str(socket_dir))
     hosts: list[HostProcess] = []
     load = AllocateLoad(kubelet)
     exit_codes: list[int] = []
@@ -173,18 +182,18 @@ async def roll_hosts(
     registrations_after_roll = 2 if kubelet.mode == "1.25" else 1
     load_task: asyncio.Task[None] | None = None
     try:
-        old = await start_host(plugin_dir, "pod-0")
+        old = await start_host(plugin_dir, "pod-0", *extra)
         hosts.append(old)
-        old_socket = plugin_dir / socket_name(*RESOURCE.split("/"), old.instance_id)
+        old_socket = socket_dir / socket_name(*RESOURCE.split("/"), old.instance_id)
         await kubelet.wait_for(
             lambda: _settled(kubelet, old_socket, 1), timeout, what="the first host"
         )
         start = time.monotonic()
         load_task = asyncio.create_task(load.run(), name="allocate load")
         for index in range(1, rolls + 1):
-            new = await start_host(plugin_dir, f"pod-{index}")
+            new = await start_host(plugin_dir, f"pod-{index}", *extra)
             hosts.append(new)
-            socket = plugin_dir / socket_name(*RESOURCE.split("/"), new.instance_id)
+            socket = socket_dir / socket_name(*RESOURCE.split("/"), new.instance_id)
             # The new pod is Ready (its readiness probe) once kubelet has its device list.
             await kubelet.wait_for(
                 lambda s=socket: _listing(kubelet, s),  # type: ignore[misc]

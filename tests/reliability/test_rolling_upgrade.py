@@ -50,6 +50,22 @@ class TestRollingUpdate:
         assert figures.admitted > 0
 
 
+class TestRollingUpdateThroughThePluginWatcher:
+    @pytest.mark.parametrize("mode", ["1.25", "1.36"])
+    async def test_rolls_with_registration_by_the_plugin_watcher(
+        self, short_dir: Path, mode: KubeletMode
+    ) -> None:
+        """Hosts in plugins-registry mode roll too; 1.36 without a gap, 1.25 recovers."""
+        registry = short_dir / "reg"
+        async with FakeKubelet(
+            short_dir / "dp", mode=mode, registry_dir=registry, reconcile_interval=0.05
+        ) as kubelet:
+            figures = await roll_hosts(kubelet, short_dir / "dp", 2)
+        assert figures.exit_codes == [0, 0]
+        assert figures.failed == []
+        assert len(figures.gaps) == (2 if mode == "1.25" else 0)
+
+
 class TestInstanceSockets:
     async def test_two_instances_serve_side_by_side_and_each_removes_only_its_own(
         self, short_dir: Path
