@@ -411,6 +411,7 @@ _FILE_SETTINGS: dict[str, tuple[str, str]] = {
     "instance-id": ("instance_id", "instance"),
     "registration": ("registration", "registration"),
     "plugins-registry-dir": ("plugins_registry_dir", "path"),
+    "pod-resources-socket": ("pod_resources_socket", "path"),
 }
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from host._http import HttpServer
     from host._loader import PluginRecord, PostAllocateHook, ScannerRecord
     from host._metrics import HostMetrics
+    from host.deviceplugin._cdi_store import InUse
     from host.deviceplugin._types import DeviceInfo, DeviceTree
     from host.deviceplugin._watchdog import LoopWatchdog, PluginLocator
 
@@ -276,14 +277,16 @@ def build_managers(
     instance_id: str | None = None,
     registration: str = "kubelet-socket",
     plugins_registry_dir: Path | None = None,
+    cdi_in_use: InUse | None = None,
 ) -> list[tuple[str, Servable]]:
     """Build one Manager per scanner, labelled ``plugin namespace``.
 
     All share one socket-directory watcher (one inotify watch for the process) and
     every plugin's post-allocate hook. With ``metrics``, each Manager reports to it.
     ``instance_id`` names their sockets; ``registration`` and ``plugins_registry_dir``
-    choose how kubelet learns of them (see :class:`~host.deviceplugin.Manager`). Call
-    it with the event loop running.
+    choose how kubelet learns of them; ``cdi_in_use`` tells their CDI spec stores what
+    running containers hold (see :class:`~host.deviceplugin.Manager`). Call it with the
+    event loop running.
     """
     from host.deviceplugin import Manager, PluginDirWatcher
     from host.deviceplugin._manager import DEFAULT_PLUGINS_REGISTRY_DIR
@@ -308,6 +311,7 @@ def build_managers(
             instance_id=instance_id,
             registration=registration,
             plugins_registry_dir=registry_dir,
+            cdi_in_use=cdi_in_use,
         )
         if metrics is not None:
             metrics.add_manager(manager)
@@ -431,6 +435,7 @@ def run_host(
     instance_id: str | None = None,
     registration: str = "kubelet-socket",
     plugins_registry_dir: Path | None = None,
+    pod_resources_socket: Path | None = None,
 ) -> int:
     """Serve every scanner under one event loop until SIGTERM/SIGINT; return the exit status.
 
@@ -443,6 +448,11 @@ def run_host(
         return 1
 
     return_large_buffers_to_the_os()
+
+    from host.deviceplugin import configure_pod_resources, pod_resources
+
+    if pod_resources_socket is not None:
+        configure_pod_resources(pod_resources_socket)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -465,6 +475,8 @@ def run_host(
                 instance_id=instance_id,
                 registration=registration,
                 plugins_registry_dir=plugins_registry_dir,
+                # Stale CDI specs are collected only when kubelet says nobody holds them.
+                cdi_in_use=pod_resources().devices_in_use,
             )
             # Everything loaded so far (modules, plugins, managers) lives as long as the
             # host: out of the collector's sight, a full collection no longer walks it

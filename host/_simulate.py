@@ -29,7 +29,7 @@ from host._config import ConfigError
 from host._host import build_managers, serve_all
 from host._loader import PostAllocateHook, ScannerRecord
 from host._simulate_output import Event, SimulationOutput, resource_json, response_json
-from host.deviceplugin import DeviceTree, Notifier
+from host.deviceplugin import DeviceTree, Notifier, PodResourcesClient
 from host.deviceplugin._names import resource_name_error
 from host.deviceplugin._scanning import run_scan
 from host.testing import FakeKubelet, KubeletError, KubeletMode, Registration
@@ -265,6 +265,7 @@ class _Simulation:
         self._kubelet: FakeKubelet | None = None
         self._observer: _KubeletObserver | None = None
         self._observed: list[_ObservedScanner] = []
+        self._pod_resources_socket: Path | None = None
 
     @property
     def kubelet(self) -> FakeKubelet:
@@ -301,8 +302,12 @@ class _Simulation:
         mode = self._plan.kubelet_mode
         registry_dir = workdir / "registry"
         by_registry = self._plan.registration == "plugins-registry"
+        self._pod_resources_socket = workdir / "pod-resources" / "kubelet.sock"
         self._kubelet = FakeKubelet(
-            plugin_dir, mode=mode, registry_dir=registry_dir if by_registry else None
+            plugin_dir,
+            mode=mode,
+            registry_dir=registry_dir if by_registry else None,
+            pod_resources_socket=self._pod_resources_socket,
         )
         await self.kubelet.start()  # first: kubelet's start removes the sockets in plugin_dir
         try:
@@ -376,8 +381,10 @@ class _Simulation:
         if not plan.once:
             self._flush()
             self._out.snapshot(self._resources())
-        for request in plan.allocations:
-            await self._allocate(request)
+        for number, request in enumerate(plan.allocations, 1):
+            await self._allocate(request, f"simulate-{number}")
+        if plan.allocations:
+            await self._report_in_use()
         if plan.once:
             return
         restarts = None
@@ -428,7 +435,29 @@ class _Simulation:
             "rejected": rejected,
         }
 
-    async def _allocate(self, request: AllocationRequest) -> None:
+    async def _report_in_use(self) -> None:
+        """Say who holds which device, as kubelet's PodResources API tells it."""
+        assert self._pod_resources_socket is not None, "the simulation is not running"
+        client = PodResourcesClient(self._pod_resources_socket, ttl=0)
+        held = await client.held_devices()
+        if held is None:
+            self._note(Event("in-use", "devices in use: unknown (no PodResources API)"))
+            return
+        for resource, devices in sorted(held.devices.items()):
+            holders = {
+                dev_id: [f"{h.namespace}/{h.pod}/{h.container}" for h in who]
+                for dev_id, who in sorted(devices.items())
+            }
+            listed = ", ".join(f"{d} ({' '.join(h)})" for d, h in holders.items())
+            self._note(
+                Event(
+                    "in-use",
+                    f"{resource}: in use (PodResources): {listed}",
+                    data={"resource": resource, "devices": holders},
+                )
+            )
+
+    async def _allocate(self, request: AllocationRequest, pod_name: str = "") -> None:
         result: dict[str, Any] = {
             "resource": request.resource,
             "requested": request.count,
@@ -438,7 +467,7 @@ class _Simulation:
             "error": None,
         }
         try:
-            allocation = await self._admit(request, result)
+            allocation = await self._admit(request, result, pod_name)
         except KubeletError as err:
             result["error"] = f"cannot allocate {request.count} of {request.resource}: {err}"
             self._problem("allocation-failed", result["error"], **result)
@@ -450,7 +479,9 @@ class _Simulation:
         self._allocations.append(result)
         self._out.allocation(result)
 
-    async def _admit(self, request: AllocationRequest, result: dict[str, Any]) -> Any:
+    async def _admit(
+        self, request: AllocationRequest, result: dict[str, Any], pod_name: str = ""
+    ) -> Any:
         """Check that kubelet could admit the container, then admit it as kubelet does."""
         name, count = request.resource, request.count
         state = self.kubelet.resources.get(name)
@@ -478,7 +509,7 @@ class _Simulation:
         result["preferred_allocation"] = bool(
             options and options.get_preferred_allocation_available
         )
-        return await self.kubelet.allocate_like_kubelet(name, count)
+        return await self.kubelet.allocate_like_kubelet(name, count, pod_name=pod_name)
 
     async def _restart_periodically(self, every: float) -> None:
         restarts = 0

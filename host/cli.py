@@ -24,6 +24,7 @@ from host._config import (
     DEFAULT_CDI_DIR,
     DEFAULT_PLUGIN_DIR,
     DEFAULT_PLUGINS_REGISTRY_DIR,
+    DEFAULT_POD_RESOURCES_SOCKET,
     LOG_FORMATS,
     LOG_LEVELS,
     REGISTRATION_MODES,
@@ -241,6 +242,14 @@ def _kubelet_options(command: F) -> F:
             type=click.Path(path_type=Path),
             show_default=str(DEFAULT_PLUGINS_REGISTRY_DIR),
             help="Kubelet's plugin watcher directory (with --registration plugins-registry).",
+        ),
+        _option(
+            "--pod-resources-socket",
+            envvar="DEVPLUGIN_POD_RESOURCES_SOCKET",
+            type=click.Path(path_type=Path),
+            show_default=str(DEFAULT_POD_RESOURCES_SOCKET),
+            help="Kubelet's PodResources API, read to learn which devices are in use "
+            "(unknown while it is absent).",
         ),
     ]
     for decorator in reversed(decorators):
@@ -518,6 +527,7 @@ def run(**params: Any) -> None:
             instance_id=settings.instance_id,
             registration=settings.registration,
             plugins_registry_dir=settings.plugins_registry_dir,
+            pod_resources_socket=settings.pod_resources_socket,
         )
     )
 

@@ -305,6 +305,20 @@ class TestUsageErrors:
         message = one_line_error(invoke("run", "--config", str(config)))
         assert message == f"config file {config}: instance-id '' cannot be used: it is empty"
 
+    def test_kubelet_options_are_documented_with_their_variables(self) -> None:
+        """run --help names --instance-id, --registration and the PodResources socket."""
+        result = invoke("run", "--help")
+        for text in (
+            "--instance-id",
+            "DEVPLUGIN_INSTANCE_ID",
+            "--registration",
+            "DEVPLUGIN_REGISTRATION",
+            "--plugins-registry-dir",
+            "--pod-resources-socket",
+            "DEVPLUGIN_POD_RESOURCES_SOCKET",
+        ):
+            assert text in result.output
+
     def test_bad_registration_in_config_file(self, plugin_site: PluginSite, tmp_path: Path) -> None:
         """registration in the config file must be one of the two ways."""
         config = tmp_path / "host.toml"

@@ -249,6 +249,17 @@ class TestAllocate:
         allocated = [e for e in document["events"] if e["event"] == "allocated"]
         assert allocated[0]["devices"] == ["widget3", "widget2"]
 
+    def test_devices_in_use_come_from_pod_resources(self) -> None:
+        """After the allocations: who holds which device, as PodResources List says."""
+        document = once_json(*WITH_HOOKS, "--allocate", f"{WIDGET}=2", "--allocate", f"{WIDGET}=1")
+        [in_use] = [e for e in document["events"] if e["event"] == "in-use"]
+        assert in_use["resource"] == WIDGET
+        held = {d for a in document["allocations"] for d in a["devices"]}
+        assert set(in_use["devices"]) == held
+        assert sorted(h for hs in in_use["devices"].values() for h in hs) == sorted(
+            ["default/simulate-1/main"] * 2 + ["default/simulate-2/main"]
+        )
+
     def test_text(self) -> None:
         """The text output shows the chosen devices and each part of the response."""
         result = invoke(*WITH_HOOKS, "--once", "--allocate", f"{WIDGET}=1")

@@ -12,6 +12,14 @@ from host.deviceplugin._attributes import SemVer
 from host.deviceplugin._cdi_store import DevicesInUse, InUse
 from host.deviceplugin._manager import DEFAULT_CDI_DIR, DEFAULT_PLUGIN_DIR, Manager, ResourceStatus
 from host.deviceplugin._observer import Observer
+from host.deviceplugin._podresources import (
+    DEFAULT_POD_RESOURCES_SOCKET,
+    DeviceHolder,
+    HeldDevices,
+    PodResourcesClient,
+    configure_pod_resources,
+    pod_resources,
+)
 from host.deviceplugin._types import (
     HEALTHY,
     UNHEALTHY,
@@ -34,14 +42,17 @@ from host.deviceplugin._watcher import PluginDirWatcher
 __all__ = [
     "DEFAULT_CDI_DIR",
     "DEFAULT_PLUGIN_DIR",
+    "DEFAULT_POD_RESOURCES_SOCKET",
     "HEALTHY",
     "UNHEALTHY",
     "Allocator",
     "ContainerPreStarter",
+    "DeviceHolder",
     "DeviceInfo",
     "DeviceSpec",
     "DeviceTree",
     "DevicesInUse",
+    "HeldDevices",
     "InUse",
     "Manager",
     "Mount",
@@ -49,6 +60,7 @@ __all__ = [
     "Notifier",
     "Observer",
     "PluginDirWatcher",
+    "PodResourcesClient",
     "PostAllocator",
     "PreferredAllocator",
     "ResourceStatus",
@@ -56,5 +68,7 @@ __all__ = [
     "SemVer",
     "TopologyInfo",
     "UseDefaultMethodError",
+    "configure_pod_resources",
     "pluginapi",
+    "pod_resources",
 ]

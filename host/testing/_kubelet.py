@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -31,6 +32,7 @@ from host._api import api_pb2
 from host.testing._kubelet_checkpoint import CHECKPOINT_NAME
 from host.testing._kubelet_endpoint import DIAL_TIMEOUT, PluginEndpoint, go_status_text
 from host.testing._kubelet_manager import DeviceManager, copy_message
+from host.testing._kubelet_podresources import PodResourcesServer
 from host.testing._kubelet_types import (
     Allocation,
     KubeletError,
@@ -64,7 +66,9 @@ class FakeKubelet:
     With ``registry_dir`` the kubelet also runs its plugin watcher there (kubelet:
     ``/var/lib/kubelet/plugins_registry``): plugins that put their socket in it serving
     ``pluginregistration.Registration`` are registered without calling ``Register``,
-    looked at every ``reconcile_interval`` seconds (kubelet's reconciler: 1 s).
+    looked at every ``reconcile_interval`` seconds (kubelet's reconciler: 1 s). With
+    ``pod_resources_socket`` it serves the PodResources v1 API there (kubelet:
+    ``/var/lib/kubelet/pod-resources/kubelet.sock``) from its allocations.
 
     Use it as an async context manager, or call :meth:`start` and :meth:`stop`::
 
@@ -85,6 +89,7 @@ class FakeKubelet:
         seed: int | None = None,
         registry_dir: str | os.PathLike[str] | None = None,
         reconcile_interval: float = 1.0,
+        pod_resources_socket: str | os.PathLike[str] | None = None,
     ) -> None:
         if mode not in get_args(KubeletMode):
             raise ValueError(
@@ -124,6 +129,12 @@ class FakeKubelet:
             )
         self._reconcile_interval = reconcile_interval
         self._watcher: PluginWatcher | None = None
+        self._pod_resources_socket = (
+            os.path.abspath(os.fspath(pod_resources_socket))
+            if pod_resources_socket is not None
+            else None
+        )
+        self._pod_resources: PodResourcesServer | None = None
 
     def __repr__(self) -> str:
         return f"FakeKubelet({self._dir!r}, mode={self._mode!r}): {self._describe()}"
@@ -199,7 +210,20 @@ class FakeKubelet:
                 notify=self._notify,
             )
             self._watcher.start()
+        if self._pod_resources_socket is not None:
+            self._pod_resources = PodResourcesServer(
+                lambda: tuple(self._dm.allocations),
+                lambda: {n: set(b.healthy) for n, b in self._dm.books.items() if b.healthy},
+                lambda name: self._dm.books[name].devices if name in self._dm.books else {},
+                get_enabled=self._mode == "1.36",
+            )
+            await self._pod_resources.start(self._pod_resources_socket)
         await self._notify()
+
+    @property
+    def pod_resources_socket(self) -> str | None:
+        """Where the PodResources API is served, if it is."""
+        return self._pod_resources_socket
 
     @property
     def registry_dir(self) -> str | None:
@@ -219,6 +243,9 @@ class FakeKubelet:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             await watcher.stop()
+        pod_resources, self._pod_resources = self._pod_resources, None
+        if pod_resources is not None:
+            await pod_resources.stop()
         await self._dm.shutdown()
         self._remove_listen_dir()
         await self._notify()
@@ -538,6 +565,8 @@ class FakeKubelet:
         pod_uid: str | None = None,
         container: str = "main",
         reusable: Iterable[str] = (),
+        pod_name: str = "",
+        namespace: str = "default",
     ) -> Allocation:
         """Admit one container requesting ``count`` devices, as kubelet does.
 
@@ -557,11 +586,17 @@ class FakeKubelet:
         if count < 1:
             raise ValueError(f"allocate_like_kubelet: count must be >= 1, got {count}")
         try:
-            return await self._admit(
+            allocation = await self._admit(
                 resource, count, pod_uid or str(uuid.uuid4()), container, tuple(reusable)
             )
         except KubeletError as err:
             raise KubeletError(f"Allocate failed due to {err}, which is unexpected") from err
+        if pod_name or namespace != "default":
+            # Names are the pod manager's, not the checkpoint's: kept beside it.
+            index = self._dm.allocations.index(allocation)
+            allocation = dataclasses.replace(allocation, pod_name=pod_name, namespace=namespace)
+            self._dm.allocations[index] = allocation
+        return allocation
 
     async def _admit(
         self, resource: str, count: int, pod_uid: str, container: str, reusable: tuple[str, ...]

@@ -145,3 +145,6 @@ class Allocation:
     pod_uid: str
     container: str
     time: float
+    pod_name: str = ""
+    """The pod's name as PodResources lists it (empty: the UID stands in)."""
+    namespace: str = "default"

@@ -12,6 +12,12 @@ class TestPublicNames:
             [
                 "DEFAULT_CDI_DIR",
                 "DEFAULT_PLUGIN_DIR",
+                "DEFAULT_POD_RESOURCES_SOCKET",
+                "DeviceHolder",
+                "HeldDevices",
+                "PodResourcesClient",
+                "configure_pod_resources",
+                "pod_resources",
                 "HEALTHY",
                 "UNHEALTHY",
                 "Allocator",
