@@ -26,9 +26,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from host.deviceplugin._cdi import CdiSpecWriter, qualified_name
+from host.deviceplugin._cdi import CdiSpecWriter, qualified_name, validate_cdi_spec
 from host.dra._checkpoint import CheckpointError, ClaimCheckpoint
-from host.dra._prepare import PreparedClaim
+from host.dra._prepare import CDI_CLASS, PreparedClaim
 
 __all__ = ["ClaimStore"]
 
@@ -135,12 +135,22 @@ class ClaimStore:
     def _owner(self, claim: PreparedClaim, spec: Mapping[str, Any]) -> tuple[str, str, str]:
         return (self.driver, claim.ref.uid, qualified_name(spec))
 
+    def _owns(self, claim: PreparedClaim, spec: Mapping[str, Any]) -> bool:
+        # The claim's own CDI devices (claim-<uid>-...) live and die with the claim. A
+        # plugin's CDI spec (DeviceInfo.cdi_spec) is written but never removed here:
+        # the device-plugin side may have handed the same file to containers, and its
+        # CDI store collects it once nothing, DRA claims included, holds it.
+        return qualified_name(spec).startswith(f"{self.driver}/{CDI_CLASS}=claim-{claim.ref.uid}-")
+
     def _acquire_specs(self, claim: PreparedClaim) -> None:
         done = []
         try:
             for spec in claim.cdi_specs:
-                self.writer.acquire(self._owner(claim, spec), spec)
-                done.append(spec)
+                if self._owns(claim, spec):
+                    self.writer.acquire(self._owner(claim, spec), spec)
+                    done.append(spec)
+                else:
+                    self.writer.write(validate_cdi_spec(spec))
         except BaseException:
             for spec in done:
                 self.writer.release(self._owner(claim, spec))
@@ -148,7 +158,8 @@ class ClaimStore:
 
     def _release_specs(self, claim: PreparedClaim) -> None:
         for spec in claim.cdi_specs:
-            self.writer.release(self._owner(claim, spec))
+            if self._owns(claim, spec):
+                self.writer.release(self._owner(claim, spec))
 
     def add(self, claim: PreparedClaim) -> PreparedClaim:
         """Write the claim's CDI specs, record it and write the checkpoint; return it.

@@ -223,7 +223,9 @@ class TestPrepare:
             }
         ]
         await dra_kubelet.unprepare(DRIVER, [claim])
-        assert cdi_files(dirs.cdi) == []
+        # the claim's own file goes; the plugin's may be in use by the device-plugin
+        # side too, whose CDI store collects it
+        assert cdi_files(dirs.cdi) == ["example.com-gpu-card0.json"]
 
     async def test_names_agree_with_slices(
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
