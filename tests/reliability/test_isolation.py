@@ -263,14 +263,15 @@ class TestTheLoop:
                 await asyncio.Event().wait()
         """
         handle = await host_with(bad_module("", scanner=scanner))
+        watchdog = handle.watchdog
+        assert watchdog is not None
+        # On a busy machine the host may stall briefly on its own first: look for bad's.
         await kubelet.wait_for(
-            lambda: handle.watchdog is not None and bool(handle.watchdog.stalls),
+            lambda: any(s.culprit == "bad" for s in watchdog.stalls),
             timeout=10,
-            what="a stall to be reported",
+            what="bad's stall to be reported",
         )
-        assert handle.watchdog is not None
-        stall = handle.watchdog.stalls[0]
-        assert stall.culprit == "bad"
+        stall = next(s for s in watchdog.stalls if s.culprit == "bad")
         assert stall.where.startswith("bad.py:")
         assert stall.seconds >= 1.0
         assert named(caplog, "blocked", "so far", "plugin 'bad'", "bad.py:")
