@@ -167,6 +167,8 @@ class TestOverlays:
         volumes = daemonset(objects)["spec"]["template"]["spec"]["volumes"]
         paths = {volume["name"]: volume.get("hostPath", {}).get("path") for volume in volumes}
         assert paths["device-plugins"] == OVERLAY_PLUGIN_DIRS[overlay]
+        kubelet_root = OVERLAY_PLUGIN_DIRS[overlay].removesuffix("/device-plugins")
+        assert paths["pod-resources"] == f"{kubelet_root}/pod-resources"
 
     def test_every_overlay_is_tested(self) -> None:
         """No overlay directory escapes the checks above."""
