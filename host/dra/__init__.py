@@ -8,6 +8,10 @@ The kubelet side: :class:`DraDriver` answers kubelet's NodePrepareResources and
 NodeUnprepareResources (DRA kubelet plugin API v1 and v1beta1) for one plugin, with a
 CDI spec per prepared device, a checkpoint across restarts, and registration through
 kubelet's plugin watcher.
+
+:class:`DraPlugin` wires both to one scanner (what ``devplugin-host run --dra PLUGIN``
+serves for each of the plugin's namespaces); :func:`build_dra_plugins` makes them for
+the host.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from host.dra._driver import DeviceNamer, DraDriver
 from host.dra._prepare import ClaimError, ClaimRef, PreparedClaim, PreparedDevice
 from host.dra._publisher import PublisherStatus, ResourceSlicePublisher
 from host.dra._registration import SUPPORTED_VERSIONS
+from host.dra._serving import DraOptions, DraPlugin, build_dra_plugins
 from host.dra._slices import (
     BuildResult,
     build_slices,
@@ -40,11 +45,14 @@ __all__ = [
     "ClaimSource",
     "DeviceNamer",
     "DraDriver",
+    "DraOptions",
+    "DraPlugin",
     "KubeClaimSource",
     "PreparedClaim",
     "PreparedDevice",
     "PublisherStatus",
     "ResourceSlicePublisher",
+    "build_dra_plugins",
     "build_slices",
     "device_name",
     "device_names",

@@ -18,9 +18,12 @@ class TestPublicSurface:
             "ClaimSource",
             "DeviceNamer",
             "DraDriver",
+            "DraOptions",
+            "DraPlugin",
             "KubeClaimSource",
             "PreparedClaim",
             "PreparedDevice",
+            "build_dra_plugins",
         }
         for name in host.dra.__all__:
             assert getattr(host.dra, name) is not None

@@ -1,0 +1,163 @@
+"""One plugin namespace served as a DRA driver: scanner feed, ResourceSlices, kubelet plugin.
+
+:class:`DraPlugin` is what ``devplugin-host run --dra PLUGIN`` serves for each
+namespace of the plugin, beside the device-plugin Managers of the other plugins::
+
+    scanner --notify--> ScannerFeed --snapshot--> ResourceSlicePublisher (API server)
+                                          +-> DraDriver (kubelet, NodePrepareResources)
+
+A resource is backed by one API or the other, never both (KEP-5004): a namespace
+served here has no device-plugin Manager. :func:`build_dra_plugins` makes one
+:class:`DraPlugin` per scanner record, all sharing the host's Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import lightkube
+
+from host.deviceplugin._cdi import DEFAULT_CDI_DIR
+from host.deviceplugin._feed import ScannerFeed
+from host.deviceplugin._guard import PluginCaller
+from host.deviceplugin._observer import LOG_FIELDS
+from host.deviceplugin._types import Scanner
+from host.dra._claimclient import KubeClaimSource
+from host.dra._driver import DraDriver
+from host.dra._publisher import ResourceSlicePublisher
+from host.dra._sockets import DEFAULT_DRA_PLUGIN_DIR, DEFAULT_REGISTRY_DIR
+
+if TYPE_CHECKING:
+    from host._loader import ScannerRecord
+
+__all__ = ["DraOptions", "DraPlugin", "build_dra_plugins"]
+
+log = logging.getLogger("host.dra")
+
+
+@dataclass(frozen=True)
+class DraOptions:
+    """How the host serves its DRA plugins (``--dra`` and the options beside it)."""
+
+    plugins: frozenset[str]
+    """The plugins served as DRA drivers instead of device plugins."""
+    node_name: str
+    """This node's name: the pool of every device, the owner of every slice."""
+    kubeconfig: Path | None = None
+    """None: the in-cluster service account (then ``$KUBECONFIG``, ``~/.kube/config``)."""
+    plugin_dir: Path = Path(DEFAULT_DRA_PLUGIN_DIR)
+    """Kubelet's DRA plugin directory: ``<dir>/<driver>/dra.sock`` and the checkpoint."""
+    registry_dir: Path = Path(DEFAULT_REGISTRY_DIR)
+    """Kubelet's plugin watcher directory (registration sockets)."""
+    cleanup_on_exit: bool = False
+    """Delete the node's slices on stop (default: they stay for the next instance)."""
+
+
+class DraPlugin:
+    """Serves one plugin namespace as DRA driver ``namespace``: slices and kubelet plugin.
+
+    One :class:`~host.deviceplugin._feed.ScannerFeed` runs the scanner and feeds each
+    snapshot to a :class:`ResourceSlicePublisher` and a :class:`DraDriver`. Run
+    :meth:`serve` as a task (as a Manager's); cancelling it stops the scanner, the
+    sockets and the publisher (slices deleted only with ``cleanup_on_exit``).
+    """
+
+    def __init__(
+        self,
+        plugin: str,
+        namespace: str,
+        scanner: Scanner,
+        client: lightkube.AsyncClient,
+        *,
+        node_name: str,
+        plugin_dir: str | Path = DEFAULT_DRA_PLUGIN_DIR,
+        registry_dir: str | Path = DEFAULT_REGISTRY_DIR,
+        cdi_dir: str | Path = DEFAULT_CDI_DIR,
+        instance_id: str | None = None,
+        cleanup_on_exit: bool = False,
+        scan_backoff: tuple[float, float] = (1.0, 60.0),
+    ) -> None:
+        self.plugin = plugin
+        self.namespace = namespace
+        self.cleanup_on_exit = cleanup_on_exit
+        self.caller = PluginCaller(plugin)
+        self.driver = DraDriver(
+            namespace,
+            node_name,
+            scanner,
+            KubeClaimSource(client),
+            plugin_dir=plugin_dir,
+            registry_dir=registry_dir,
+            cdi_dir=cdi_dir,
+            instance_id=instance_id,
+            caller=self.caller,
+        )
+        self.publisher = ResourceSlicePublisher(namespace, node_name, client)
+        self.feed = ScannerFeed(plugin, namespace, scanner, backoff=scan_backoff)
+        self.feed.subscribe(self.publisher.update)
+        self.feed.subscribe(self.driver.update)
+
+    def __repr__(self) -> str:
+        return f"DraPlugin({self.plugin!r}, {self.namespace!r})"
+
+    async def serve(self) -> None:
+        """Scan, publish and serve kubelet until cancelled; then stop everything cleanly."""
+        LOG_FIELDS.set({**LOG_FIELDS.get(), "plugin": self.plugin})
+        await self.publisher.start()
+        feed = asyncio.create_task(self.feed.run(), name=f"feed {self.namespace}")
+        try:
+            await self.driver.serve()
+        finally:
+            feed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feed
+            await self.publisher.stop(cleanup=self.cleanup_on_exit)
+            self.caller.close()
+            log.info(
+                "plugin %r: DRA driver %s stopped (ResourceSlices %s)",
+                self.plugin,
+                self.namespace,
+                "deleted" if self.cleanup_on_exit else "kept",
+            )
+
+
+def build_dra_plugins(
+    scanners: Sequence[ScannerRecord],
+    client: lightkube.AsyncClient,
+    options: DraOptions,
+    *,
+    cdi_dir: str | Path = DEFAULT_CDI_DIR,
+    instance_id: str | None = None,
+) -> list[tuple[str, DraPlugin]]:
+    """One :class:`DraPlugin` per record, labelled ``plugin P DRA driver NS``.
+
+    A record that cannot be served (a namespace that is no driver name, a socket path
+    too long) is logged with its plugin and left out; the others are served.
+    """
+    served: list[tuple[str, DraPlugin]] = []
+    for record in scanners:
+        label = f"plugin {record.plugin!r} DRA driver {record.namespace}"
+        try:
+            plugin = DraPlugin(
+                record.plugin,
+                record.namespace,
+                record.scanner,
+                client,
+                node_name=options.node_name,
+                plugin_dir=options.plugin_dir,
+                registry_dir=options.registry_dir,
+                cdi_dir=cdi_dir,
+                instance_id=instance_id,
+                cleanup_on_exit=options.cleanup_on_exit,
+            )
+        except ValueError as exc:
+            log.error("%s cannot be served: %s; the other plugins go on", label, exc)
+            continue
+        served.append((label, plugin))
+    return served

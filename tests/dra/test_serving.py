@@ -1,0 +1,138 @@
+"""DraPlugin: one scanner feeding both the ResourceSlices and the kubelet plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import lightkube
+import pytest
+import pytest_asyncio
+
+from host.deviceplugin import DeviceTree
+from host.dra import DraOptions, DraPlugin, build_dra_plugins, kube_client
+from host.testing import FakeApiServer, FakeDraKubelet
+from tests.dra.helpers import DRIVER, NODE, Dirs, QueueScanner, gpu, resolve_cdi, result
+from tests.dra.schema import assert_schema_valid
+
+pytestmark = pytest.mark.asyncio
+
+
+def tree(*cards: int) -> DeviceTree:
+    devices = DeviceTree()
+    for index in cards:
+        devices.add_device("i915", f"card{index}", gpu(index))
+    return devices
+
+
+def device_names(api: FakeApiServer) -> list[str]:
+    return sorted(
+        device["name"]
+        for item in api.resource_slices(driver=DRIVER, node_name=NODE)
+        for device in item["spec"]["devices"]
+    )
+
+
+@pytest_asyncio.fixture
+async def client(
+    apiserver: FakeApiServer, apiserver_kubeconfig: Path
+) -> AsyncIterator[lightkube.AsyncClient]:
+    apiserver.add_node(NODE)
+    kube = kube_client(apiserver_kubeconfig)
+    try:
+        yield kube
+    finally:
+        await kube.close()
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def serve(dirs: Dirs, client: lightkube.AsyncClient, scanner: object, **kwargs: bool) -> DraPlugin:
+    return DraPlugin(
+        "gpu",
+        DRIVER,
+        scanner,  # type: ignore[arg-type]
+        client,
+        node_name=NODE,
+        plugin_dir=dirs.plugins,
+        registry_dir=dirs.registry,
+        cdi_dir=dirs.cdi,
+        **kwargs,
+    )
+
+
+class TestDraPlugin:
+    async def test_slices_and_prepare_from_one_scanner(
+        self,
+        apiserver: FakeApiServer,
+        client: lightkube.AsyncClient,
+        dirs: Dirs,
+        dra_kubelet: FakeDraKubelet,
+    ) -> None:
+        """The scanner's devices become slices and preparable claims; stopping keeps the slices."""
+        scanner = QueueScanner(tree(0, 1))
+        plugin = serve(dirs, client, scanner)
+        task = asyncio.create_task(plugin.serve())
+        try:
+            await apiserver.wait_for(
+                lambda: device_names(apiserver) == ["i915-card0", "i915-card1"], what="slices"
+            )
+            for item in apiserver.resource_slices(driver=DRIVER):
+                assert_schema_valid(item)
+            await dra_kubelet.wait_for_driver(DRIVER)
+            claim = apiserver.add_claim(
+                "default",
+                "c0",
+                allocation={"devices": {"results": [result("i915-card1")]}},
+            )
+            uid = claim["metadata"]["uid"]
+            outcome = (await dra_kubelet.prepare(DRIVER, [("default", "c0", uid)]))[uid]
+            assert outcome.error == ""
+            (device,) = outcome.devices
+            assert device.device == "i915-card1"
+            for cdi_id in device.cdi_device_ids:
+                resolve_cdi(dirs.cdi, cdi_id)
+
+            scanner.trees.put_nowait(tree(0, 1, 2))  # one feed, both consumers
+            await apiserver.wait_for(lambda: len(device_names(apiserver)) == 3, what="card2")
+            await dra_kubelet.wait_for(lambda: "i915-card2" in plugin.driver.devices)
+        finally:
+            await stop(task)
+        assert device_names(apiserver) == ["i915-card0", "i915-card1", "i915-card2"]
+        assert not plugin.driver.socket_path.exists()
+        await dra_kubelet.wait_for_no_driver(DRIVER)
+
+    async def test_cleanup_on_exit_deletes_the_slices(
+        self, apiserver: FakeApiServer, client: lightkube.AsyncClient, dirs: Dirs
+    ) -> None:
+        """With cleanup_on_exit the node's slices of the driver go when it stops."""
+        plugin = serve(dirs, client, QueueScanner(tree(0)), cleanup_on_exit=True)
+        task = asyncio.create_task(plugin.serve())
+        try:
+            await apiserver.wait_for(lambda: device_names(apiserver) == ["i915-card0"])
+        finally:
+            await stop(task)
+        assert apiserver.resource_slices(driver=DRIVER) == []
+
+    async def test_a_record_that_cannot_be_served_is_left_out(
+        self, client: lightkube.AsyncClient, dirs: Dirs, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A namespace that is no driver name is logged and skipped; the others are built."""
+        from host._loader import ScannerRecord
+
+        options = DraOptions(
+            frozenset({"gpu"}), NODE, plugin_dir=dirs.plugins, registry_dir=dirs.registry
+        )
+        records = [
+            ScannerRecord("gpu", "Not_A.Driver", QueueScanner()),  # type: ignore[arg-type]
+            ScannerRecord("gpu", DRIVER, QueueScanner()),  # type: ignore[arg-type]
+        ]
+        built = build_dra_plugins(records, client, options, cdi_dir=dirs.cdi)
+        assert [label for label, _ in built] == [f"plugin 'gpu' DRA driver {DRIVER}"]
+        assert "DRA driver Not_A.Driver cannot be served: invalid DRA driver name" in caplog.text
