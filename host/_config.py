@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_CDI_DIR",
+    "DEFAULT_DRA_PLUGIN_DIR",
     "DEFAULT_PLUGINS_REGISTRY_DIR",
     "DEFAULT_PLUGIN_DIR",
     "DEFAULT_POD_RESOURCES_SOCKET",
@@ -34,6 +35,7 @@ __all__ = [
     "OptionSetting",
     "PluginConfig",
     "check_instance_id",
+    "check_node_name",
     "check_plugin_dir",
     "parse_set_item",
     "read_config_file",
@@ -47,6 +49,7 @@ DEFAULT_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins/")
 DEFAULT_CDI_DIR = Path("/var/run/cdi")
 DEFAULT_PLUGINS_REGISTRY_DIR = Path("/var/lib/kubelet/plugins_registry")
 DEFAULT_POD_RESOURCES_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+DEFAULT_DRA_PLUGIN_DIR = Path("/var/lib/kubelet/plugins")
 REGISTRATION_MODES = ("kubelet-socket", "plugins-registry")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -412,6 +415,11 @@ _FILE_SETTINGS: dict[str, tuple[str, str]] = {
     "registration": ("registration", "registration"),
     "plugins-registry-dir": ("plugins_registry_dir", "path"),
     "pod-resources-socket": ("pod_resources_socket", "path"),
+    "dra": ("dra", "names"),
+    "node-name": ("node_name", "text"),
+    "kubeconfig": ("kubeconfig", "path"),
+    "dra-plugin-dir": ("dra_plugin_dir", "path"),
+    "dra-cleanup-on-exit": ("dra_cleanup_on_exit", "bool"),
 }
 
 
@@ -503,12 +511,21 @@ def _file_value(path: Path, key: str, kind: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise ConfigError(f"config file {path}: {key} must be a list of strings, got {value!r}")
         return split_names(value) if kind == "names" else tuple(Path(item) for item in value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"config file {path}: {key} must be true or false, got {value!r}")
+        return value
     if not isinstance(value, str):
         raise ConfigError(f"config file {path}: {key} must be a string, got {value!r}")
     if kind == "path":
         return Path(value)
     if kind == "instance":
         problem = check_instance_id(value)
+        if problem is not None:
+            raise ConfigError(f"config file {path}: {key} {value!r} cannot be used: {problem}")
+        return value
+    if kind == "text":
+        problem = check_node_name(value)
         if problem is not None:
             raise ConfigError(f"config file {path}: {key} {value!r} cannot be used: {problem}")
         return value
@@ -528,6 +545,26 @@ def check_instance_id(value: str) -> str | None:
     from host.deviceplugin._names import instance_id_error
 
     return instance_id_error(value)
+
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS_SUBDOMAIN_MAX = 253
+
+
+def check_node_name(value: str) -> str | None:
+    """Return why ``value`` cannot be a Node's name, or None (see ``--node-name``).
+
+    A Node's name is a DNS subdomain: lower-case letters, digits, '-' and '.', at most
+    253 characters (Kubernetes object name validation).
+    """
+    if not value:
+        return "it is empty"
+    if len(value) > _DNS_SUBDOMAIN_MAX or not _DNS_SUBDOMAIN.fullmatch(value):
+        return (
+            "a node name is a lower-case DNS subdomain (letters a-z, digits, '-' and '.') "
+            f"of at most {_DNS_SUBDOMAIN_MAX} characters"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -552,6 +589,15 @@ class HostSettings:
     """How kubelet learns about the resources: Register on kubelet.sock, or the plugin watcher."""
     plugins_registry_dir: Path = DEFAULT_PLUGINS_REGISTRY_DIR
     pod_resources_socket: Path = DEFAULT_POD_RESOURCES_SOCKET
+    dra: tuple[str, ...] = ()
+    """Plugins served as DRA drivers instead of device plugins."""
+    node_name: str | None = None
+    """This node's name (required with ``dra``)."""
+    kubeconfig: Path | None = None
+    """The API server's kubeconfig for DRA; None: the in-cluster service account."""
+    dra_plugin_dir: Path = DEFAULT_DRA_PLUGIN_DIR
+    dra_cleanup_on_exit: bool = False
+    """Delete the node's ResourceSlices when the host stops."""
     sources: Mapping[str, str] = field(default_factory=dict)
     """Where each setting not left at its default came from, for error messages:
     ``{"enable": "config file host.toml (enable)"}``, ``{"enable": "DEVPLUGIN_ENABLE"}``."""

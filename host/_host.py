@@ -24,18 +24,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 if TYPE_CHECKING:
+    import lightkube
+
     from host._http import HttpServer
     from host._loader import PluginRecord, PostAllocateHook, ScannerRecord
     from host._metrics import HostMetrics
     from host.deviceplugin._cdi_store import InUse
     from host.deviceplugin._types import DeviceInfo, DeviceTree
     from host.deviceplugin._watchdog import LoopWatchdog, PluginLocator
+    from host.dra import DraOptions
 
 __all__ = [
     "JsonFormatter",
     "ScanOutcome",
     "Servable",
     "TextFormatter",
+    "build_dra_servers",
     "build_managers",
     "configure_logging",
     "device_json",
@@ -321,6 +325,38 @@ def build_managers(
     return servers
 
 
+def build_dra_servers(
+    scanners: Sequence[ScannerRecord],
+    dra: DraOptions | None,
+    *,
+    cdi_dir: Path,
+    instance_id: str | None = None,
+) -> tuple[lightkube.AsyncClient | None, list[tuple[str, Servable]]]:
+    """Build a DRA driver per scanner, sharing one Kubernetes client (the caller closes it).
+
+    Returns ``(None, [])`` when there is nothing to serve as DRA, or when the client
+    cannot be made (logged: the device plugins are served all the same).
+    """
+    if not scanners or dra is None:
+        return None, []
+    from host.dra import build_dra_plugins, kube_client
+
+    try:
+        client = kube_client(dra.kubeconfig)
+    except Exception as exc:  # checked before the start: only a file changed since
+        log.error("DRA drivers not served: no Kubernetes API client: %s", exc)
+        return None, []
+    servers: list[tuple[str, Servable]] = []
+    servers += build_dra_plugins(scanners, client, dra, cdi_dir=cdi_dir, instance_id=instance_id)
+    log.info(
+        "serving %d DRA driver(s) on node %s: %s",
+        len(servers),
+        dra.node_name,
+        ", ".join(record.namespace for record in scanners),
+    )
+    return client, servers
+
+
 def plugin_locator(scanners: Sequence[ScannerRecord]) -> PluginLocator:
     """Where each plugin's code lives, for the loop watchdog to name a blocking plugin."""
     from host.deviceplugin._watchdog import PluginLocator
@@ -436,12 +472,15 @@ def run_host(
     registration: str = "kubelet-socket",
     plugins_registry_dir: Path | None = None,
     pod_resources_socket: Path | None = None,
+    dra: DraOptions | None = None,
 ) -> int:
     """Serve every scanner under one event loop until SIGTERM/SIGINT; return the exit status.
 
     With ``metrics_address`` (host, port), ``/metrics``, ``/healthz``, ``/readyz`` and
     ``/status`` are served over HTTP from the same loop; ``plugins`` (every discovered
-    plugin's record) tells readiness and status which plugins failed to load.
+    plugin's record) tells readiness and status which plugins failed to load. The
+    plugins named in ``dra`` are served as DRA drivers (:class:`~host.dra.DraPlugin`,
+    one Kubernetes client for all) instead of device plugins.
     """
     if not scanners:
         log.error("no scanners to run: every enabled plugin failed or none returned a scanner")
@@ -459,14 +498,17 @@ def run_host(
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        metrics = http = None
+        metrics = http = client = None
+        as_dra = dra.plugins if dra is not None else frozenset()
+        device_plugins = [record for record in scanners if record.plugin not in as_dra]
+        drivers = [record for record in scanners if record.plugin in as_dra]
         try:
             if metrics_address is not None:
                 metrics, http = await start_metrics_server(plugins, metrics_address)
                 if http is None:
                     return 1
             servers = build_managers(
-                scanners,
+                device_plugins,
                 post_allocators,
                 plugin_dir=plugin_dir,
                 kubelet_socket=kubelet_socket,
@@ -478,14 +520,18 @@ def run_host(
                 # Stale CDI specs are collected only when kubelet says nobody holds them.
                 cdi_in_use=pod_resources().devices_in_use,
             )
+            client, dra_servers = build_dra_servers(
+                drivers, dra, cdi_dir=cdi_dir, instance_id=instance_id
+            )
+            servers += dra_servers
             # Everything loaded so far (modules, plugins, managers) lives as long as the
             # host: out of the collector's sight, a full collection no longer walks it
             # on the loop (a /status of 100,000 devices waited 0.7 s for it otherwise).
             gc.freeze()
             log.info(
                 "serving %d namespace(s) from %d plugin(s) in %s",
-                len(servers),
-                len({record.plugin for record in scanners}),
+                len(device_plugins),
+                len({record.plugin for record in device_plugins}),
                 plugin_dir,
             )
             from host.deviceplugin._watchdog import LoopWatchdog
@@ -496,6 +542,8 @@ def run_host(
         finally:
             if http is not None:
                 await http.stop()
+            if client is not None:
+                await client.close()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
 

@@ -22,6 +22,7 @@ from click.core import ParameterSource
 from host import __version__
 from host._config import (
     DEFAULT_CDI_DIR,
+    DEFAULT_DRA_PLUGIN_DIR,
     DEFAULT_PLUGIN_DIR,
     DEFAULT_PLUGINS_REGISTRY_DIR,
     DEFAULT_POD_RESOURCES_SOCKET,
@@ -32,6 +33,7 @@ from host._config import (
     HostSettings,
     OptionSetting,
     check_instance_id,
+    check_node_name,
     check_plugin_dir,
     parse_set_item,
     read_config_file,
@@ -39,6 +41,7 @@ from host._config import (
     split_env_items,
     split_names,
 )
+from host._dra_config import check_dra_settings, dra_options
 
 if TYPE_CHECKING:
     from host._loader import Activation, PluginRecord
@@ -241,7 +244,8 @@ def _kubelet_options(command: F) -> F:
             envvar="DEVPLUGIN_PLUGINS_REGISTRY_DIR",
             type=click.Path(path_type=Path),
             show_default=str(DEFAULT_PLUGINS_REGISTRY_DIR),
-            help="Kubelet's plugin watcher directory (with --registration plugins-registry).",
+            help="Kubelet's plugin watcher directory (with --registration plugins-registry, "
+            "and for --dra drivers).",
         ),
         _option(
             "--pod-resources-socket",
@@ -257,6 +261,52 @@ def _kubelet_options(command: F) -> F:
     return command
 
 
+_dra_option = _option(
+    "--dra",
+    envvar="DEVPLUGIN_DRA",
+    multiple=True,
+    metavar="NAMES",
+    help="Serve these enabled plugins as DRA drivers (ResourceSlices, DRA kubelet plugin; "
+    "driver name = each namespace) instead of device plugins (comma-separated, repeatable).",
+)
+
+
+def _dra_options(command: F) -> F:
+    decorators = [
+        _dra_option,
+        _option(
+            "--node-name",
+            envvar="NODE_NAME",
+            help="This node's name (required with --dra; the DaemonSet sets NODE_NAME).",
+        ),
+        _option(
+            "--kubeconfig",
+            envvar="KUBECONFIG",
+            type=click.Path(path_type=Path),
+            metavar="FILE",
+            help="The API server for --dra. Default: the in-cluster service account.",
+        ),
+        _option(
+            "--dra-plugin-dir",
+            envvar="DEVPLUGIN_DRA_PLUGIN_DIR",
+            type=click.Path(path_type=Path),
+            show_default=str(DEFAULT_DRA_PLUGIN_DIR),
+            help="Kubelet's DRA plugin directory: DRIVER/dra.sock and its checkpoint.",
+        ),
+        _option(
+            "--dra-cleanup-on-exit",
+            envvar="DEVPLUGIN_DRA_CLEANUP_ON_EXIT",
+            is_flag=True,
+            default=None,
+            help="Delete this node's ResourceSlices on stop. Default: they stay for the "
+            "next instance to adopt.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
 def _settings(params: dict[str, Any], **defaults: Any) -> HostSettings:
     """Resolve the command's settings: command line > environment > --config file > defaults.
 
@@ -264,7 +314,7 @@ def _settings(params: dict[str, Any], **defaults: Any) -> HostSettings:
     """
     ctx = click.get_current_context()
     given = dict(params)
-    for name in ("enable", "disable"):
+    for name in ("enable", "disable", "dra"):
         given[name] = split_names(given.get(name) or ())
     given["plugin_modules"] = tuple(given.get("plugin_modules") or ())
     config = read_config_file(given["config"]) if given.get("config") else None
@@ -274,6 +324,13 @@ def _settings(params: dict[str, Any], **defaults: Any) -> HostSettings:
         if problem is not None:
             raise ConfigError(
                 f"{sources.get('instance_id', '--instance-id')} {given['instance_id']!r} "
+                f"cannot be used: {problem}"
+            )
+    if given.get("node_name") is not None:
+        problem = check_node_name(given["node_name"])
+        if problem is not None:
+            raise ConfigError(
+                f"{sources.get('node_name', '--node-name')} {given['node_name']!r} "
                 f"cannot be used: {problem}"
             )
     return resolve_settings(
@@ -492,12 +549,16 @@ def _print_table(report: dict[str, list[dict[str, Any]]]) -> None:
     "e.g. 0.0.0.0:9464. Default: off.",
 )
 @_kubelet_options
+@_dra_options
 def run(**params: Any) -> None:
     """Serve every enabled plugin's scanners to kubelet, all in one event loop.
 
     Each (plugin, namespace) gets its own Manager; a plugin that fails to load or
     crashes is reported and the others go on. SIGTERM or SIGINT stops every server
     cleanly (sockets and CDI specs removed).
+
+    With --dra, those plugins are DRA drivers instead: their devices are published as
+    this node's ResourceSlices and kubelet prepares claims through them.
     """
     from host._host import run_host
     from host._http import parse_address
@@ -513,7 +574,9 @@ def run(**params: Any) -> None:
         if settings.metrics_address is not None:
             source = settings.source("metrics_address", "--metrics-address")
             address = parse_address(settings.metrics_address, source)
+        check_dra_settings(settings)
         activation = _activate(settings)
+        dra = dra_options(settings, activation.plugins, activation.scanners)
     _require_scanners(activation)
     raise SystemExit(
         run_host(
@@ -528,6 +591,7 @@ def run(**params: Any) -> None:
             registration=settings.registration,
             plugins_registry_dir=settings.plugins_registry_dir,
             pod_resources_socket=settings.pod_resources_socket,
+            dra=dra,
         )
     )
 

@@ -13,7 +13,7 @@ import lightkube
 from lightkube import ApiError
 from lightkube.config.kubeconfig import KubeConfig
 
-__all__ = ["FIELD_MANAGER", "api_error_code", "kube_client"]
+__all__ = ["FIELD_MANAGER", "api_error_code", "kube_client", "kube_config_error"]
 
 FIELD_MANAGER = "devplugin-host"
 """The field manager name every write of the host carries."""
@@ -34,6 +34,25 @@ def kube_client(
         field_manager=FIELD_MANAGER,
         trust_env=kubeconfig is None,
     )
+
+
+def kube_config_error(kubeconfig: str | Path | None = None) -> str | None:
+    """Return why :func:`kube_client` cannot be configured from ``kubeconfig``, or None.
+
+    Without ``kubeconfig``: why neither the in-cluster service account nor
+    ``$KUBECONFIG`` / ``~/.kube/config`` gives a configuration.
+    """
+    try:
+        if kubeconfig is not None:
+            config = KubeConfig.from_file(kubeconfig)
+        else:
+            config = KubeConfig.from_env()
+        config.get()
+    except lightkube.ConfigError as exc:
+        return str(exc)
+    except Exception as exc:  # YAML errors, unreadable files, a file of the wrong shape
+        return f"not a usable kubeconfig ({type(exc).__name__}: {exc})"
+    return None
 
 
 def api_error_code(exc: BaseException) -> int | None:
