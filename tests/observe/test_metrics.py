@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import io
 import json
@@ -129,8 +130,13 @@ class TestMetrics:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await kubelet.allocate(RESOURCE, bad)
             assert err.value.code() == code
-        text = await scrape(host)
         allocate = {**OBS, "method": "Allocate"}
+        # A call is counted as its handler returns, a moment after the client has the
+        # status: scrape until the last one is in (each scrape yields to the server).
+        text = await scrape(host)
+        async with asyncio.timeout(10):
+            while value(text, "devplugin_rpc_duration_seconds_count", **allocate) != 4:
+                text = await scrape(host)
         assert value(text, "devplugin_rpc_handled_total", **allocate, code="OK") == 2
         assert value(text, "devplugin_rpc_handled_total", **allocate, code="NOT_FOUND") == 1
         assert (
@@ -154,9 +160,12 @@ class TestMetrics:
         second = await kubelet.allocate_like_kubelet(RESOURCE, 1)
         with pytest.raises(KubeletError):
             await kubelet.start_container(second)
-        text = await scrape(host)
         preferred = {**OBS, "method": "GetPreferredAllocation"}
         pre_start = {**OBS, "method": "PreStartContainer"}
+        text = await scrape(host)
+        async with asyncio.timeout(10):  # the failed call is counted as its handler returns
+            while value(text, "devplugin_rpc_duration_seconds_count", **pre_start) != 2:
+                text = await scrape(host)
         assert value(text, "devplugin_rpc_handled_total", **preferred, code="OK") == 2
         assert value(text, "devplugin_rpc_duration_seconds_count", **preferred) == 2
         assert value(text, "devplugin_rpc_handled_total", **pre_start, code="OK") == 1
