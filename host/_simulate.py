@@ -28,6 +28,7 @@ from typing import Any
 from host._config import ConfigError
 from host._host import build_managers, serve_all
 from host._loader import PostAllocateHook, ScannerRecord
+from host._simulate_dra import DraSimulation
 from host._simulate_output import Event, SimulationOutput, resource_json, response_json
 from host.deviceplugin import DeviceTree, Notifier, PodResourcesClient
 from host.deviceplugin._names import resource_name_error
@@ -77,6 +78,8 @@ class SimulationPlan:
     kubelet_mode: KubeletMode = "1.25"
     registration: str = "kubelet-socket"
     """``plugins-registry``: the fake kubelet's plugin watcher registers the sockets."""
+    dra: frozenset[str] = frozenset()
+    """Plugins served as DRA drivers, to a fake API server and DRA kubelet."""
 
 
 # -- watching scanners and kubelet -------------------------------------------------------
@@ -266,6 +269,7 @@ class _Simulation:
         self._observer: _KubeletObserver | None = None
         self._observed: list[_ObservedScanner] = []
         self._pod_resources_socket: Path | None = None
+        self._dra: DraSimulation | None = None
 
     @property
     def kubelet(self) -> FakeKubelet:
@@ -328,7 +332,8 @@ class _Simulation:
                 )
             )
             loop = asyncio.get_running_loop()
-            self._observed = [_ObservedScanner(r, loop, self._first_tree) for r in self._records]
+            records = [r for r in self._records if r.plugin not in self._plan.dra]
+            self._observed = [_ObservedScanner(r, loop, self._first_tree) for r in records]
             servers = build_managers(
                 [ScannerRecord(o.record.plugin, o.record.namespace, o) for o in self._observed],
                 self._post_allocators,
@@ -337,6 +342,11 @@ class _Simulation:
                 registration=self._plan.registration,
                 plugins_registry_dir=registry_dir,
             )
+            drivers = [r for r in self._records if r.plugin in self._plan.dra]
+            if drivers:
+                self._dra = DraSimulation(drivers, workdir, cdi_dir)
+                servers += await self._dra.start()
+                self._note(self._dra.started_event())
             stop = asyncio.Event()
             serving = asyncio.create_task(serve_all(servers, stop), name="simulate: managers")
             serving.add_done_callback(lambda _task: self._ended.set())
@@ -355,6 +365,8 @@ class _Simulation:
                     self.problems.append("every manager stopped serving")
         finally:
             await self.kubelet.stop()
+            if self._dra is not None:
+                await self._dra.stop()
 
     def _first_tree(self, observed: _ObservedScanner) -> None:
         if not observed.types:
@@ -373,7 +385,10 @@ class _Simulation:
             names = self._served()
             elapsed = time.monotonic() - self._started
             message = f"ready after {elapsed:.2f} s: every resource registered and sent its devices"
+            if self._dra is not None:
+                message += ", every DRA driver published its ResourceSlices and registered"
             self._note(Event("ready", message, data={"resources": names}))
+            self._note_slices()
         elif not self._ended.is_set():
             missing = self._missing()
             message = f"timed out after {plan.timeout:g} s waiting for: {'; '.join(missing)}"
@@ -418,7 +433,7 @@ class _Simulation:
                 state = resources.get(name)
                 if state is None or state.removed or not state.connected or not state.updates:
                     missing.append(f"{name} to register and send its devices")
-        return missing
+        return missing + (self._dra.missing() if self._dra is not None else [])
 
     def _resources(self) -> dict[str, dict[str, Any]]:
         return {name: resource_json(state) for name, state in self.kubelet.resources.items()}
@@ -429,11 +444,19 @@ class _Simulation:
              "version": r.request.version, "reason": r.reason}
             for r in self.kubelet.rejected
         ]  # fmt: skip
-        return {
+        document = {
             "resources": self._resources(),
             "allocations": self._allocations,
             "rejected": rejected,
         }
+        if self._dra is not None:
+            document["dra"] = self._dra.slices()
+        return document
+
+    def _note_slices(self) -> None:
+        """Say what each DRA driver published: slices, devices, taints."""
+        for event in self._dra.slice_events() if self._dra is not None else ():
+            self._note(event)
 
     async def _report_in_use(self) -> None:
         """Say who holds which device, as kubelet's PodResources API tells it."""
@@ -458,6 +481,9 @@ class _Simulation:
             )
 
     async def _allocate(self, request: AllocationRequest, pod_name: str = "") -> None:
+        if self._dra is not None and self._dra.serves(request.resource):
+            await self._allocate_claim(request)
+            return
         result: dict[str, Any] = {
             "resource": request.resource,
             "requested": request.count,
@@ -476,6 +502,17 @@ class _Simulation:
             result |= {"response": response_json(allocation.response)}
             message = f"{request.resource}: allocated {', '.join(allocation.device_ids)}"
             self._note(Event("allocated", message, data=result))
+        self._allocations.append(result)
+        self._out.allocation(result)
+
+    async def _allocate_claim(self, request: AllocationRequest) -> None:
+        """Allocate, prepare and resolve a ResourceClaim of a DRA driver's devices."""
+        assert self._dra is not None
+        result = await self._dra.allocate(request.resource, request.count)
+        if result["error"] is not None:
+            self._problem("allocation-failed", result["error"], **result)
+        else:
+            self._note(DraSimulation.prepared_event(result))
         self._allocations.append(result)
         self._out.allocation(result)
 

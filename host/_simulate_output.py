@@ -25,9 +25,11 @@ __all__ = [
     "Event",
     "SimulationOutput",
     "allocation_text",
+    "claim_text",
     "resource_json",
     "resources_table",
     "response_json",
+    "slices_text",
 ]
 
 SHOWN_DEVICES = 10
@@ -128,11 +130,16 @@ class SimulationOutput:
         elif self._json:
             self._write(json.dumps(Event("summary", "", data=document).to_json()))
         elif self._once:
-            self._write(resources_table(document["resources"]))
+            if document["resources"] or "dra" not in document:
+                self._write(resources_table(document["resources"]))
+            if "dra" in document:
+                self._write(slices_text(document["dra"]))
             for result in document["allocations"]:
                 self._write(allocation_text(result))
         else:
             self._write(f"-- after {elapsed:.1f} s:\n{resources_table(document['resources'])}")
+            if "dra" in document:
+                self._write(slices_text(document["dra"]))
 
 
 def resources_table(resources: Mapping[str, Mapping[str, Any]]) -> str:
@@ -165,8 +172,48 @@ def resources_table(resources: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n\n".join(blocks) or "no resources registered"
 
 
+def slices_text(drivers: Mapping[str, Mapping[str, Any]]) -> str:
+    """Return each DRA driver's published slices as text: counts, then its first devices."""
+    blocks = []
+    for driver, published in drivers.items():
+        devices = published["devices"]
+        lines = [f"{driver}  ResourceSlices {published['slices']}  devices {len(devices)}"]
+        rows = [("DEVICE", "TYPE", "ID", "TAINTS")] + [
+            (d["name"], d["type"] or "-", d["id"] or "-", " ".join(d["taints"]) or "-")
+            for d in devices[:SHOWN_DEVICES]
+        ]
+        widths = [max(len(row[column]) for row in rows) for column in range(3)]
+        lines += [
+            "    " + "  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[3]])
+            for r in rows
+        ]
+        if devices[SHOWN_DEVICES:]:
+            lines.append(f"    ... {len(devices) - SHOWN_DEVICES} more")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def claim_text(result: Mapping[str, Any]) -> str:
+    """Return one prepared DRA claim as text: its devices, each CDI ID and its spec file."""
+    head = f"allocate {result['resource']}={result['requested']} (claim {result['claim']})"
+    if result["error"] is not None:
+        return f"{head}: FAILED: {result['error']}"
+    lines = [f"{head}: {', '.join(result['devices'])}"]
+    for cdi in result["cdi"]:
+        lines.append(f"    cdi  {cdi['id']}")
+        lines.append(f"         spec file {cdi['spec_file']}")
+        lines += [f"         device {path}" for path in cdi["device_nodes"]]
+        lines += [f"         env {env}" for env in cdi["env"]]
+    return "\n".join(lines)
+
+
 def allocation_text(result: Mapping[str, Any]) -> str:
-    """Return one allocation as text: the chosen devices, then each part of the response."""
+    """Return one allocation as text: the chosen devices, then each part of the response.
+
+    A DRA claim (a result with ``claim``) is shown by :func:`claim_text`.
+    """
+    if "claim" in result:
+        return claim_text(result)
     head = f"allocate {result['resource']}={result['requested']}"
     if result["error"] is not None:
         return f"{head}: FAILED: {result['error']}"

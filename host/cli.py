@@ -41,7 +41,7 @@ from host._config import (
     split_env_items,
     split_names,
 )
-from host._dra_config import check_dra_settings, dra_options
+from host._dra_config import check_dra_plugins, check_dra_settings, dra_options
 
 if TYPE_CHECKING:
     from host._loader import Activation, PluginRecord
@@ -715,6 +715,7 @@ KUBELET_MODES = ("1.24", "1.25", "1.36")
     is_flag=True,
     help="Print JSON: one document with --once, else one object per line.",
 )
+@_dra_option
 def simulate(
     allocations: tuple[str, ...],
     restart_every: float | None,
@@ -733,6 +734,10 @@ def simulate(
     registrations, re-registrations and rejections, as a table and timestamped event
     lines (results on stdout, logs on stderr). Example:
     devplugin-host simulate --enable generic --once
+
+    With --dra, those plugins are DRA drivers against a built-in fake API server and
+    DRA kubelet: the published ResourceSlices are shown, and --allocate DRIVER/TYPE=N
+    prepares a claim of N devices and shows its CDI IDs and spec files.
     """
     from host._simulate import SimulationPlan, parse_allocation
     from host._simulate import simulate as run_simulation
@@ -746,7 +751,9 @@ def simulate(
         )
     with _config_errors():
         requests = tuple(parse_allocation(item) for item in allocations)
-        activation = _activate(_settings(params, log_level="warning"))
+        settings = _settings(params, log_level="warning")
+        activation = _activate(settings)
+        check_dra_plugins(settings, activation.plugins, activation.scanners)
     _require_scanners(activation)
     plan = SimulationPlan(
         allocations=requests,
@@ -756,6 +763,7 @@ def simulate(
         timeout=timeout,
         kubelet_mode=cast("KubeletMode", kubelet_mode),
         registration=registration,
+        dra=frozenset(settings.dra),
     )
     problems = run_simulation(
         activation.scanners, activation.post_allocators, plan, as_json=as_json, write=click.echo

@@ -465,3 +465,80 @@ class TestUsageErrors:
                     "DEVPLUGIN_ONCE", "DEVPLUGIN_KUBELET_MODE", "DEVPLUGIN_TIMEOUT"):  # fmt: skip
             assert var in out
         assert "Exit status: 0" in out
+
+
+class TestDra:
+    @pytest.fixture
+    def gpu_root(self, tmp_path: Path) -> Path:
+        cards = [FakeGpu(driver="i915", numa_node=0) for _ in range(2)]
+        write_gpu_tree(tmp_path, FakeGpuTree(cards=cards))
+        return tmp_path
+
+    def roots(self, root: Path) -> tuple[str, ...]:
+        return ("--sysfs-root", str(root / "sys"), "--devfs-root", str(root / "dev"))
+
+    def test_claim_prepared_from_the_published_slices(self, gpu_root: Path) -> None:
+        """--dra gpu: slices shown, a claim of one i915 device prepared, its CDI IDs resolved
+        to spec files; generic beside it is still a device plugin."""
+        (gpu_root / "dev" / "kvm").symlink_to("/dev/null")
+        document = once_json(
+            "--enable", "gpu,generic", "--dra", "gpu", *self.roots(gpu_root),
+            "--allocate", "gpu.intel.com/i915=1",
+        )  # fmt: skip
+        assert "devices.devplugin.io/kvm" in document["resources"]
+        assert not [name for name in document["resources"] if name.startswith("gpu.intel.com")]
+        published = document["dra"]["gpu.intel.com"]
+        assert published["slices"] == 1
+        assert [(d["name"], d["type"], d["taints"]) for d in published["devices"]] == [
+            ("i915-card0-0", "i915", []),
+            ("i915-card1-0", "i915", []),
+        ]
+        [claim] = document["allocations"]
+        assert claim["error"] is None
+        assert claim["claim"] == "default/simulate-1"
+        [device] = claim["devices"]
+        card = device.removeprefix("i915-card").split("-")[0]
+        ids = [cdi["id"] for cdi in claim["cdi"]]
+        assert ids[0] == f"intel.cdi.k8s.io/gpu=card{card}"  # the plugin's own CDI device
+        assert ids[1] == f"gpu.intel.com/dra=claim-{claim['uid']}-{device}"  # the claim's
+        for cdi in claim["cdi"]:
+            assert Path(cdi["spec_file"]).parent.name == "cdi"
+            assert cdi["device_nodes"] == [
+                f"/dev/dri/card{card}",
+                f"/dev/dri/renderD{128 + int(card)}",
+            ]
+        kinds = [event["event"] for event in document["events"]]
+        assert kinds.index("dra-started") < kinds.index("ready") < kinds.index("slices")
+        assert "prepared" in kinds
+        assert not workdir_of(document["events"]).exists()
+
+    def test_text(self, gpu_root: Path) -> None:
+        """As text: the slices as a table, then the claim with each CDI ID and its spec file."""
+        result = invoke(
+            "--once", "--enable", "gpu", "--dra", "gpu", *self.roots(gpu_root),
+            "--allocate", "gpu.intel.com/i915=2",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        out = result.stdout
+        assert "gpu.intel.com: 1 ResourceSlice(s), 2 device(s), 0 tainted" in out
+        assert "gpu.intel.com  ResourceSlices 1  devices 2" in out
+        assert "no resources registered" not in out
+        assert "allocate gpu.intel.com/i915=2 (claim default/simulate-1): " in out
+        assert out.count("         spec file /tmp/dpsim-") == 4  # 2 devices x 2 CDI IDs
+
+    def test_more_devices_than_published(self, gpu_root: Path) -> None:
+        """Asking for more devices than published fails that claim: exit 1, the reason said."""
+        document = once_json(
+            "--enable", "gpu", "--dra", "gpu", *self.roots(gpu_root),
+            "--allocate", "gpu.intel.com/i915=3", code=1,
+        )  # fmt: skip
+        [claim] = document["allocations"]
+        assert claim["error"] == (
+            "cannot allocate 3 of gpu.intel.com/i915: only 2 untainted device(s) of type "
+            "'i915' published (types published: i915)"
+        )
+
+    def test_plugin_not_enabled(self) -> None:
+        """--dra naming a plugin that is not enabled: one line, exit 2."""
+        message = one_line_error(invoke("--once", "--enable", "generic", "--dra", "gpu"))
+        assert message.startswith("--dra names plugin 'gpu', which is not enabled")

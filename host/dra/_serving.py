@@ -3,8 +3,8 @@
 :class:`DraPlugin` is what ``devplugin-host run --dra PLUGIN`` serves for each
 namespace of the plugin, beside the device-plugin Managers of the other plugins::
 
-    scanner --notify--> ScannerFeed --snapshot--> ResourceSlicePublisher (API server)
-                                          +-> DraDriver (kubelet, NodePrepareResources)
+    scanner --notify--> ScannerFeed --snapshot--+--> ResourceSlicePublisher (API server)
+                                                +--> DraDriver (kubelet)
 
 A resource is backed by one API or the other, never both (KEP-5004): a namespace
 served here has no device-plugin Manager. :func:`build_dra_plugins` makes one

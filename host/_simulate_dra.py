@@ -1,0 +1,239 @@
+"""``devplugin-host simulate --dra``: the DRA half, against a fake API server and DRA kubelet.
+
+The ``--dra`` plugins are served as under ``run`` (:func:`host.dra.build_dra_plugins`),
+but the API server is :class:`host.testing.FakeApiServer` (with the simulated Node)
+and kubelet's DRA side is :class:`host.testing.FakeDraKubelet`, in the same event loop.
+Once the slices are published and the drivers registered, ``--allocate DRIVER/TYPE=N``
+does what the scheduler and kubelet do: it picks N untainted devices of TYPE from the
+published slices, creates a ResourceClaim allocated to them, has kubelet prepare it
+(NodePrepareResources) and resolves each CDI device ID to its spec file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightkube
+
+from host._loader import ScannerRecord
+from host._simulate_output import Event
+from host.dra import DraOptions, DraPlugin, build_dra_plugins, kube_client
+from host.testing import FakeApiServer, FakeDraKubelet, KubeletError
+
+__all__ = ["SIMULATED_NODE", "DraSimulation", "cdi_spec_file"]
+
+SIMULATED_NODE = "simulated-node"
+"""The Node the simulated host runs on: the pool of every device."""
+CLAIM_NAMESPACE = "default"
+
+
+def _natural(text: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def cdi_spec_file(cdi_dir: Path, cdi_id: str) -> tuple[Path, dict[str, Any]] | None:
+    """Find the spec file of ``cdi_dir`` defining CDI device ``kind=name``: its path, the device."""
+    kind, _, name = cdi_id.partition("=")
+    for path in sorted(cdi_dir.glob("*.json")):
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(spec, dict) or spec.get("kind") != kind:
+            continue
+        for device in spec.get("devices") or ():
+            if isinstance(device, dict) and device.get("name") == name:
+                return path, device
+    return None
+
+
+class DraSimulation:
+    """A fake API server and DRA kubelet, and the ``--dra`` plugins served against them."""
+
+    def __init__(self, scanners: Sequence[ScannerRecord], workdir: Path, cdi_dir: Path) -> None:
+        self.records = list(scanners)
+        self.workdir = workdir
+        self.cdi_dir = cdi_dir
+        self.registry_dir = workdir / "dra-registry"
+        self.api = FakeApiServer(nodes=[SIMULATED_NODE])
+        self.kubelet = FakeDraKubelet(self.registry_dir)
+        self.plugins: list[DraPlugin] = []
+        self._client: lightkube.AsyncClient | None = None
+        self._claims = 0
+
+    @property
+    def drivers(self) -> list[str]:
+        """The driver names served (each ``--dra`` plugin's namespaces)."""
+        return [record.namespace for record in self.records]
+
+    async def start(self) -> list[tuple[str, DraPlugin]]:
+        """Start the fakes; return the DRA plugins to serve beside the Managers."""
+        await self.api.start()
+        await self.kubelet.start()
+        kubeconfig = self.api.write_kubeconfig(self.workdir / "kubeconfig")
+        self._client = kube_client(kubeconfig)
+        options = DraOptions(
+            frozenset(record.plugin for record in self.records),
+            SIMULATED_NODE,
+            plugin_dir=self.workdir / "dra",
+            registry_dir=self.registry_dir,
+        )
+        servers = build_dra_plugins(self.records, self._client, options, cdi_dir=self.cdi_dir)
+        self.plugins = [plugin for _, plugin in servers]
+        return servers
+
+    async def stop(self) -> None:
+        """Stop the fakes and close the client (after the DRA plugins have stopped)."""
+        await self.kubelet.stop()
+        if self._client is not None:
+            await self._client.close()
+        await self.api.stop()
+
+    def where(self) -> dict[str, str]:
+        """Return the fake API server's address, the node and the DRA registry directory."""
+        return {
+            "api_server": self.api.url,
+            "node": SIMULATED_NODE,
+            "dra_registry_dir": str(self.registry_dir),
+        }
+
+    def started_event(self) -> Event:
+        """Return the event saying where the fakes are and which drivers are served."""
+        where = self.where()
+        message = (
+            f"fake API server on {where['api_server']} (node {where['node']}), fake DRA "
+            f"kubelet on {where['dra_registry_dir']}: DRA drivers {', '.join(self.drivers)}"
+        )
+        return Event("dra-started", message, data=where)
+
+    def slice_events(self) -> list[Event]:
+        """One event per driver: its slices, devices and tainted devices as published."""
+        events = []
+        for driver, published in self.slices().items():
+            devices = published["devices"]
+            tainted = sum(bool(device["taints"]) for device in devices)
+            message = (
+                f"{driver}: {published['slices']} ResourceSlice(s), {len(devices)} device(s), "
+                f"{tainted} tainted"
+            )
+            events.append(Event("slices", message, data={"driver": driver, **published}))
+        return events
+
+    @staticmethod
+    def prepared_event(result: dict[str, Any]) -> Event:
+        """Return the event of a claim prepared by :meth:`allocate`."""
+        ids = ", ".join(cdi["id"] for cdi in result["cdi"])
+        message = (
+            f"{result['resource']}: claim {result['claim']} prepared: "
+            f"{', '.join(result['devices'])} (CDI {ids})"
+        )
+        return Event("prepared", message, data=result)
+
+    def missing(self) -> list[str]:
+        """Return what the simulation still waits for: published slices, registered drivers."""
+        registered = self.kubelet.drivers
+        missing = []
+        for plugin in self.plugins:
+            if not plugin.publisher.status.synced:
+                missing.append(f"DRA driver {plugin.namespace} to publish its ResourceSlices")
+            if plugin.namespace not in registered:
+                missing.append(f"DRA driver {plugin.namespace} to register with kubelet")
+        return missing
+
+    def slices(self) -> dict[str, dict[str, Any]]:
+        """Each driver's published slices: how many, and every device with its taints."""
+        out = {}
+        for driver in self.drivers:
+            items = self.api.resource_slices(driver=driver, node_name=SIMULATED_NODE)
+            devices = [
+                {
+                    "name": device["name"],
+                    "type": device.get("attributes", {}).get("type", {}).get("string"),
+                    "id": device.get("attributes", {}).get("id", {}).get("string"),
+                    "taints": [
+                        f"{taint['key']}:{taint['effect']}" for taint in device.get("taints") or ()
+                    ],
+                }
+                for item in items
+                for device in item["spec"].get("devices") or ()
+            ]
+            devices.sort(key=lambda device: _natural(device["name"]))
+            out[driver] = {"slices": len(items), "devices": devices}
+        return out
+
+    def serves(self, resource: str) -> bool:
+        """Whether ``resource`` (``DRIVER/TYPE``) belongs to a ``--dra`` plugin."""
+        return resource.partition("/")[0] in self.drivers
+
+    async def allocate(self, resource: str, count: int) -> dict[str, Any]:
+        """Allocate a claim of ``count`` devices of ``resource``, prepare it, resolve its CDI IDs.
+
+        Returns the result as JSON data; ``error`` says what failed (None: prepared).
+        """
+        driver, _, dev_type = resource.partition("/")
+        self._claims += 1
+        name = f"simulate-{self._claims}"
+        result: dict[str, Any] = {
+            "resource": resource,
+            "requested": count,
+            "driver": driver,
+            "claim": f"{CLAIM_NAMESPACE}/{name}",
+            "devices": [],
+            "cdi": [],
+            "error": None,
+        }
+        try:
+            await self._allocate(result, driver, dev_type, name, count)
+        except KubeletError as exc:
+            result["error"] = f"cannot allocate {count} of {resource}: {exc}"
+        return result
+
+    async def _allocate(
+        self, result: dict[str, Any], driver: str, dev_type: str, name: str, count: int
+    ) -> None:
+        published = self.slices()[driver]["devices"]
+        usable = [d["name"] for d in published if d["type"] == dev_type and not d["taints"]]
+        if len(usable) < count:
+            types = sorted({d["type"] for d in published if d["type"]})
+            raise KubeletError(
+                f"only {len(usable)} untainted device(s) of type {dev_type!r} published "
+                f"(types published: {', '.join(types) or 'none'})"
+            )
+        chosen = usable[:count]
+        results = [
+            {"request": "devices", "driver": driver, "pool": SIMULATED_NODE, "device": device}
+            for device in chosen
+        ]
+        request = {"name": "devices", "exactly": {"deviceClassName": driver, "count": count}}
+        claim = self.api.add_claim(
+            CLAIM_NAMESPACE,
+            name,
+            allocation={"devices": {"results": results}},
+            spec={"devices": {"requests": [request]}},
+        )
+        uid = claim["metadata"]["uid"]
+        outcome = (await self.kubelet.prepare(driver, [(CLAIM_NAMESPACE, name, uid)]))[uid]
+        result["uid"] = uid
+        if outcome.error:
+            raise KubeletError(f"NodePrepareResources failed: {outcome.error}")
+        result["devices"] = [device.device for device in outcome.devices]
+        for device in outcome.devices:
+            for cdi_id in device.cdi_device_ids:
+                found = cdi_spec_file(self.cdi_dir, cdi_id)
+                edits = (found[1].get("containerEdits") or {}) if found else {}
+                result["cdi"].append(
+                    {
+                        "device": device.device,
+                        "id": cdi_id,
+                        "spec_file": str(found[0]) if found else None,
+                        "device_nodes": [n.get("path") for n in edits.get("deviceNodes") or ()],
+                        "env": list(edits.get("env") or ()),
+                    }
+                )
+        unresolved = [c["id"] for c in result["cdi"] if c["spec_file"] is None]
+        if unresolved:
+            raise KubeletError(f"no CDI spec file defines {', '.join(unresolved)}")
