@@ -108,3 +108,24 @@ class TestExamplePackage:
         document = json.loads(result.stdout)
         assert sorted(document["resources"]) == [GREEN, YELLOW]
         assert '"color.example.com/painted": "yellow"' in result.stdout
+
+    def test_served_as_a_dra_driver(self, example_site: Path) -> None:
+        """`simulate --dra color`: the unchanged plugin as DRA driver color.example.com, its
+        devices published as slices and a claim prepared with the scanner's COLOR env."""
+        result = run(
+            example_site, "-m", "host.cli", "simulate", "--enable", "color", "--dra", "color",
+            "--once", "--json", "--devfs-root", "/dev", "--allocate", f"{YELLOW}=1",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        document = json.loads(result.stdout)
+        assert document["resources"] == {}  # a DRA driver only: no device-plugin resource
+        published = document["dra"]["color.example.com"]
+        assert [(d["type"], d["id"]) for d in published["devices"]] == [
+            ("green", "green-0"), ("green", "green-1"), ("yellow", "yellow-0"), ("yellow", "yellow-1"),
+        ]  # fmt: skip
+        [claim] = document["allocations"]
+        assert (claim["error"], claim["devices"]) == (None, ["yellow-yellow-0"])
+        # post_allocate shaped the claim's CDI device: the scanner's env, its device node.
+        [cdi] = claim["cdi"]
+        assert cdi["id"] == f"color.example.com/dra=claim-{claim['uid']}-yellow"
+        assert (cdi["device_nodes"], cdi["env"]) == (["/dev/null"], ["COLOR=yellow"])
