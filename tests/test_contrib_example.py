@@ -120,8 +120,8 @@ class TestExamplePackage:
         document = json.loads(result.stdout)
         assert document["resources"] == {}  # a DRA driver only: no device-plugin resource
         published = document["dra"]["color.example.com"]
-        assert [(d["type"], d["id"]) for d in published["devices"]] == [
-            ("green", "green-0"), ("green", "green-1"), ("yellow", "yellow-0"), ("yellow", "yellow-1"),
+        assert [d["id"] for d in published["devices"]] == [
+            "green-0", "green-1", "yellow-0", "yellow-1",
         ]  # fmt: skip
         [claim] = document["allocations"]
         assert (claim["error"], claim["devices"]) == (None, ["yellow-yellow-0"])
