@@ -122,6 +122,7 @@ class CdiSpecStore:
         self._held: dict[DeviceKey, str] = {}
         self._by_name: dict[str, str] = {}  # qualified CDI name -> file name
         self._ledger_pending: dict[str, LedgerEntry] = {}
+        self._ledger_lock = threading.Lock()
         self._suspects: set[str] = set()
         # One worker: writes reach the disk in the order they were asked for.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cdi-writer")
@@ -313,9 +314,10 @@ class CdiSpecStore:
         return entry.waiter
 
     def _note_ledger(self, file_name: str, cdi_name: str, key: DeviceKey) -> None:
-        old = self._ledger_pending.get(file_name)
-        devices = frozenset({key}) | (old.devices if old is not None else frozenset())
-        self._ledger_pending[file_name] = LedgerEntry(cdi_name, devices)
+        with self._ledger_lock:  # the worker takes the pending entries in _flush
+            old = self._ledger_pending.get(file_name)
+            devices = frozenset({key}) | (old.devices if old is not None else frozenset())
+            self._ledger_pending[file_name] = LedgerEntry(cdi_name, devices)
 
     def _schedule(self, file_name: str) -> None:
         """Queue a write of the file's current content on the worker."""
@@ -368,13 +370,15 @@ class CdiSpecStore:
 
     def _flush(self) -> None:
         """Worker: persist renames and the ledger additions noted so far."""
-        pending, self._ledger_pending = self._ledger_pending, {}
+        with self._ledger_lock:
+            pending, self._ledger_pending = self._ledger_pending, {}
         self.writer.sync_dir()
         try:
             self.writer.ledger_add(pending)
         except OSError:
-            for name, entry in pending.items():  # retried with the next flush
-                self._ledger_pending.setdefault(name, entry)
+            with self._ledger_lock:
+                for name, entry in pending.items():  # retried with the next flush
+                    self._ledger_pending.setdefault(name, entry)
             raise
 
     def _written(self, file_name: str, generation: int, future: asyncio.Future[Any]) -> None:
