@@ -136,7 +136,8 @@ class DeviceManager:
         remaining = context.time_remaining() if self._mode == "1.36" else None
         task = self.spawn(self._connect_client(request, socket_path, remaining))
         # 1.25-1.33 dial and fetch options on context.Background(): the plugin giving up
-        # on its Register call does not stop them. Newer kubelets use the RPC's context.
+        # on its Register call does not stop them. Newer kubelets use the RPC's context;
+        # mode "1.25" keeps the older behaviour for all of 1.25-1.35 (see KubeletMode).
         error = await (asyncio.shield(task) if self._mode == "1.25" else task)
         if error is not None:
             await context.abort(grpc.StatusCode.UNKNOWN, error)

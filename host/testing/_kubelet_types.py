@@ -30,11 +30,16 @@ HEALTHY = "Healthy"
 KubeletMode = Literal["1.24", "1.25", "1.36"]
 """Which kubelet generation to reproduce (its ``pkg/kubelet/cm/devicemanager/plugin/v1beta1``).
 
-``"1.24"``: Register returns before dialling; options come from the RegisterRequest.
-``"1.25"``: kubelet 1.25-1.35; dial and GetDevicePluginOptions inside Register; one
-client per resource name (including the "old stream end disconnects the new client" bug).
-``"1.36"``: endpoints kept per (resource, socket path); same-socket registrations are
-rejected while the old one is connected.
+``"1.24"``: kubelet up to 1.24. Register returns before dialling; options come from
+the RegisterRequest.
+``"1.25"``: kubelet 1.25-1.35. Dial and GetDevicePluginOptions inside Register; one
+client per resource name (including the "old stream end disconnects the new client"
+bug). The dial-back runs on ``context.Background()`` as up to 1.33: it goes on after
+the plugin gives up on its Register call (1.34-1.35 stop it with the call; only a
+plugin that cancels Register early can tell the difference).
+``"1.36"``: kubelet 1.36 and later. The dial-back is bounded by the Register call;
+endpoints kept per (resource, socket path); a Register for a socket kubelet still
+serves is refused (``device plugin already connected``).
 """
 
 
