@@ -47,6 +47,10 @@ MIN_ID_CAP = 128
 _INLINE_DEVICES = 2_000
 """Device lists larger than this are encoded in a worker thread, off the loop."""
 
+ENCODE_PAUSE = 4.0
+"""After a large list took t to encode, the next waits ENCODE_PAUSE * t: at most a fifth
+of the time goes to encoding one resource's list, however often it changes."""
+
 _INLINE_DECODE = 64 * 1024
 """Request bytes decoded on the loop; larger requests are decoded in a worker thread."""
 
@@ -150,6 +154,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         self._version = 0
         self._generation = 0
         self._encoder: asyncio.Task[None] | None = None
+        self._next_encode = 0.0
         self._streams: dict[asyncio.Event, int] = {}
         self._stream_seq = 0
         self._closed = False
@@ -212,9 +217,19 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
             )
 
     async def _encode_off_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            # Large lists changing faster than they encode would keep a core busy and
+            # hold the GIL from the loop (every resource's Allocate waits): after an
+            # encode that took t, the next starts no sooner than ENCODE_PAUSE * t later.
+            # Lists that change meanwhile are coalesced; the newest is what gets sent.
+            wait = self._next_encode - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             generation, devices, forced = self._generation, self._devices, self._all_unhealthy
+            started = loop.time()
             encoded = await asyncio.to_thread(self._encode, devices, forced)
+            self._next_encode = loop.time() + ENCODE_PAUSE * (loop.time() - started)
             if generation == self._generation and not self._closed:
                 self._install(*encoded)
                 return
