@@ -149,7 +149,8 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         )
         self._devices: Mapping[str, DeviceInfo] = {}
         self._all_unhealthy = False
-        self._snapshot = pluginapi.ListAndWatchResponse()
+        self._snapshot: pluginapi.ListAndWatchResponse | None = None
+        self._device_bytes: dict[str, tuple[DeviceInfo, bool, bytes]] = {}
         self._snapshot_bytes = b""
         self._version = 0
         self._generation = 0
@@ -186,7 +187,9 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
 
     @property
     def snapshot(self) -> pluginapi.ListAndWatchResponse:
-        """The ListAndWatch message every stream sends next."""
+        """The ListAndWatch message every stream sends next (decoded when asked for)."""
+        if self._snapshot is None:
+            self._snapshot = pluginapi.ListAndWatchResponse.FromString(self._snapshot_bytes)
         return self._snapshot
 
     def update(
@@ -210,7 +213,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         else:
             inline = len(self._devices) <= _INLINE_DEVICES
         if inline:
-            self._install(*self._encode(self._devices, self._all_unhealthy))
+            self._install(self._encode(self._devices, self._all_unhealthy))
         elif self._encoder is None or self._encoder.done():
             self._encoder = asyncio.get_running_loop().create_task(
                 self._encode_off_loop(), name=f"encode {self.resource_name}"
@@ -231,13 +234,13 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
             encoded = await asyncio.to_thread(self._encode, devices, forced)
             self._next_encode = loop.time() + ENCODE_PAUSE * (loop.time() - started)
             if generation == self._generation and not self._closed:
-                self._install(*encoded)
+                self._install(encoded)
                 return
             if self._closed:
                 return
 
-    def _install(self, snapshot: pluginapi.ListAndWatchResponse, data: bytes) -> None:
-        self._snapshot = snapshot
+    def _install(self, data: bytes) -> None:
+        self._snapshot = None
         self._snapshot_bytes = data
         self._version += 1
         oversize = len(data) if len(data) > KUBELET_MAX_MESSAGE else None
@@ -252,7 +255,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                 "until it fits; split the devices over several device types",
                 self.resource_name,
                 oversize,
-                len(snapshot.devices),
+                len(self._devices),
                 KUBELET_MAX_MESSAGE,
             )
         elif oversize is None and was_over:
@@ -274,21 +277,28 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         for wake in self._streams:
             wake.set()
 
-    def _encode(
-        self, devices: Mapping[str, DeviceInfo], forced: bool
-    ) -> tuple[pluginapi.ListAndWatchResponse, bytes]:
-        snapshot = pluginapi.ListAndWatchResponse()
-        # Built in place: Device messages made apart would each be copied in again.
-        add = snapshot.devices.add
+    def _encode(self, devices: Mapping[str, DeviceInfo], forced: bool) -> bytes:
+        """Encode the ListAndWatchResponse of ``devices``, once per change.
+
+        A ListAndWatchResponse is its ``devices`` entries one after another (field 1,
+        length-delimited), so the bytes of a device that did not change are reused from
+        the previous encoding: a change of one device among 100,000 encodes one device.
+        Every stream sends the same bytes.
+        """
+        previous = self._device_bytes
+        current: dict[str, tuple[DeviceInfo, bool, bytes]] = {}
+        parts = []
         for dev_id, info in devices.items():
-            health = UNHEALTHY if forced else info.state
-            topology = info.topology_message
-            if topology is None:
-                add(ID=dev_id, health=health)
+            cached = previous.get(dev_id)
+            if cached is not None and cached[0] is info and cached[1] == forced:
+                entry = cached
             else:
-                add(ID=dev_id, health=health, topology=topology)
-        # Encoded once per change, here: every stream sends these same bytes.
-        return snapshot, snapshot.SerializeToString()
+                entry = (info, forced, _device_entry(dev_id, info, forced))
+            current[dev_id] = entry
+            parts.append(entry[2])
+        # Swapped in whole: an inline encode and one in the worker thread never share it.
+        self._device_bytes = current
+        return b"".join(parts)
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         """Return the ``v1beta1.DevicePlugin`` service as a handler for a gRPC server.
@@ -663,6 +673,32 @@ class _FailureLog:
         log.error(
             "resource %s: %s%s%s", self._resource_name, exc, note, more, exc_info=exc.__cause__
         )
+
+
+def _device_entry(dev_id: str, info: DeviceInfo, forced: bool) -> bytes:
+    """One ``devices`` entry of a ListAndWatchResponse: tag, length, Device message."""
+    health = UNHEALTHY if forced else info.state
+    topology = info.topology_message
+    if topology is None:
+        body = pluginapi.Device(ID=dev_id, health=health).SerializeToString()
+    else:
+        body = pluginapi.Device(ID=dev_id, health=health, topology=topology).SerializeToString()
+    return _DEVICES_TAG + _varint(len(body)) + body
+
+
+_DEVICES_TAG = bytes([1 << 3 | 2])  # field 1 (devices), wire type 2 (length-delimited)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
 
 
 def _pass_bytes(message: Any) -> bytes:
