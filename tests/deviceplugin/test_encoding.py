@@ -37,7 +37,7 @@ class TestEncoding:
         table = devices(500)
         assert service._encode(table, forced) == reference(table, forced)
 
-    def test_cached_entries_follow_changes(self) -> None:
+    def test_reencoding_follows_changes(self) -> None:
         """Re-encoding after one device changes (same objects for the rest) stays exact."""
         service = DevicePluginService("ex.com/a", object())
         table = devices(300)
