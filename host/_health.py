@@ -59,7 +59,8 @@ def readiness(
     """Everything that keeps the host from being ready; an empty list means ready.
 
     Ready: every enabled plugin loaded, every Manager still serving, and every resource
-    it serves registered with kubelet with its ListAndWatch stream open. ``resources``:
+    it serves registered with kubelet with its ListAndWatch stream open; every DRA
+    driver serving, registered with kubelet and its ResourceSlices published. ``resources``:
     :meth:`HostMetrics.resources` when the caller has just read it (reading it counts
     every device).
     """
@@ -77,6 +78,12 @@ def readiness(
         reason = _not_ready_reason(status)
         if reason is not None:
             problems.append({"plugin": manager.plugin_name, "resource": name, "reason": reason})
+    for plugin in metrics.dra_plugins:
+        reason = metrics.ended.get(id(plugin)) or plugin.not_ready_reason
+        if reason is not None:
+            problems.append(
+                {"plugin": plugin.plugin, "dra_driver": plugin.namespace, "reason": reason}
+            )
     return problems
 
 

@@ -331,8 +331,11 @@ def build_dra_servers(
     *,
     cdi_dir: Path,
     instance_id: str | None = None,
+    metrics: HostMetrics | None = None,
 ) -> tuple[lightkube.AsyncClient | None, list[tuple[str, Servable]]]:
     """Build a DRA driver per scanner, sharing one Kubernetes client (the caller closes it).
+
+    With ``metrics``, each driver's readiness counts in ``/readyz``.
 
     Returns ``(None, [])`` when there is nothing to serve as DRA, or when the client
     cannot be made (logged: the device plugins are served all the same).
@@ -347,7 +350,12 @@ def build_dra_servers(
         log.error("DRA drivers not served: no Kubernetes API client: %s", exc)
         return None, []
     servers: list[tuple[str, Servable]] = []
-    servers += build_dra_plugins(scanners, client, dra, cdi_dir=cdi_dir, instance_id=instance_id)
+    for label, plugin in build_dra_plugins(
+        scanners, client, dra, cdi_dir=cdi_dir, instance_id=instance_id
+    ):
+        if metrics is not None:
+            metrics.add_dra_plugin(plugin)
+        servers.append((label, plugin))
     log.info(
         "serving %d DRA driver(s) on node %s: %s",
         len(servers),
@@ -521,7 +529,7 @@ def run_host(
                 cdi_in_use=pod_resources().devices_in_use,
             )
             client, dra_servers = build_dra_servers(
-                drivers, dra, cdi_dir=cdi_dir, instance_id=instance_id
+                drivers, dra, cdi_dir=cdi_dir, instance_id=instance_id, metrics=metrics
             )
             servers += dra_servers
             # Everything loaded so far (modules, plugins, managers) lives as long as the

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from host._loader import PluginRecord
     from host.deviceplugin import Manager, ResourceStatus
     from host.deviceplugin._watchdog import Stall
+    from host.dra import DraPlugin
 
 __all__ = ["LOOP_TICK", "HostMetrics"]
 
@@ -109,8 +110,10 @@ class HostMetrics:
         self.plugins = tuple(plugins)
         """Every discovered plugin's record, failed and disabled ones included."""
         self.managers: list[Manager] = []
+        self.dra_plugins: list[DraPlugin] = []
+        """The plugin namespaces served as DRA drivers (read by ``/readyz``)."""
         self.ended: dict[int, str] = {}
-        """``id(manager)`` -> why that Manager stopped serving before the host."""
+        """``id(manager)`` -> why that Manager (or DRA plugin) stopped before the host."""
         self.last_snapshot: dict[tuple[str, str], Any] = {}
         self.registered_at: dict[tuple[str, str], float] = {}
         self._sizes: dict[tuple[str, str], tuple[Any, int]] = {}
@@ -200,6 +203,10 @@ class HostMetrics:
     def add_manager(self, manager: Manager) -> None:
         """Read ``manager``'s resources at every scrape, readiness check and status."""
         self.managers.append(manager)
+
+    def add_dra_plugin(self, plugin: DraPlugin) -> None:
+        """Read ``plugin``'s readiness at every readiness check and status."""
+        self.dra_plugins.append(plugin)
 
     def add_watcher(self, watcher: PluginDirWatcher) -> None:
         """Count the kubelet restarts ``watcher`` sees, while :meth:`serving`."""

@@ -99,12 +99,38 @@ class DraPlugin:
             caller=self.caller,
         )
         self.publisher = ResourceSlicePublisher(namespace, node_name, client)
+        self.publisher.on_published = self._published
+        self._published_once = False
         self.feed = ScannerFeed(plugin, namespace, scanner, backoff=scan_backoff)
         self.feed.subscribe(self.publisher.update)
         self.feed.subscribe(self.driver.update)
 
     def __repr__(self) -> str:
         return f"DraPlugin({self.plugin!r}, {self.namespace!r})"
+
+    def _published(self) -> None:
+        self._published_once = True
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why this driver is not ready (None once it is): sockets, kubelet, slices.
+
+        Ready: both sockets up, kubelet accepted the registration, and the slices were
+        published at least once with no failure since.
+        """
+        if not self.driver.serving:
+            return "DRA driver sockets not up yet"
+        registered = self.driver.registration.registered
+        if registered is None:
+            return "not registered with kubelet yet"
+        if not registered:
+            return f"kubelet refused the registration: {self.driver.registration.error}"
+        status = self.publisher.status
+        if status.failures:
+            return f"publishing ResourceSlices failed: {status.last_error}"
+        if not self._published_once:
+            return "ResourceSlices not published yet"
+        return None
 
     async def serve(self) -> None:
         """Scan, publish and serve kubelet until cancelled; then stop everything cleanly."""

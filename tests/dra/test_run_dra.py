@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from host.testing import FakeApiServer, FakeDraKubelet, FakeKubelet
+from host.testing._http import http_get
 from hostplugins.gpu.fakedev import FakeGpu, FakeGpuTree, write_gpu_tree
 from tests.dra.helpers import resolve_cdi
 from tests.dra.schema import assert_schema_valid
@@ -61,6 +63,28 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
 
+async def readiness_becomes(log_path: Path, reasons: list[dict[str, str]]) -> None:
+    """Ask the subprocess host's /readyz until its not-ready reasons are ``reasons``.
+
+    The host lives in another process, so there is no event to wait on: polled, bounded.
+    """
+    seen = None
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                found = re.search(
+                    r"metrics, probes and status on http://([^\s\"]+)", log_path.read_text()
+                )
+                if found:
+                    reply = await http_get(found.group(1), "/readyz")
+                    seen = (reply.status, reply.json()["not_ready"])
+                    if seen == (503 if reasons else 200, reasons):
+                        return
+                await asyncio.sleep(0.05)  # another process: nothing to wait on but time
+    except TimeoutError:
+        raise AssertionError(f"/readyz: wanted {reasons}, last saw {seen}") from None
+
+
 class TestRunDra:
     async def test_dra_driver_beside_device_plugins(
         self,
@@ -70,13 +94,15 @@ class TestRunDra:
         short_dir: Path,
         tmp_path: Path,
     ) -> None:
-        """gpu as DRA driver and generic as device plugin: slices, a prepared claim with
-        resolvable CDI IDs, kvm registered with kubelet; SIGTERM exits 0, slices stay."""
+        """gpu as DRA driver and generic as device plugin: slices, kvm registered with kubelet,
+        not ready until kubelet's plugin watcher takes the driver, a prepared claim with
+        resolvable CDI IDs; SIGTERM exits 0, the slices stay."""
         apiserver.add_node(NODE)
         root = gpu_tree(tmp_path)
         cdi_dir, registry = short_dir / "cdi", short_dir / "reg"
         log_path = tmp_path / "host.log"
-        async with FakeDraKubelet(registry) as dra_kubelet:
+        dra_kubelet = FakeDraKubelet(registry)
+        try:
             with log_path.open("wb") as log_file:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "host.cli", "run",
@@ -86,7 +112,7 @@ class TestRunDra:
                     "--dra-plugin-dir", str(short_dir / "plugins"),
                     "--plugins-registry-dir", str(registry),
                     "--sysfs-root", str(root / "sys"), "--devfs-root", str(root / "dev"),
-                    "--log-format", "json",
+                    "--log-format", "json", "--metrics-address", "127.0.0.1:0",
                     env=host_env(), stdout=log_file, stderr=log_file,
                 )  # fmt: skip
                 try:
@@ -97,12 +123,17 @@ class TestRunDra:
                     for item in slices:
                         assert_schema_valid(item)
                     assert {item["spec"]["nodeName"] for item in slices} == {NODE}
-
                     await kubelet.wait_for_resource(KVM, count=110, timeout=30)
-                    await dra_kubelet.wait_for_driver(GPU, timeout=30)
                     # one API or the other, never both
                     assert not [name for name in kubelet.resources if name.startswith(GPU)]
+                    waiting = {"plugin": "gpu", "dra_driver": GPU}
+                    await readiness_becomes(
+                        log_path, [waiting | {"reason": "not registered with kubelet yet"}]
+                    )
 
+                    await dra_kubelet.start()  # kubelet's plugin watcher finds the driver
+                    await dra_kubelet.wait_for_driver(GPU, timeout=30)
+                    await readiness_becomes(log_path, [])
                     device = device_names(apiserver)[0]
                     allocated = {"request": "gpu", "driver": GPU, "pool": NODE, "device": device}
                     claim = apiserver.add_claim(
@@ -124,6 +155,8 @@ class TestRunDra:
                         process.kill()
                         await process.wait()
             await dra_kubelet.wait_for_no_driver(GPU)
+        finally:
+            await dra_kubelet.stop()
         assert len(device_names(apiserver)) == 2  # kept for the next instance
         assert not list(registry.glob("*.sock"))
         entries = read_log(log_path)

@@ -136,3 +136,49 @@ class TestDraPlugin:
         built = build_dra_plugins(records, client, options, cdi_dir=dirs.cdi)
         assert [label for label, _ in built] == [f"plugin 'gpu' DRA driver {DRIVER}"]
         assert "DRA driver Not_A.Driver cannot be served: invalid DRA driver name" in caplog.text
+
+
+class TestReadiness:
+    async def test_ready_once_registered_and_published(
+        self,
+        apiserver: FakeApiServer,
+        client: lightkube.AsyncClient,
+        dirs: Dirs,
+        dra_kubelet: FakeDraKubelet,
+    ) -> None:
+        """/readyz counts a DRA driver: not ready until kubelet took it and slices are out."""
+        from host._health import readiness
+        from host._metrics import HostMetrics
+
+        metrics = HostMetrics()
+        plugin = serve(dirs, client, QueueScanner(tree(0)))
+        metrics.add_dra_plugin(plugin)
+        assert readiness(metrics) == [
+            {"plugin": "gpu", "dra_driver": DRIVER, "reason": "DRA driver sockets not up yet"}
+        ]
+        task = asyncio.create_task(plugin.serve())
+        try:
+            async with asyncio.timeout(10):
+                assert await plugin.driver.registration.wait_for_status() is True
+                await plugin.publisher.wait_status(lambda status: status.synced)
+            assert readiness(metrics) == []
+            metrics.manager_ended(plugin, "crashed: OSError: boom")
+            assert readiness(metrics)[0]["reason"] == "crashed: OSError: boom"
+        finally:
+            await stop(task)
+
+    async def test_refused_registration_is_the_reason(
+        self, client: lightkube.AsyncClient, dirs: Dirs
+    ) -> None:
+        """A kubelet that speaks none of the driver's services: its refusal is the reason."""
+        plugin = serve(dirs, client, QueueScanner(tree(0)))
+        async with FakeDraKubelet(dirs.registry, services=("v9.DRAPlugin",)):
+            task = asyncio.create_task(plugin.serve())
+            try:
+                async with asyncio.timeout(10):
+                    assert await plugin.driver.registration.wait_for_status() is False
+                reason = plugin.not_ready_reason
+                assert reason is not None
+                assert reason.startswith("kubelet refused the registration: ")
+            finally:
+                await stop(task)
