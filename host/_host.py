@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
@@ -442,29 +442,44 @@ async def _serve_all(
             watchdog.stop()
 
 
+TRIM_INTERVAL = 5.0
+"""Seconds between two ``malloc_trim`` calls (a few ms each, in a worker thread)."""
+
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 _MMAP_THRESHOLD = 128 * 1024
 
 
-def return_large_buffers_to_the_os() -> bool:
-    """Make glibc serve every allocation of 128 KiB or more with mmap, freed to the OS.
+def return_large_buffers_to_the_os() -> Callable[[], None] | None:
+    """Make glibc give memory back: large blocks mmapped, freed pages trimmed on request.
 
-    glibc raises that threshold as large blocks are freed, so after a few large
+    glibc raises its mmap threshold as large blocks are freed, so after a few large
     requests (a device list, a request of many IDs) their memory stays in the heap,
-    fragmented, and the host's RSS keeps the peak. Fixing the threshold keeps RSS near
-    what the host really holds. Returns False where the C library is not glibc.
+    fragmented, and the host's RSS keeps the peak; gRPC's reader threads keep freed
+    pages in arenas of their own. Fixing the threshold, and calling the returned trim
+    function now and then (``malloc_trim``), keeps RSS near what the host holds.
+    Returns None where the C library is not glibc.
     """
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
         libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+        if not libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD):
+            return None
+        trim = libc.malloc_trim
     except (OSError, AttributeError):
-        return False
+        return None
+    return lambda: trim(0)
+
+
+async def trim_memory_every(trim: Callable[[], None], interval: float = TRIM_INTERVAL) -> None:
+    """Give freed memory back to the OS every ``interval`` seconds, until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.to_thread(trim)  # walks every arena: off the loop
 
 
 def run_host(
@@ -494,7 +509,7 @@ def run_host(
         log.error("no scanners to run: every enabled plugin failed or none returned a scanner")
         return 1
 
-    return_large_buffers_to_the_os()
+    trim = return_large_buffers_to_the_os()
 
     from host.deviceplugin import configure_pod_resources, pod_resources
 
@@ -510,6 +525,7 @@ def run_host(
         as_dra = dra.plugins if dra is not None else frozenset()
         device_plugins = [record for record in scanners if record.plugin not in as_dra]
         drivers = [record for record in scanners if record.plugin in as_dra]
+        trimmer: asyncio.Task[None] | None = None
         try:
             if metrics_address is not None:
                 metrics, http = await start_metrics_server(plugins, metrics_address)
@@ -546,8 +562,12 @@ def run_host(
 
             on_stall = None if metrics is None else metrics.watchdog_stalled
             watchdog = LoopWatchdog(plugin_locator(scanners), on_stall=on_stall)
+            if trim is not None:
+                trimmer = asyncio.create_task(trim_memory_every(trim), name="trim memory")
             return await serve_all(servers, stop, metrics=metrics, watchdog=watchdog)
         finally:
+            if trimmer is not None:
+                trimmer.cancel()
             if http is not None:
                 await http.stop()
             if client is not None:

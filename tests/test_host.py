@@ -22,9 +22,11 @@ from host._host import (
     build_managers,
     configure_logging,
     device_json,
+    return_large_buffers_to_the_os,
     scan_all,
     scan_report,
     serve_all,
+    trim_memory_every,
 )
 from host._loader import ScannerRecord, activate_plugins, discover_plugins
 from host.deviceplugin import (
@@ -540,3 +542,22 @@ class TestInstalledWheel:
         for name in BROKEN:
             assert f"plugin '{name}' (devplugin-acme 1.2.3) is left out" in errors
         assert all(e["level"] != "error" or "left out" in e["message"] for e in entries)
+
+
+class TestMemory:
+    def test_glibc_returns_memory(self) -> None:
+        """On glibc the host fixes the mmap threshold and gets a working trim function."""
+        trim = return_large_buffers_to_the_os()
+        assert trim is not None
+        trim()
+
+    @pytest.mark.asyncio
+    async def test_trims_until_cancelled(self) -> None:
+        """The trimmer calls trim again and again, and ends when cancelled."""
+        calls = threading.Semaphore(0)
+        task = asyncio.create_task(trim_memory_every(calls.release, interval=0.01))
+        for _ in range(3):
+            assert await asyncio.to_thread(calls.acquire, True, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -201,7 +201,7 @@ async def scenario(
         stall_named = next(
             (line for line in host.stderr_lines if "blocked" in line and "so far" in line), None
         )
-        await asyncio.sleep(2)  # the fault's connections and threads wind down
+        await asyncio.sleep(6)  # the fault's connections wind down; the host trims every 5 s
         rss_after, fds_after = rss_bytes(host.pid), open_fds(host.pid)
     finally:
         await host.stop()
