@@ -15,6 +15,7 @@ from host._config import ConfigError, read_config_file, resolve_settings
 from host._dra_config import dra_options
 from host._loader import PluginRecord, ScannerRecord
 from host.cli import main
+from host.dra import DraOptions
 from host.testing import write_kubeconfig
 
 LONG_NAMESPACE = "a" * 40 + "." + "b" * 30 + ".example.com"  # a resource prefix, no driver name
@@ -168,3 +169,44 @@ class TestSources:
         with pytest.raises(ConfigError, match=r"^config file .*host\.toml: ") as info:
             read_config_file(config)
         assert message in str(info.value)
+
+
+class TestCommandLine:
+    def test_help_names_every_option_with_its_variable(self) -> None:
+        """`run --help` documents each DRA option with its environment variable."""
+        out = " ".join(invoke("run", "--help").stdout.split())
+        for option, variable in [
+            ("--dra", "DEVPLUGIN_DRA"),
+            ("--node-name", "NODE_NAME"),
+            ("--kubeconfig", "KUBECONFIG"),
+            ("--dra-plugin-dir", "DEVPLUGIN_DRA_PLUGIN_DIR"),
+            ("--plugins-registry-dir", "DEVPLUGIN_PLUGINS_REGISTRY_DIR"),
+            ("--dra-cleanup-on-exit", "DEVPLUGIN_DRA_CLEANUP_ON_EXIT"),
+        ]:
+            assert option in out
+            assert f"env var: {variable}" in out
+
+    def test_environment_reaches_the_host(
+        self, dirs: list[str], short_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """DEVPLUGIN_DRA, NODE_NAME, DEVPLUGIN_DRA_CLEANUP_ON_EXIT reach run_host as DraOptions."""
+        given: dict[str, object] = {}
+
+        def fake_run_host(*args: object, **kwargs: object) -> int:
+            given.update(kwargs)
+            return 0
+
+        monkeypatch.setattr(_host, "run_host", fake_run_host)
+        env = {"DEVPLUGIN_DRA": "generic", "NODE_NAME": "node-a"}
+        env["DEVPLUGIN_DRA_CLEANUP_ON_EXIT"] = "1"
+        result = invoke("run", "--enable", "generic,gpu", *dirs, env=env)
+        assert result.exit_code == 0, result.output
+        options = given["dra"]
+        assert options == DraOptions(
+            plugins=frozenset({"generic"}),
+            node_name="node-a",
+            kubeconfig=short_dir / "kubeconfig",
+            plugin_dir=short_dir / "plugins",
+            registry_dir=short_dir / "reg",
+            cleanup_on_exit=True,
+        )
