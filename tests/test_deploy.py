@@ -191,3 +191,55 @@ class TestOverlays:
         documents = [doc for doc in yaml.safe_load_all(rendered) if doc is not None]
         key = lambda obj: (obj["kind"], obj["metadata"]["name"])  # noqa: E731
         assert sorted(documents, key=key) == sorted(build(DEPLOY / "overlays" / overlay), key=key)
+
+
+class TestDra:
+    def test_objects_are_valid_and_wired(self) -> None:
+        """The DRA kustomization: valid objects; the DaemonSet runs as the bound account."""
+        objects = build(DEPLOY / "dra")
+        validate_all(objects)
+        kinds = sorted(obj["kind"] for obj in objects)
+        assert kinds == sorted(
+            [
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "ConfigMap",
+                "DaemonSet",
+                "ServiceAccount",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
+            ]
+        )
+        pod = daemonset(objects)["spec"]["template"]["spec"]
+        (account,) = [obj for obj in objects if obj["kind"] == "ServiceAccount"]
+        assert pod["serviceAccountName"] == account["metadata"]["name"]
+        assert pod["automountServiceAccountToken"] is True
+        (binding,) = [obj for obj in objects if obj["kind"] == "ClusterRoleBinding"]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "devplugin-host", "namespace": "kube-system"}
+        ]
+        env = {item["name"]: item for item in pod["containers"][0]["env"]}
+        assert env["DEVPLUGIN_DRA"]["value"] == "gpu"
+        assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+
+    def test_kubelet_dirs_are_mounted_at_their_node_paths(self) -> None:
+        """kubelet dials the sockets at the reported paths: mount path == node path."""
+        pod = daemonset(build(DEPLOY / "dra"))["spec"]["template"]["spec"]
+        hosts = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        for name in ("kubelet-plugins", "kubelet-plugins-registry"):
+            assert mounts[name] == hosts[name]
+        assert hosts["kubelet-plugins"] == "/var/lib/kubelet/plugins"
+        assert hosts["kubelet-plugins-registry"] == "/var/lib/kubelet/plugins_registry"
+
+    def test_rbac_allows_what_the_driver_does_and_no_more(self) -> None:
+        """Slices: read and write; claims and nodes: get only."""
+        (role,) = [obj for obj in build(DEPLOY / "dra") if obj["kind"] == "ClusterRole"]
+        rules = {(r["apiGroups"][0], r["resources"][0]): set(r["verbs"]) for r in role["rules"]}
+        assert rules == {
+            ("resource.k8s.io", "resourceslices"): {
+                "get", "list", "watch", "create", "update", "delete"
+            },
+            ("resource.k8s.io", "resourceclaims"): {"get"},
+            ("", "nodes"): {"get"},
+        }  # fmt: skip
