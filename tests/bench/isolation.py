@@ -12,6 +12,9 @@ descriptors are read before, at the peak, and after the fault. Scenarios:
   2.2 MB device list every 0.1 s;
 * bad's coroutine scanner blocks the loop (``time.sleep(0.3)`` every second): Allocate
   waits by design; the figure is how soon the watchdog names the culprit.
+
+``BENCH_SHOW_STALLS=1`` prints the host's watchdog lines after each scenario: where
+the loop was held (the host's own code included), to see what a p99 is made of.
 """
 
 from __future__ import annotations
