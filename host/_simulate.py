@@ -233,7 +233,9 @@ class _Simulation:
             self._problem("timeout", message, missing=missing)
         if not plan.once:
             self._flush()
-            self._out.snapshot(self._resources())
+            self._out.snapshot(
+                self._resources(), self._dra.slices() if self._dra is not None else None
+            )
         for number, request in enumerate(plan.allocations, 1):
             await self._allocate(request, f"simulate-{number}")
         if plan.allocations:

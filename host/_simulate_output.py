@@ -110,12 +110,16 @@ class SimulationOutput:
         elif not self._once:
             self._write(json.dumps(event.to_json()))
 
-    def snapshot(self, resources: Mapping[str, Any]) -> None:
-        """Show the resources as kubelet sees them now (live mode)."""
+    def snapshot(self, resources: Mapping[str, Any], dra: Mapping[str, Any] | None = None) -> None:
+        """Show the resources as kubelet sees them now, and the DRA slices (live mode)."""
         if self._json:
-            self._write(json.dumps(Event("snapshot", "", data={"resources": resources}).to_json()))
-        else:
+            data = {"resources": resources} | ({"dra": dra} if dra is not None else {})
+            self._write(json.dumps(Event("snapshot", "", data=data).to_json()))
+            return
+        if resources or dra is None:
             self._write(f"-- resources as kubelet sees them:\n{resources_table(resources)}")
+        if dra is not None:
+            self._write(f"-- ResourceSlices as the API server holds them:\n{slices_text(dra)}")
 
     def allocation(self, result: Mapping[str, Any]) -> None:
         """Print an allocation as text (live mode); JSON shows it as its event."""
@@ -137,7 +141,9 @@ class SimulationOutput:
             for result in document["allocations"]:
                 self._write(allocation_text(result))
         else:
-            self._write(f"-- after {elapsed:.1f} s:\n{resources_table(document['resources'])}")
+            self._write(f"-- after {elapsed:.1f} s:")
+            if document["resources"] or "dra" not in document:
+                self._write(resources_table(document["resources"]))
             if "dra" in document:
                 self._write(slices_text(document["dra"]))
 

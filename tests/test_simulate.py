@@ -526,6 +526,17 @@ class TestDra:
         assert "allocate gpu.intel.com/i915=2 (claim default/simulate-1): " in out
         assert out.count("         spec file /tmp/dpsim-") == 4  # 2 devices x 2 CDI IDs
 
+    def test_live_text_shows_the_slices(self, gpu_root: Path) -> None:
+        """Live (--duration): the slices are shown beside what kubelet sees, then at the end."""
+        result = invoke(
+            "--enable", "gpu", "--dra", "gpu", *self.roots(gpu_root), "--duration", "0.3"
+        )
+        assert result.exit_code == 0, result.output
+        out = result.stdout
+        assert "-- ResourceSlices as the API server holds them:" in out
+        assert out.count("gpu.intel.com  ResourceSlices 1  devices 2") == 2  # live, then the end
+        assert "no resources registered" not in out  # a DRA driver only: nothing for kubelet
+
     def test_more_devices_than_published(self, gpu_root: Path) -> None:
         """Asking for more devices than published fails that claim: exit 1, the reason said."""
         document = once_json(
