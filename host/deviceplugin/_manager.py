@@ -9,7 +9,7 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,9 +230,12 @@ class Manager:
         finally:
             self._serving = False
             feed.cancel()
-            await self._stop_all()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feed
+            # A stop must end: SIGTERM is followed by SIGKILL, and a test's teardown by
+            # nothing. Each step is bounded and a step that overruns is named in the log.
+            await _bounded_step(self._stop_all(), f"plugin {self.plugin_name!r}: stopping")
+            await _bounded_step(
+                _quietly_awaited(feed), f"plugin {self.plugin_name!r}: ending the scanner feed"
+            )
             self._caller.close()
 
     # -- snapshots ----------------------------------------------------------------------
@@ -390,6 +393,23 @@ class Manager:
         self._services.clear()
         self._endpoints.clear()
         await self._cdi.close()  # spec files stay: containers may restart without Allocate
+
+
+STOP_LIMIT = 10.0
+"""Seconds each step of a Manager's stop may take before it is abandoned (logged)."""
+
+
+async def _bounded_step(step: Awaitable[None], what: str) -> None:
+    try:
+        async with asyncio.timeout(STOP_LIMIT):
+            await step
+    except TimeoutError:
+        log.error("%s took over %g s; going on without it", what, STOP_LIMIT)
+
+
+async def _quietly_awaited(task: asyncio.Task[None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _log_task_end(task: asyncio.Task[None], resource_name: str) -> None:
