@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import grpc
 
 from host._pluginwatcher import DEVICE_PLUGIN_TYPE, RegistrationServicer
-from host.deviceplugin._endpoint import API_VERSION, Backoff, ResourceEndpoint
-from host.deviceplugin._service import DevicePluginService
-from host.deviceplugin._watcher import PluginDirWatcher, WatchEvent, WatchEventKind
+from host.deviceplugin._endpoint import API_VERSION, ResourceEndpoint
+from host.deviceplugin._watcher import WatchEvent, WatchEventKind
 
 __all__ = ["PluginsRegistryEndpoint"]
 
@@ -33,22 +31,16 @@ log = logging.getLogger("host.deviceplugin.endpoint")
 class PluginsRegistryEndpoint(ResourceEndpoint):
     """A :class:`ResourceEndpoint` that kubelet's plugin watcher registers.
 
-    ``socket_path`` is in the plugins registry directory and ``watcher`` watches that
-    directory (for our socket being removed).
+    Constructed as a :class:`ResourceEndpoint`: ``socket_path`` is in the plugins
+    registry directory and ``watcher`` watches that directory (for our socket being
+    removed). Nothing is called to register (the first pass of the loop finds nothing
+    to do): kubelet comes to the socket.
     """
 
-    def __init__(
-        self,
-        service: DevicePluginService,
-        socket_path: Path,
-        watcher: PluginDirWatcher,
-        *,
-        backoff: Backoff | None = None,
-    ) -> None:
-        super().__init__(service, socket_path, watcher, backoff=backoff)
-        self._need_register = False
-        self._registration: RegistrationServicer | None = None
-        self._recreate = False
+    _registration: RegistrationServicer | None = None
+    """The Registration servicer of the current socket (a new one per socket)."""
+    _recreate = False
+    """Set when kubelet dropped our stream: the socket is re-created to be registered again."""
 
     @property
     def registered(self) -> bool:

@@ -2,13 +2,14 @@
 
 :class:`FakeDraKubelet` does what kubelet's plugin watcher and DRA manager do with a DRA
 driver (kubernetes/kubernetes ``pkg/kubelet/pluginmanager`` and
-``pkg/kubelet/cm/dra/plugin``): it finds registration sockets (``*.sock``, not hidden)
-in its registry directory, calls ``GetInfo``, validates the answer as the DRA handler
-does (type ``DRAPlugin``, a driver name, an absolute endpoint, a supported service,
-chosen in the plugin's order among the kubelet's), reports the outcome with
-``NotifyRegistrationStatus``, and deregisters a socket that goes away or registers it
-again when it is re-created (a restarted driver). Calls go to the newest instance of a
-driver with the service chosen at registration.
+``pkg/kubelet/cm/dra/plugin``): its plugin watcher (the shared
+:class:`~host.testing._plugin_watcher.PluginWatcher`) finds registration sockets (not
+hidden) in its registry directory and calls ``GetInfo``; its handler validates the
+answer as the DRA handler does (type ``DRAPlugin``, a driver name, an absolute endpoint,
+a supported service, chosen in the plugin's order among the kubelet's); the watcher
+reports the outcome with ``NotifyRegistrationStatus``, and deregisters a socket that
+goes away or registers it again when it is re-created (a restarted driver). Calls go
+to the newest instance of a driver with the service chosen at registration.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import contextlib
 import logging
 import os
 import re
-import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,10 +33,10 @@ from host._api import (
     dra_v1_pb2_grpc,
     dra_v1beta1_pb2,
     dra_v1beta1_pb2_grpc,
-    pluginregistration_pb2,
-    pluginregistration_pb2_grpc,
 )
+from host._pluginwatcher import DRA_PLUGIN_TYPE
 from host.testing._kubelet_types import KubeletError
+from host.testing._plugin_watcher import PluginWatcher, RegistrationFailure
 
 __all__ = ["DraClaimResult", "DraDevice", "DraPluginRegistration", "FakeDraKubelet"]
 
@@ -46,10 +46,6 @@ KUBELET_DRA_SERVICES = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
 """What kubelet 1.34-1.36 speaks, in its order."""
 CALL_TIMEOUT = 45.0
 """kubelet's ``defaultClientCallTimeout`` for Prepare / Unprepare."""
-_GET_INFO_TIMEOUT = 1.0
-_NOTIFY_TIMEOUT = 5.0
-_BACKOFF_INITIAL = 0.5
-_BACKOFF_CAP = 120.0
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _SUN_PATH_MAX = 107
 
@@ -90,13 +86,72 @@ class DraClaimResult:
     error: str = ""
 
 
-@dataclass
-class _Watched:
-    identity: tuple[int, int]
-    registration: DraPluginRegistration | None = None
-    failures: int = 0
-    next_attempt: float = 0.0
-    last_error: str = ""
+class _DraHandler:
+    """Kubelet's ``DRAPlugin`` handler (``pkg/kubelet/cm/dra/plugin``): the driver instances."""
+
+    def __init__(self, services: tuple[str, ...]) -> None:
+        self.services = services
+        self.instances: dict[str, list[DraPluginRegistration]] = {}
+        self.channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+
+    def choose(self, versions: Iterable[str]) -> str | None:
+        """Return the first of the plugin's services that this kubelet speaks."""
+        for version in versions:
+            if version in self.services:
+                return version
+        return None
+
+    def validate_plugin(self, name: str, endpoint: str, versions: Sequence[str]) -> str | None:
+        """``ValidatePlugin``: services, driver name, endpoint."""
+        if not versions:
+            return "empty list of supported gRPC services (aka supported versions)"
+        if self.choose(versions) is None:
+            return (
+                f"none of services supported by the plugin ({list(versions)!r}) "
+                f"are supported by the kubelet ({list(self.services)!r})"
+            )
+        if len(name) > 63 or not _DNS_SUBDOMAIN.fullmatch(name):
+            return f"invalid driver name {name!r}: must be a DNS subdomain of <= 63"
+        if not os.path.isabs(endpoint):
+            return f"endpoint {endpoint!r} is not an absolute path"
+        if len(endpoint.encode()) > _SUN_PATH_MAX:
+            return f"endpoint {endpoint!r} is longer than {_SUN_PATH_MAX} bytes"
+        if any(reg.endpoint == endpoint for reg in self.instances.get(name, [])):
+            return f"endpoint {endpoint} already registered for DRA driver plugin {name}"
+        return None
+
+    async def register_plugin(
+        self, name: str, endpoint: str, versions: Sequence[str], socket_path: str
+    ) -> str | None:
+        """``RegisterPlugin``: a new instance of the driver, called from now on."""
+        reg = DraPluginRegistration(
+            driver=name,
+            endpoint=endpoint,
+            service=self.choose(versions) or "",
+            supported_versions=tuple(versions),
+            socket_path=socket_path,
+        )
+        self.instances.setdefault(name, []).append(reg)
+        self.channels[(name, endpoint)] = grpc.aio.insecure_channel(f"unix:{endpoint}")
+        _LOG.info("registered DRA driver %s at %s", name, endpoint)
+        return None
+
+    async def deregister_plugin(self, name: str, endpoint: str) -> None:
+        """``DeRegisterPlugin``: forget the instance at ``endpoint``."""
+        regs = self.instances.get(name, [])
+        for reg in [r for r in regs if r.endpoint == endpoint]:
+            regs.remove(reg)
+            _LOG.info("deregistered DRA driver %s (socket %s gone)", name, reg.socket_path)
+        channel = self.channels.pop((name, endpoint), None)
+        if channel is not None:
+            await channel.close()
+
+    async def forget(self) -> None:
+        """Close every connection and forget every instance (kubelet gone)."""
+        for channel in self.channels.values():
+            await channel.close()
+        self.channels.clear()
+        self.instances.clear()
 
 
 class FakeDraKubelet:
@@ -124,11 +179,9 @@ class FakeDraKubelet:
         self.registry_dir = Path(registry_dir)
         self.services = tuple(services)
         self.rescan_interval = rescan_interval
-        self._watched: dict[str, _Watched] = {}
-        self._instances: dict[str, list[DraPluginRegistration]] = {}
-        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._handler = _DraHandler(self.services)
         self._rejections: list[tuple[str, str]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._watcher: PluginWatcher | None = None
         self._changed = asyncio.Condition()
 
     def __repr__(self) -> str:
@@ -138,23 +191,23 @@ class FakeDraKubelet:
 
     async def start(self) -> None:
         """Create the registry directory and start watching it (a kubelet start)."""
-        if self._task is not None:
+        if self._watcher is not None:
             raise KubeletError("FakeDraKubelet is already running")
-        self.registry_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        self._task = asyncio.create_task(self._watch(), name="fake-kubelet-dra-watch")
+        self._watcher = PluginWatcher(
+            self.registry_dir,
+            {DRA_PLUGIN_TYPE: self._handler},
+            interval=self.rescan_interval,
+            notify=self._notify,
+            on_failure=self._failed,
+        )
+        self._watcher.start()
 
     async def stop(self) -> None:
         """Stop watching and forget every plugin (kubelet gone); sockets stay."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
-        self._watched.clear()
-        self._instances.clear()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            await watcher.stop()
+        await self._handler.forget()
         await self._notify()
 
     async def restart(self) -> None:
@@ -179,12 +232,15 @@ class FakeDraKubelet:
     @property
     def drivers(self) -> Mapping[str, Sequence[DraPluginRegistration]]:
         """The registered instances of each driver, oldest first."""
-        return {name: tuple(regs) for name, regs in self._instances.items() if regs}
+        return {name: tuple(regs) for name, regs in self._handler.instances.items() if regs}
 
     @property
     def rejections(self) -> Sequence[tuple[str, str]]:
         """Every failed registration so far: ``(socket path, error sent to the plugin)``."""
         return tuple(self._rejections)
+
+    def _failed(self, failure: RegistrationFailure) -> None:
+        self._rejections.append((failure.socket_path, failure.error))
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -220,7 +276,7 @@ class FakeDraKubelet:
         """Wait until ``driver`` is registered (newer than monotonic time ``after``)."""
 
         def newest() -> DraPluginRegistration | None:
-            regs = self._instances.get(driver)
+            regs = self._handler.instances.get(driver)
             if not regs:
                 return None
             if after is not None and regs[-1].registered_at <= after:
@@ -239,155 +295,17 @@ class FakeDraKubelet:
     ) -> None:
         """Wait until no instance of ``driver`` is registered."""
         await self.wait_for(
-            lambda: not self._instances.get(driver), timeout, what=f"driver {driver!r} gone"
+            lambda: not self._handler.instances.get(driver), timeout, what=f"driver {driver!r} gone"
         )
-
-    # -- plugin watcher --------------------------------------------------------------
-
-    async def _watch(self) -> None:
-        while True:
-            await self._scan_once()
-            await asyncio.sleep(self.rescan_interval)
-
-    def _sockets(self) -> dict[str, tuple[int, int]]:
-        found = {}
-        for root, dirs, files in os.walk(self.registry_dir):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            for name in files:
-                if name.startswith("."):
-                    continue
-                path = os.path.join(root, name)
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                if stat.S_ISSOCK(st.st_mode):
-                    found[path] = (st.st_dev, st.st_ino)
-        return found
-
-    async def _scan_once(self) -> None:
-        present = self._sockets()
-        for path in list(self._watched):
-            if present.get(path) != self._watched[path].identity:
-                await self._deregister(path)
-        now = time.monotonic()
-        for path, identity in present.items():
-            watched = self._watched.setdefault(path, _Watched(identity))
-            if watched.registration is None and now >= watched.next_attempt:
-                await self._register(path, watched)
-
-    async def _deregister(self, path: str) -> None:
-        watched = self._watched.pop(path)
-        if watched.registration is not None:
-            await self._drop(watched.registration)
-            _LOG.info(
-                "deregistered DRA driver %s (socket %s gone)", watched.registration.driver, path
-            )
-            await self._notify()
-
-    async def _drop(self, reg: DraPluginRegistration) -> None:
-        regs = self._instances.get(reg.driver, [])
-        if reg in regs:
-            regs.remove(reg)
-        channel = self._channels.pop((reg.driver, reg.endpoint), None)
-        if channel is not None:
-            await channel.close()
-
-    async def _register(self, path: str, watched: _Watched) -> None:
-        try:
-            async with grpc.aio.insecure_channel(f"unix:{path}") as channel:
-                stub = pluginregistration_pb2_grpc.RegistrationStub(channel)
-                try:
-                    info = await stub.GetInfo(
-                        pluginregistration_pb2.InfoRequest(), timeout=_GET_INFO_TIMEOUT
-                    )
-                except grpc.aio.AioRpcError as err:
-                    self._failed(path, watched, f"GetInfo failed: {err.details()}")
-                    return
-                error = self._validate(path, info)
-                reg = None
-                if error is None:
-                    endpoint = info.endpoint or path
-                    reg = DraPluginRegistration(
-                        driver=info.name,
-                        endpoint=endpoint,
-                        service=self._choose(info.supported_versions) or "",
-                        supported_versions=tuple(info.supported_versions),
-                        socket_path=path,
-                    )
-                    self._instances.setdefault(reg.driver, []).append(reg)
-                    self._channels[(reg.driver, endpoint)] = grpc.aio.insecure_channel(
-                        f"unix:{endpoint}"
-                    )
-                status = pluginregistration_pb2.RegistrationStatus(
-                    plugin_registered=error is None, error=error or ""
-                )
-                try:
-                    await stub.NotifyRegistrationStatus(status, timeout=_NOTIFY_TIMEOUT)
-                except grpc.aio.AioRpcError as err:
-                    # 1.36+: a failed notify undoes the registration; retried later.
-                    error = error or f"NotifyRegistrationStatus failed: {err.details()}"
-                if error is not None:
-                    if reg is not None:
-                        await self._drop(reg)
-                    self._failed(path, watched, error)
-                    return
-                watched.registration = reg
-                watched.failures = 0
-                _LOG.info("registered DRA driver %s at %s", info.name, info.endpoint)
-        finally:
-            await self._notify()
-
-    def _failed(self, path: str, watched: _Watched, error: str) -> None:
-        # Operation-executor backoff: 500 ms doubling up to 2 min, per socket path.
-        watched.failures += 1
-        delay = min(_BACKOFF_INITIAL * 2 ** (watched.failures - 1), _BACKOFF_CAP)
-        watched.next_attempt = time.monotonic() + delay
-        watched.last_error = error
-        self._rejections.append((path, error))
-        _LOG.info("registration through %s failed: %s", path, error)
-
-    def _choose(self, versions: Iterable[str]) -> str | None:
-        for version in versions:
-            if version in self.services:
-                return version
-        return None
-
-    def _validate(self, path: str, info: pluginregistration_pb2.PluginInfo) -> str | None:
-        if info.type != "DRAPlugin":
-            return (
-                f"RegisterPlugin error -- no handler registered for plugin type: {info.type} "
-                f"at socket {path}"
-            )
-        endpoint = info.endpoint or path
-        problem = None
-        if not info.supported_versions:
-            problem = "empty list of supported gRPC services (aka supported versions)"
-        elif self._choose(info.supported_versions) is None:
-            problem = (
-                f"none of services supported by the plugin ({list(info.supported_versions)!r}) "
-                f"are supported by the kubelet ({list(self.services)!r})"
-            )
-        elif len(info.name) > 63 or not _DNS_SUBDOMAIN.fullmatch(info.name):
-            problem = f"invalid driver name {info.name!r}: must be a DNS subdomain of <= 63"
-        elif not os.path.isabs(endpoint):
-            problem = f"endpoint {endpoint!r} is not an absolute path"
-        elif len(endpoint.encode()) > _SUN_PATH_MAX:
-            problem = f"endpoint {endpoint!r} is longer than {_SUN_PATH_MAX} bytes"
-        elif any(reg.endpoint == endpoint for reg in self._instances.get(info.name, [])):
-            problem = f"endpoint {endpoint} already registered for DRA driver plugin {info.name}"
-        if problem is None:
-            return None
-        return f"RegisterPlugin error -- plugin validation failed with err: {problem}"
 
     # -- calls -----------------------------------------------------------------------
 
     def _client(self, driver: str) -> tuple[DraPluginRegistration, grpc.aio.Channel]:
-        regs = self._instances.get(driver)
+        regs = self._handler.instances.get(driver)
         if not regs:
             raise KubeletError(f"DRA driver {driver} is not registered")
         reg = regs[-1]
-        return reg, self._channels[(driver, reg.endpoint)]
+        return reg, self._handler.channels[(driver, reg.endpoint)]
 
     async def prepare(
         self,
