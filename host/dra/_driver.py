@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 from host.deviceplugin._cdi import DEFAULT_CDI_DIR, CdiSpecWriter
 from host.deviceplugin._guard import PluginCaller
@@ -43,6 +44,12 @@ log = logging.getLogger("host.dra")
 DeviceNamer = Callable[[Iterable[tuple[str, str]]], Mapping[tuple[str, str], str]]
 """Names every ``(device type, device id)`` of a snapshot as its ResourceSlices do."""
 
+
+DRAIN_GRACE = 5.0
+"""Seconds the calls in flight get to finish when the driver stops."""
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 SERIALIZE_LOCK_NAME = "serialize.lock"
 """With an instance id, the file that serialises both instances' changes (flock)."""
@@ -126,6 +133,9 @@ class DraDriver:
         self._have_snapshot = False
         self._scan_failed = False
         self._locks = _KeyedLocks()
+        # Shared mode: one worker thread at a time waits for the file lock; the other
+        # claims wait here, on the loop, instead of each holding a worker thread.
+        self._shared_gate = asyncio.Lock()
         self._serving = asyncio.Event()
         self.registration = dra_registration_servicer(driver_name, str(self.socket_path))
         """The plugin-watcher Registration servicer: kubelet's verdicts land here."""
@@ -188,8 +198,16 @@ class DraDriver:
 
     async def _lookup(self, uid: str) -> PreparedClaim | None:
         if self._store.shared:
-            return await asyncio.to_thread(self._store.lookup, uid)
+            async with self._shared_gate:
+                return await asyncio.to_thread(self._store.lookup, uid)
         return self._store.get(uid)
+
+    async def _in_store(self, change: Callable[[_T], _R], arg: _T) -> _R:
+        """Run a blocking store change in a worker thread (in shared mode, one at a time)."""
+        if self._store.shared:
+            async with self._shared_gate:
+                return await asyncio.to_thread(change, arg)
+        return await asyncio.to_thread(change, arg)
 
     async def _prepare_one(self, ref: ClaimRef) -> PreparedClaim | ClaimError:
         known = await self._lookup(ref.uid)
@@ -201,7 +219,7 @@ class DraDriver:
                 return known
             try:
                 claim = await self._build_claim(ref)
-                claim = await asyncio.to_thread(self._store.add, claim)
+                claim = await self._in_store(self._store.add, claim)
             except ClaimError as err:
                 log.info("DRA driver %s: %s", self.driver_name, err)
                 return err
@@ -262,7 +280,7 @@ class DraDriver:
             return None
         async with self._locks.hold(ref.uid):
             try:
-                claim = await asyncio.to_thread(self._store.remove, ref.uid)
+                claim = await self._in_store(self._store.remove, ref.uid)
             except OSError as err:
                 log.error("DRA driver %s: claim %s: %s", self.driver_name, ref, err)
                 return ClaimError(f"claim {ref}: cannot unprepare it: {err}")
@@ -275,7 +293,8 @@ class DraDriver:
     async def serve(self) -> None:
         """Serve the DRA service, then register with kubelet; run until cancelled.
 
-        On the way out both servers stop and their sockets are removed; prepared claims,
+        On the way out the DRA service stops (calls in flight get :data:`DRAIN_GRACE`
+        seconds), then the registration; both sockets are removed; prepared claims,
         their CDI specs and the checkpoint stay.
         """
         restored = await asyncio.to_thread(self._store.restore)
@@ -286,7 +305,11 @@ class DraDriver:
                 restored,
                 self._store.checkpoint.path,
             )
-        dra = UnixSocketServer(self.socket_path, lambda server: add_dra_servicers(self, server))
+        dra = UnixSocketServer(
+            self.socket_path,
+            lambda server: add_dra_servicers(self, server),
+            stop_grace=DRAIN_GRACE,
+        )
         registrar = UnixSocketServer(self.registration_socket_path, self.registration.add_to_server)
         try:
             await dra.start()  # kubelet connects at once after registering: serve first
@@ -302,5 +325,9 @@ class DraDriver:
             await asyncio.Event().wait()
         finally:
             self._serving.clear()
-            await registrar.stop()
+            # The calls in flight finish first, then the registration goes: kubelet
+            # closes its connection to an instance as it deregisters it, cancelling
+            # whatever that instance was still answering. Meanwhile kubelet sends new
+            # calls to a connected instance (a rolling update's newer one).
             await dra.stop()
+            await registrar.stop()

@@ -188,13 +188,21 @@ class UnixSocketServer:
 
     :meth:`start` removes a stale file at the path first (a socket nobody listens
     on) and refuses to touch a live socket or a file that is not a socket. :meth:`stop`
-    removes the socket only if it is still the one this server created.
+    removes the socket only if it is still the one this server created, after calls in
+    flight had ``stop_grace`` seconds to finish.
     """
 
     STOP_GRACE = 0.2
 
-    def __init__(self, path: Path, add_servicers: Callable[[grpc.aio.Server], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        add_servicers: Callable[[grpc.aio.Server], None],
+        *,
+        stop_grace: float = STOP_GRACE,
+    ) -> None:
         self.path = path
+        self.stop_grace = stop_grace
         self._add_servicers = add_servicers
         self._server: grpc.aio.Server | None = None
         self._identity: SocketIdentity | None = None
@@ -234,7 +242,7 @@ class UnixSocketServer:
         server, self._server = self._server, None
         if server is None:
             return
-        await server.stop(self.STOP_GRACE)
+        await server.stop(self.stop_grace)
         if self._identity is not None and socket_identity(self.path) == self._identity:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()

@@ -9,6 +9,12 @@ one slice changes (the ``k8s.io/dynamic-resource-allocation/resourceslice``
 controller's rule). Conflicts re-read and retry at once; other failures retry with
 capped exponential backoff and jitter. A periodic re-list republishes slices someone
 else deleted (kubelet wipes them when it restarts).
+
+During a rolling update two instances run side by side: :attr:`~ResourceSlicePublisher.may_write`
+(see :mod:`host.dra._handover`) is asked before every attempt; while it says no the
+publisher stands by (writes nothing, deletes nothing at stop) and asks again every
+``standby_recheck`` seconds; once it says yes again the publisher re-lists and adopts
+what the other instance published.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import functools
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -59,6 +65,8 @@ class PublisherStatus:
     """Failed attempts in a row (0 once an attempt succeeds)."""
     last_error: str | None
     """The most recent failure, kept until the next success."""
+    standby: bool = False
+    """Another instance of the driver publishes for now (rolling update)."""
 
 
 def _content(obj: dict[str, Any]) -> str:
@@ -102,7 +110,9 @@ class ResourceSlicePublisher:
     ``resync_interval`` is how often the slices are re-listed when nothing changes;
     ``retry_initial``/``retry_max`` bound the backoff between failed attempts;
     ``request_timeout`` bounds each API request of an owned client;
-    ``max_devices_per_slice`` (1..128, default 64) is passed to :func:`build_slices`.
+    ``max_devices_per_slice`` (1..128, default 64) is passed to :func:`build_slices`;
+    ``standby_recheck`` is how often a publisher standing by asks :attr:`may_write`
+    again.
     """
 
     def __init__(
@@ -118,6 +128,7 @@ class ResourceSlicePublisher:
         retry_max: float = 30.0,
         request_timeout: float = 10.0,
         max_devices_per_slice: int = DEFAULT_DEVICES_PER_SLICE,
+        standby_recheck: float = 2.0,
     ) -> None:
         self.driver = driver
         self.node_name = node_name
@@ -145,6 +156,10 @@ class ResourceSlicePublisher:
         self._task: asyncio.Task[None] | None = None
         self.on_published: Callable[[], None] = lambda: None
         """Called after each successful sync (tests and benchmarks observe it)."""
+        self.may_write: Callable[[], Awaitable[bool]] | None = None
+        """Asked before every attempt: False while another instance publishes."""
+        self._standby_recheck = standby_recheck
+        self._standby = False
 
     # -- public --------------------------------------------------------------------
 
@@ -178,8 +193,15 @@ class ResourceSlicePublisher:
                 await self._task
             self._task = None
         try:
-            if cleanup:
+            if cleanup and await self._allowed():
                 await self._delete_all()
+            elif cleanup:
+                log.info(
+                    "DRA driver %s on node %s: another instance publishes the "
+                    "ResourceSlices; leaving them in place",
+                    self.driver,
+                    self.node_name,
+                )
         except Exception as exc:
             log.warning(
                 "DRA driver %s on node %s: could not delete the ResourceSlices (%s: %s); "
@@ -226,6 +248,7 @@ class ResourceSlicePublisher:
             generation=self._generation,
             failures=self._failures,
             last_error=self._last_error,
+            standby=self._standby,
         )
 
     # -- the loop ------------------------------------------------------------------
@@ -241,6 +264,11 @@ class ResourceSlicePublisher:
                         await self._wake.wait()
                 except TimeoutError:
                     self._stale = True
+                continue
+            if not await self._allowed():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._standby_recheck):
+                        await self._wake.wait()
                 continue
             version = self._version
             try:
@@ -272,6 +300,31 @@ class ResourceSlicePublisher:
                 self._synced.set()
             self._attempt_done()
             self.on_published()
+
+    async def _allowed(self) -> bool:
+        """Ask :attr:`may_write`; note and log every change between writing and standing by."""
+        if self.may_write is None:
+            return True
+        try:
+            allowed = await self.may_write()
+        except Exception as exc:  # the node's devices stay published: the safe side
+            log.warning("DRA driver %s: who publishes? %s; publishing", self.driver, exc)
+            allowed = True
+        if allowed == (not self._standby):
+            return allowed
+        self._standby = not allowed
+        if allowed:
+            self._stale = True  # the other instance wrote meanwhile: adopt its slices
+            log.info("DRA driver %s: publishing the ResourceSlices again", self.driver)
+        else:
+            log.info(
+                "DRA driver %s on node %s: a newer instance publishes the ResourceSlices; "
+                "standing by",
+                self.driver,
+                self.node_name,
+            )
+            self._attempt_done()
+        return allowed
 
     async def _failed(self, exc: BaseException) -> None:
         self._failures += 1

@@ -7,8 +7,11 @@ namespace of the plugin, beside the device-plugin Managers of the other plugins:
                                                 +--> DraDriver (kubelet)
 
 A resource is backed by one API or the other, never both (KEP-5004): a namespace
-served here has no device-plugin Manager. :func:`build_dra_plugins` makes one
-:class:`DraPlugin` per scanner record, all sharing the host's Kubernetes client.
+served here has no device-plugin Manager. With an instance id (rolling update) the
+publisher starts once the DRA socket listens, naming this instance the one that
+publishes (:mod:`host.dra._handover`): the older instance then stands by.
+:func:`build_dra_plugins` makes one :class:`DraPlugin` per scanner record, all sharing
+the host's Kubernetes client.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from host.deviceplugin._observer import LOG_FIELDS
 from host.deviceplugin._types import Scanner
 from host.dra._claimclient import KubeClaimSource
 from host.dra._driver import DraDriver
+from host.dra._handover import PublisherHandover
 from host.dra._publisher import ResourceSlicePublisher
 from host.dra._sockets import DEFAULT_DRA_PLUGIN_DIR, DEFAULT_REGISTRY_DIR
 
@@ -100,6 +104,12 @@ class DraPlugin:
         )
         self.publisher = ResourceSlicePublisher(namespace, node_name, client)
         self.publisher.on_published = self._published
+        self.handover: PublisherHandover | None = None
+        """With an instance id: who of this driver's instances publishes the slices."""
+        if instance_id:
+            handover = PublisherHandover(self.driver.data_dir, instance_id, self.driver.socket_path)
+            self.publisher.may_write = lambda: asyncio.to_thread(handover.may_publish)
+            self.handover = handover
         self._published_once = False
         self.feed = ScannerFeed(plugin, namespace, scanner, backoff=scan_backoff)
         self.feed.subscribe(self.publisher.update)
@@ -128,21 +138,29 @@ class DraPlugin:
         status = self.publisher.status
         if status.failures:
             return f"publishing ResourceSlices failed: {status.last_error}"
-        if not self._published_once:
+        if not self._published_once and not status.standby:
             return "ResourceSlices not published yet"
         return None
 
     async def serve(self) -> None:
         """Scan, publish and serve kubelet until cancelled; then stop everything cleanly."""
         LOG_FIELDS.set({**LOG_FIELDS.get(), "plugin": self.plugin})
-        await self.publisher.start()
+        if self.handover is None:
+            await self.publisher.start()
+            publishing = None
+        else:
+            publishing = asyncio.create_task(
+                self._take_over(self.handover), name=f"take over {self.namespace}"
+            )
         feed = asyncio.create_task(self.feed.run(), name=f"feed {self.namespace}")
         try:
             await self.driver.serve()
         finally:
-            feed.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feed
+            for task in (feed, publishing):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await self.publisher.stop(cleanup=self.cleanup_on_exit)
             self.caller.close()
             log.info(
@@ -151,6 +169,19 @@ class DraPlugin:
                 self.namespace,
                 "deleted" if self.cleanup_on_exit else "kept",
             )
+
+    async def _take_over(self, handover: PublisherHandover) -> None:
+        """Once the DRA socket listens, name this instance the publisher and publish."""
+        await self.driver.wait_serving()
+        try:
+            await asyncio.to_thread(handover.claim)
+        except OSError as err:
+            log.warning(
+                "DRA driver %s: cannot take over publishing from an older instance: %s",
+                self.namespace,
+                err,
+            )
+        await self.publisher.start()
 
 
 def build_dra_plugins(

@@ -9,6 +9,13 @@ whose full path fits a Unix socket address (at most 107 bytes):
 ``<driver>-<id>-reg.sock``, ``<driver>-<b64(sha256(id)[:8])>-reg.sock``,
 ``dra-<b64(sha256(driver + NUL + id)[:16])>-reg.sock`` (unpadded base64url; the last
 one is also the fallback).
+
+The helper takes a pod UID; ``--instance-id`` takes any printable text. An id that is
+not a plain file-name part (letters, digits, ``.``, ``_``, ``-``: a ``/`` would make
+a directory of it) skips the names that carry it verbatim, and so does a DRA socket
+name too long for a Unix socket address: ``dra-<b64(sha256(id)[:8])>.sock`` instead
+(kubelet reaches the DRA socket through the registration's ``endpoint``, whatever its
+name).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ DEFAULT_DRA_PLUGIN_DIR = "/var/lib/kubelet/plugins"
 SOCKET_PATH_MAX = 107
 """Bytes of a Unix socket path: ``sockaddr_un.sun_path`` is 108 including the NUL."""
 
+_FILE_NAME_PART = re.compile(r"[A-Za-z0-9._-]+")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DRIVER_NAME_MAX = 63
 
@@ -56,6 +64,15 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _uid_hash(instance_id: str) -> str:
+    return _b64(hashlib.sha256(instance_id.encode()).digest()[:8])
+
+
+def _verbatim(instance_id: str) -> bool:
+    """Whether ``instance_id`` can stand in a file name as it is."""
+    return _FILE_NAME_PART.fullmatch(instance_id) is not None
+
+
 def _check_length(path: Path, what: str) -> Path:
     if len(str(path).encode()) > SOCKET_PATH_MAX:
         raise ValueError(
@@ -68,10 +85,17 @@ def _check_length(path: Path, what: str) -> Path:
 def dra_socket_path(plugin_dir: str | Path, driver: str, instance_id: str | None = None) -> Path:
     """Return the DRA service socket: ``<plugin_dir>/<driver>/dra[-<instance id>].sock``.
 
-    Raises ValueError when the path is too long for a Unix socket.
+    An instance id that is no plain file-name part, or makes the path too long, is
+    replaced by its hash. Raises ValueError when even that path is too long for a Unix
+    socket.
     """
-    name = "dra.sock" if not instance_id else f"dra-{instance_id}.sock"
-    return _check_length(Path(plugin_dir) / driver / name, "DRA socket")
+    directory = Path(plugin_dir) / driver
+    if not instance_id:
+        return _check_length(directory / "dra.sock", "DRA socket")
+    path = directory / f"dra-{instance_id}.sock"
+    if _verbatim(instance_id) and len(str(path).encode()) <= SOCKET_PATH_MAX:
+        return path
+    return _check_length(directory / f"dra-{_uid_hash(instance_id)}.sock", "DRA socket")
 
 
 def registration_socket_path(
@@ -84,10 +108,9 @@ def registration_socket_path(
     directory = Path(registry_dir)
     if not instance_id:
         return _check_length(directory / f"{driver}-reg.sock", "registration socket")
-    candidates = (
-        f"{driver}-{instance_id}-reg.sock",
-        f"{driver}-{_b64(hashlib.sha256(instance_id.encode()).digest()[:8])}-reg.sock",
-    )
+    candidates = [f"{driver}-{_uid_hash(instance_id)}-reg.sock"]
+    if _verbatim(instance_id):
+        candidates.insert(0, f"{driver}-{instance_id}-reg.sock")
     for name in candidates:
         path = directory / name
         if len(str(path).encode()) <= SOCKET_PATH_MAX:

@@ -12,6 +12,11 @@ run side by side on one data directory and kubelet may send any call to either)
 serialises every look-up and change across processes with ``flock`` on
 ``serialize.lock`` (as k8s.io/dynamic-resource-allocation's kubeletplugin helper
 does) and first takes over what the other instance recorded in the checkpoint since.
+Each checkpoint write also writes a fresh random token into the lock file: a changed
+token (or a changed file: inode, size, mtime) tells the other instance to re-read.
+The file's stamp alone can miss a change: the inode number of a replaced file is
+reused, and two writes of one size within one tick of the file system's clock look
+alike.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from host.dra._prepare import CDI_CLASS, PreparedClaim
 __all__ = ["ClaimStore"]
 
 log = logging.getLogger("host.dra.store")
+
+_TOKEN_SIZE = 16
 
 
 class ClaimStore:
@@ -57,6 +64,8 @@ class ClaimStore:
         self.writer = writer
         self.lock_path = lock_path
         self._disk_stamp: tuple[int, int, int] | None = None
+        self._token = b""
+        self._lock_fd: int | None = None
         self._claims: dict[str, PreparedClaim] = {}
         self._state_lock = threading.Lock()
         self._save_lock = threading.Lock()
@@ -93,9 +102,11 @@ class ClaimStore:
             # One open file description per call: threads of this process exclude
             # each other as well as the other instance's.
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._sync()
+            self._lock_fd = fd
+            self._sync(os.pread(fd, _TOKEN_SIZE, 0))
             yield
         finally:
+            self._lock_fd = None
             os.close(fd)
 
     def _stamp(self) -> tuple[int, int, int] | None:
@@ -105,10 +116,10 @@ class ClaimStore:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def _sync(self) -> None:
+    def _sync(self, token: bytes) -> None:
         """Take over the claims the other instance prepared or unprepared since."""
         stamp = self._stamp()
-        if stamp is None or stamp == self._disk_stamp:
+        if stamp is None or (stamp == self._disk_stamp and token == self._token):
             return
         try:
             disk = self.checkpoint.load()
@@ -131,6 +142,7 @@ class ClaimStore:
             except (OSError, ValueError) as err:
                 log.warning("DRA driver %s: claim %s: %s", self.driver, claim.ref, err)
         self._disk_stamp = stamp
+        self._token = token
 
     def _owner(self, claim: PreparedClaim, spec: Mapping[str, Any]) -> tuple[str, str, str]:
         return (self.driver, claim.ref.uid, qualified_name(spec))
@@ -224,6 +236,9 @@ class ClaimStore:
             self.checkpoint.save(claims)
             self._saved_generation = generation
             self._disk_stamp = self._stamp()
+            if self._lock_fd is not None:
+                self._token = os.urandom(_TOKEN_SIZE)
+                os.pwrite(self._lock_fd, self._token, 0)
 
     def restore(self) -> int:
         """Read the checkpoint and write every recorded claim's CDI specs again.

@@ -93,7 +93,7 @@ async def client(socket: str, calls: int) -> None:
         print(json.dumps({"batch": total}), flush=True)
 
 
-async def main(calls: int, base: str) -> None:
+async def main(calls: int, base: str, instance_id: str | None) -> None:
     root = Path(tempfile.mkdtemp(prefix="drab", dir=base))
     # /var/run/cdi is a tmpfs on a node; the checkpoint lives on disk under /var/lib.
     cdi_root = Path(tempfile.mkdtemp(prefix="drab", dir="/dev/shm"))
@@ -125,6 +125,7 @@ async def main(calls: int, base: str) -> None:
         plugin_dir=root / "plugins",
         registry_dir=root / "reg",
         cdi_dir=cdi_root,
+        instance_id=instance_id,
     )
     driver.update(devices)
     task = asyncio.create_task(driver.serve())
@@ -197,8 +198,12 @@ if __name__ == "__main__":
         help="where the checkpoint goes (default /tmp, on disk; /dev/shm leaves out the "
         "disk's fsync time); CDI specs always go to /dev/shm, a tmpfs like /var/run/cdi",
     )
+    parser.add_argument(
+        "--instance-id",
+        help="serve as this instance (rolling update): every change under flock(serialize.lock)",
+    )
     args = parser.parse_args()
     if args.client:
         asyncio.run(client(args.client, args.calls))
     else:
-        asyncio.run(main(args.calls, args.dir))
+        asyncio.run(main(args.calls, args.dir, args.instance_id))
