@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
-from host.dra import ClaimRef
+from host.deviceplugin._cdi import CdiSpecWriter
+from host.dra import ClaimRef, PreparedClaim, PreparedDevice
+from host.dra._checkpoint import ClaimCheckpoint
+from host.dra._store import ClaimStore
 from host.testing import FakeClaims, FakeDraKubelet
-from tests.dra.helpers import DRIVER, Dirs, DriverRunner, add_claim, cdi_files, result
+from tests.dra.helpers import DRIVER, NODE, Dirs, DriverRunner, add_claim, cdi_files, result
 
 pytestmark = pytest.mark.asyncio
 
@@ -57,3 +63,95 @@ class TestTwoInstances:
         assert claims.gets == gets + 1
         assert len(cdi_files(dirs.cdi)) == 1
         assert (dirs.plugins / DRIVER / "serialize.lock").exists()
+
+
+def store(dirs: Dirs) -> ClaimStore:
+    data = dirs.plugins / DRIVER
+    return ClaimStore(
+        DRIVER,
+        ClaimCheckpoint(data / "checkpoint.json", DRIVER),
+        CdiSpecWriter(dirs.cdi),
+        lock_path=data / "serialize.lock",
+    )
+
+
+def prepared(uid: str) -> PreparedClaim:
+    device = PreparedDevice(("gpu",), NODE, "i915-card0", (f"{DRIVER}/dra=claim-{uid}-x",))
+    return PreparedClaim(ClaimRef("default", f"claim-{uid}", uid), (device,))
+
+
+class TestSharedCheckpoint:
+    async def test_a_change_is_seen_even_when_the_file_looks_unchanged(self, dirs: Dirs) -> None:
+        """The token in serialize.lock tells a change the file's inode, size and mtime miss."""
+        first, second = store(dirs), store(dirs)
+        first.add(prepared("uid-1"))
+        assert second.lookup("uid-1") == prepared("uid-1")
+        looks_unchanged = second._disk_stamp
+        second._stamp = lambda: looks_unchanged  # type: ignore[method-assign]
+        first.remove("uid-1")
+        assert second.lookup("uid-1") is None
+        first.add(prepared("uid-2"))
+        assert second.lookup("uid-2") == prepared("uid-2")
+        assert len((dirs.plugins / DRIVER / "serialize.lock").read_bytes()) == 16
+
+    async def test_concurrent_changes_of_both_instances_all_recorded(
+        self, drivers: DriverRunner, claims: FakeClaims, dirs: Dirs
+    ) -> None:
+        """Both instances preparing and unprepareing at once lose none of each other's claims."""
+        claims.latency = 0.01
+        a = await drivers.start(instance_id="a")
+        b = await drivers.start(instance_id="b")
+        refs = [
+            ClaimRef(*add_claim(claims, f"c{i}", f"uid-{i}", result(f"i915-card{i % 4}")))
+            for i in range(20)
+        ]
+        outcomes = await asyncio.gather(a.prepare(refs[:10]), b.prepare(refs[10:]))
+        assert all(isinstance(o, PreparedClaim) for done in outcomes for o in done.values())
+        assert claims.in_flight_max == 20  # the fetches of both instances ran at once
+        recorded = ClaimCheckpoint(dirs.checkpoint, DRIVER).load()
+        assert sorted(recorded) == sorted(ref.uid for ref in refs)
+        # each unprepares half of what the other prepared, at once
+        undone = await asyncio.gather(a.unprepare(refs[10:15]), b.unprepare(refs[:5]))
+        assert all(error is None for done in undone for error in done.values())
+        left = ClaimCheckpoint(dirs.checkpoint, DRIVER).load()
+        assert sorted(left) == sorted(ref.uid for ref in refs[5:10] + refs[15:])
+        assert len(cdi_files(dirs.cdi)) == 10
+
+
+class GatedClaims(FakeClaims):
+    """Claim fetches that wait for the test to let them through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetching = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def get_claim(self, namespace: str, name: str) -> Any:
+        self.fetching.set()
+        await self.release.wait()
+        return await super().get_claim(namespace, name)
+
+
+class TestStop:
+    async def test_a_call_in_flight_finishes_before_the_registration_goes(self, dirs: Dirs) -> None:
+        """Stopping: the DRA socket closes to new calls, the call in flight is answered,
+        then the registration socket goes (kubelet cancels calls to a deregistered one)."""
+        claims = GatedClaims()
+        runner = DriverRunner(dirs, claims)
+        driver = await runner.start(instance_id="old")
+        claim = add_claim(claims, "c1", "uid-1", result("i915-card0"))
+        async with FakeDraKubelet(dirs.registry) as kubelet:
+            await kubelet.wait_for_driver(DRIVER)
+            call = asyncio.create_task(kubelet.prepare(DRIVER, [claim]))
+            await claims.fetching.wait()
+            stopping = asyncio.create_task(runner.stop(driver))
+            await kubelet.wait_for(
+                lambda: not driver.socket_path.exists(), what="the DRA socket closed"
+            )
+            assert driver.registration_socket_path.exists()
+            assert kubelet.drivers[DRIVER]  # still registered
+            claims.release.set()
+            assert (await call)["uid-1"].error == ""
+            await stopping
+            assert not driver.registration_socket_path.exists()
+        assert "uid-1" in ClaimCheckpoint(dirs.checkpoint, DRIVER).load()
