@@ -23,6 +23,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import NamedTuple
 
 from host.deviceplugin._endpoint import Backoff
 from host.deviceplugin._guard import PluginError
@@ -45,7 +46,16 @@ _REJECTED_REMEMBERED = 10_000
 _SCAN_STOP_GRACE = 2.0
 """Seconds a cancelled coroutine scan gets to end before the host stops waiting for it."""
 
-_Frozen = dict[str, tuple[tuple[int, int], Mapping[str, DeviceInfo]]]
+_Frozen = dict[str, tuple[tuple[int, int], Mapping[str, DeviceInfo], frozenset[str]]]
+"""Per device type: its fingerprint, its frozen devices, the IDs carrying a CDI spec."""
+
+
+class _Pending(NamedTuple):
+    """A snapshot frozen by the scanner's thread, waiting to be applied on the loop."""
+
+    snapshot: Snapshot
+    cdi_ids: Mapping[str, frozenset[str]]
+    rejected: list[tuple[str, str, str]]
 
 
 class _FeedNotifier:
@@ -79,8 +89,9 @@ class ScannerFeed:
         self._consumers: list[SnapshotConsumer] = []
         self._lock = threading.Lock()
         self._frozen: _Frozen = {}
-        self._pending: tuple[Snapshot, list[tuple[str, str, str]]] | None = None
+        self._pending: _Pending | None = None
         self._snapshot: Snapshot = MappingProxyType({})
+        self._cdi_ids: Mapping[str, frozenset[str]] = MappingProxyType({})
         self._scan_failed = False
         self._rejected_seen: set[tuple[str, str]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -93,6 +104,15 @@ class ScannerFeed:
     def snapshot(self) -> Snapshot:
         """The newest snapshot applied on the loop."""
         return self._snapshot
+
+    @property
+    def cdi_ids(self) -> Mapping[str, frozenset[str]]:
+        """Device type -> IDs of its devices in :attr:`snapshot` that carry a CDI spec.
+
+        Types without any are absent. Set with the snapshot: a consumer reads it in its
+        callback, to visit only the devices with spec files, not every device.
+        """
+        return self._cdi_ids
 
     @property
     def scan_failed(self) -> bool:
@@ -161,19 +181,24 @@ class ScannerFeed:
                 if before is not None and before[0] == fingerprint:
                     frozen[dev_type] = before
                 else:
-                    frozen[dev_type] = (fingerprint, MappingProxyType(devices.copy()))
+                    frozen[dev_type] = (
+                        fingerprint,
+                        MappingProxyType(devices.copy()),
+                        tree._cdi_ids(dev_type),
+                    )
             self._frozen = frozen
-            snapshot = MappingProxyType({t: devices for t, (_, devices) in frozen.items()})
-            self._submit(snapshot, list(tree._rejected))
+            snapshot = MappingProxyType({t: devices for t, (_, devices, _) in frozen.items()})
+            cdi_ids = MappingProxyType({t: ids for t, (_, _, ids) in frozen.items() if ids})
+            self._submit(_Pending(snapshot, cdi_ids, list(tree._rejected)))
 
-    def _submit(self, snapshot: Snapshot, rejected: list[tuple[str, str, str]]) -> None:
+    def _submit(self, pending: _Pending) -> None:
         loop, loop_thread = self._loop, self._loop_thread
         if loop is None or loop_thread is None:
             return  # not running (yet, or any more): nobody to publish to
         first = self._pending is None
         if not first and self._pending is not None:
-            rejected = self._pending[1] + rejected
-        self._pending = (snapshot, rejected)
+            pending.rejected[:0] = self._pending.rejected
+        self._pending = pending
         if not first:
             return  # an apply is already scheduled; it takes the newest snapshot
         if threading.get_ident() == loop_thread:
@@ -189,9 +214,9 @@ class ScannerFeed:
             pending, self._pending = self._pending, None
         if pending is None or self._loop_thread is None:
             return
-        snapshot, rejected = pending
-        self._log_rejected(rejected)
-        self._snapshot = snapshot
+        self._log_rejected(pending.rejected)
+        self._snapshot = pending.snapshot
+        self._cdi_ids = pending.cdi_ids
         self._scan_failed = False
         self._publish()
 

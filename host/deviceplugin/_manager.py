@@ -157,6 +157,7 @@ class Manager:
         self._feed.subscribe(self._apply)
         self._caller = PluginCaller(self.plugin_name, timeout=call_timeout)
         self._tree: Snapshot = {}
+        self._tree_cdi: Mapping[str, frozenset[str]] = {}
         self._services: dict[str, DevicePluginService] = {}
         self._endpoints: dict[str, ResourceEndpoint] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -247,20 +248,22 @@ class Manager:
             self._scan_failed = scan_failed
             for service in self._services.values():
                 service.update(all_unhealthy=scan_failed)
-        old = self._tree
+        old, old_cdi = self._tree, self._tree_cdi
         if tree is old:
             return
-        self._tree = tree
+        self._tree, self._tree_cdi = tree, self._feed.cdi_ids
         for dev_type, devices in tree.items():
             before = old.get(dev_type)
             if before is devices:
                 continue  # unchanged: the feed kept the same mapping
+            # A new mapping is a changed type (its fingerprint differs): comparing the
+            # devices again would cost a Python __eq__ per device.
             if before is None:
                 self._add_type(dev_type, devices)
-            elif before != devices:
-                self._update_type(dev_type, devices, before)
+            else:
+                self._update_type(dev_type, devices, before, old_cdi.get(dev_type, _NO_IDS))
         for dev_type in old.keys() - tree.keys():
-            self._remove_type(dev_type, old[dev_type])
+            self._remove_type(dev_type, old[dev_type], old_cdi.get(dev_type, _NO_IDS))
 
     # -- resources --------------------------------------------------------------------
 
@@ -279,7 +282,7 @@ class Manager:
                     reason,
                 )
             return
-        self._sync_cdi(dev_type, devices, {})
+        self._sync_cdi(dev_type, devices, {}, _NO_IDS)
         service = DevicePluginService(
             resource_name,
             self.scanner,
@@ -311,15 +314,21 @@ class Manager:
         )
 
     def _update_type(
-        self, dev_type: str, devices: Mapping[str, DeviceInfo], old: Mapping[str, DeviceInfo]
+        self,
+        dev_type: str,
+        devices: Mapping[str, DeviceInfo],
+        old: Mapping[str, DeviceInfo],
+        old_cdi: frozenset[str],
     ) -> None:
         service = self._services.get(dev_type)
         if service is None:
             return  # an invalid type: never served
-        self._sync_cdi(dev_type, devices, old)
+        self._sync_cdi(dev_type, devices, old, old_cdi)
         service.update(self._offered(service.resource_name, devices))
 
-    def _remove_type(self, dev_type: str, old: Mapping[str, DeviceInfo]) -> None:
+    def _remove_type(
+        self, dev_type: str, old: Mapping[str, DeviceInfo], old_cdi: frozenset[str]
+    ) -> None:
         self._invalid_types.discard(dev_type)
         self._services.pop(dev_type, None)
         self._endpoints.pop(dev_type, None)
@@ -329,26 +338,32 @@ class Manager:
             log.info(
                 "plugin %r: %s/%s is gone; stopping it", self.plugin_name, self.namespace, dev_type
             )
-        self._sync_cdi(dev_type, {}, old)
+        self._sync_cdi(dev_type, {}, old, old_cdi)
 
     def _sync_cdi(
-        self, dev_type: str, devices: Mapping[str, DeviceInfo], old: Mapping[str, DeviceInfo]
+        self,
+        dev_type: str,
+        devices: Mapping[str, DeviceInfo],
+        old: Mapping[str, DeviceInfo],
+        old_cdi: frozenset[str],
     ) -> None:
         """Write the CDI specs of new or changed devices, release those of gone ones.
 
-        Runs on the loop for every changed type: unchanged devices (most of them, and the
-        same objects when the scanner reuses them) cost one lookup each.
+        Runs on the loop for every changed type, but visits only the devices that carry
+        a spec now or did before (the feed tells which): a type without CDI specs costs
+        nothing however many devices it has.
         """
-        changed = [
-            (dev_id, info) for dev_id, info in devices.items() if old.get(dev_id) is not info
-        ]
-        gone = [(dev_id, None) for dev_id in old.keys() - devices.keys()] if old else []
-        for dev_id, new_info in changed + gone:
-            old_info = old.get(dev_id)
+        now_cdi = self._tree_cdi.get(dev_type, _NO_IDS) if devices else _NO_IDS
+        if not now_cdi and not old_cdi:
+            return
+        resource_name = f"{self.namespace}/{dev_type}"
+        for dev_id in now_cdi | old_cdi:
+            new_info, old_info = devices.get(dev_id), old.get(dev_id)
+            if new_info is old_info:
+                continue
             spec = new_info.cdi_spec if new_info is not None else None
             if old_info is not None and old_info.cdi_spec == spec:
                 continue
-            resource_name = f"{self.namespace}/{dev_type}"
             if spec is None:
                 self._cdi.release(resource_name, dev_id)
             else:
@@ -394,6 +409,8 @@ class Manager:
         self._endpoints.clear()
         await self._cdi.close()  # spec files stay: containers may restart without Allocate
 
+
+_NO_IDS: frozenset[str] = frozenset()
 
 STOP_LIMIT = 10.0
 """Seconds each step of a Manager's stop may take before it is abandoned (logged)."""

@@ -318,6 +318,8 @@ class DeviceInfo:
 
 _FINGERPRINT_MASK = (1 << 64) - 1
 
+_NO_IDS: frozenset[str] = frozenset()
+
 
 class DeviceTree(Mapping[str, Mapping[str, DeviceInfo]]):
     """Devices found by one scan, grouped by device type: ``tree[dev_type][dev_id]``.
@@ -332,6 +334,9 @@ class DeviceTree(Mapping[str, Mapping[str, DeviceInfo]]):
         # added: the notifier tells changed types from unchanged ones without
         # comparing every device (one changed device among 100,000 costs one type).
         self._sums: dict[str, int] = {}
+        # Per type, the IDs of devices carrying a CDI spec (most types have none): the
+        # host writes spec files for these only, without visiting every device.
+        self._cdi: dict[str, set[str]] = {}
         self._rejected: list[tuple[str, str, str]] = []
 
     def add_device(self, dev_type: str, dev_id: str, info: DeviceInfo) -> None:
@@ -359,12 +364,21 @@ class DeviceTree(Mapping[str, Mapping[str, DeviceInfo]]):
         old = devices.get(dev_id)
         if old is not None:
             total -= hash((dev_id, old))
+            if old.cdi_spec is not None and info.cdi_spec is None:
+                self._cdi[dev_type].discard(dev_id)
+        if info.cdi_spec is not None:
+            self._cdi.setdefault(dev_type, set()).add(dev_id)
         devices[dev_id] = info
         self._sums[dev_type] = (total + hash((dev_id, info))) & _FINGERPRINT_MASK
 
     def _fingerprint(self, dev_type: str) -> tuple[int, int]:
         """``(device count, hash sum)`` of one type: equal for equal device sets."""
         return len(self._types[dev_type]), self._sums[dev_type]
+
+    def _cdi_ids(self, dev_type: str) -> frozenset[str]:
+        """IDs of the devices of ``dev_type`` that carry a CDI spec."""
+        ids = self._cdi.get(dev_type)
+        return frozenset(ids) if ids else _NO_IDS
 
     def device_type_count(self, dev_type: str) -> int:
         """Return how many devices of ``dev_type`` the tree holds."""

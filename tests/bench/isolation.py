@@ -15,6 +15,9 @@ descriptors are read before, at the peak, and after the fault. Scenarios:
 
 ``BENCH_SHOW_STALLS=1`` prints the host's watchdog lines after each scenario: where
 the loop was held (the host's own code included), to see what a p99 is made of.
+``BENCH_PROFILE=FILE`` runs the host under cProfile (its loop thread), stats to FILE.
+
+Standalone: ``python tests/bench/isolation.py [--only slow,flood] [--calls N]``.
 """
 
 from __future__ import annotations
@@ -86,6 +89,13 @@ class Scanner:
 def devplugin_scanners(config):
     return [("bad.bench.example.com", Scanner())]
 """
+
+_HOST_MAIN = (
+    "import cProfile, os; from host.cli import main; "
+    "cProfile.run('main()', os.environ['BENCH_PROFILE'])"
+    if os.environ.get("BENCH_PROFILE")
+    else "from host.cli import main; main()"
+)
 
 Fault = Callable[[Path, Path], "contextlib.AbstractAsyncContextManager[None]"]
 
@@ -165,7 +175,7 @@ async def scenario(
     host = await Child.spawn(
         "host",
         "-c",
-        "from host.cli import main; main()",
+        _HOST_MAIN,
         "run",
         "--enable",
         "good,bad",
@@ -252,8 +262,8 @@ def _json(value: object) -> str:
     return json.dumps(value)
 
 
-async def isolation_rows(work: Path, calls: int) -> list[Row]:
-    """All scenarios, one after another; the rows of figure 9."""
+async def isolation_rows(work: Path, calls: int, only: set[int] | None = None) -> list[Row]:
+    """The scenarios (all, or those indexed in ``only``), one after another: figure 9."""
     rows: list[Row] = []
     runs: list[tuple[str, Fault, dict[str, float]]] = [
         ("nothing misbehaves", no_fault, {}),
@@ -263,7 +273,38 @@ async def isolation_rows(work: Path, calls: int) -> list[Row]:
          {"devices": 50_000}),
         ("bad's coroutine scan blocks the loop 0.3 s a second", no_fault, {"block": 0.3}),
     ]  # fmt: skip
-    for label, fault, kwargs in runs:
+    for index, (label, fault, kwargs) in enumerate(runs):
+        if only is not None and index not in only:
+            continue
         found, _ = await scenario(work, label, fault, calls=calls, **kwargs)  # type: ignore[arg-type]
         rows += found
     return rows
+
+
+SCENARIOS = {"baseline": 0, "hang": 1, "flood": 2, "slow": 3, "block": 4}
+
+
+async def _main(only: set[str], calls: int) -> None:
+    import shutil
+
+    from common import machine_description
+    from report import format_table
+
+    work = Path(tempfile.mkdtemp(prefix="bench", dir="/tmp"))
+    try:
+        rows = await isolation_rows(work, calls, {SCENARIOS[name] for name in only})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(format_table(rows, f"figure 9 on {machine_description()}"))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS), help=f"scenarios, of {', '.join(SCENARIOS)}"
+    )
+    parser.add_argument("--calls", type=int, default=600, help="Allocate calls per scenario")
+    options = parser.parse_args()
+    asyncio.run(_main(set(options.only.split(",")), options.calls))

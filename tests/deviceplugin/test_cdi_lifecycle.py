@@ -113,6 +113,26 @@ class TestCdiFiles:
         assert len(await collect_twice(manager)) == 1
         assert spec_files(cdi_dir) == {}
 
+    async def test_a_device_that_drops_its_spec_releases_it(
+        self, kubelet: FakeKubelet, serve: ServeFn, short_dir: Path
+    ) -> None:
+        """A device kept under its ID without a spec any more releases its file (collected);
+        rebuilding the same devices as new objects keeps it."""
+        cdi_dir = short_dir / "cdi"
+        with_spec = {"d0": info(cdi_spec=spec("d0", "V=1")), "d1": info()}
+        scanner = QueueScanner(tree_of({"a": with_spec}))
+        manager = await serve("ex.com", scanner, cdi_dir=cdi_dir, cdi_in_use=InUseStub())
+        await kubelet.wait_for_resource("ex.com/a", count=2)
+        await kubelet.allocate("ex.com/a", ["d0"])
+        (name,) = spec_files(cdi_dir)
+        rebuilt = {"d0": info(cdi_spec=spec("d0", "V=1")), "d1": info(state="Unhealthy")}
+        scanner.trees.put_nowait(tree_of({"a": rebuilt}))
+        await kubelet.wait_for(lambda: kubelet.resources["ex.com/a"].unhealthy == {"d1"})
+        assert await collect_twice(manager) == []
+        scanner.trees.put_nowait(tree_of({"a": {"d0": info(), "d1": info()}}))
+        await kubelet.wait_for(lambda: not kubelet.resources["ex.com/a"].unhealthy)
+        assert await collect_twice(manager) == [cdi_dir / name]
+
     async def test_specs_survive_a_clean_stop_and_are_adopted(
         self, kubelet: FakeKubelet, short_dir: Path
     ) -> None:

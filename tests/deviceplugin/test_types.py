@@ -122,3 +122,20 @@ class TestDeviceTree:
         """Empty type or ID, or a non-DeviceInfo, fails at add_device."""
         with pytest.raises((ValueError, TypeError)):
             DeviceTree().add_device(dev_type, dev_id, info)  # type: ignore[arg-type]
+
+    def test_tracks_the_devices_carrying_a_cdi_spec(self) -> None:
+        """The tree knows which devices of a type carry a CDI spec, replacements included."""
+        spec = {
+            "cdiVersion": "0.5.0",
+            "kind": "ex.com/dev",
+            "devices": [{"name": "a", "containerEdits": {"env": ["A=1"]}}],
+        }
+        tree = DeviceTree()
+        tree.add_device("t", "a", DeviceInfo(cdi_spec=spec))
+        tree.add_device("t", "b", DeviceInfo())
+        tree.add_device("u", "c", DeviceInfo())
+        assert tree._cdi_ids("t") == {"a"}
+        assert tree._cdi_ids("u") == frozenset()
+        tree.add_device("t", "b", DeviceInfo(cdi_spec=spec))
+        tree.add_device("t", "a", DeviceInfo())
+        assert tree._cdi_ids("t") == {"b"}
