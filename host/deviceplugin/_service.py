@@ -356,29 +356,42 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         async def decode_then_handle(data: bytes, context: Any) -> Any:
             if not implemented():
                 return await handler(message_type(), context)  # UNIMPLEMENTED, undecoded
-            cap = request_byte_cap(len(self._snapshot_bytes))
-            if len(data) > cap:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"resource {self.resource_name}: the {message_type.DESCRIPTOR.name} is "
-                    f"{len(data)} bytes; at most {cap} are accepted (20 times the device "
-                    "list, 64 KiB at least)",
-                )
-            request = message_type()
+            request, refusal = await self._decode(message_type, data)
+            # An aborted call keeps its AbortError, whose traceback keeps the frames it
+            # went through and their locals: a reference cycle that lives until the
+            # cyclic collector runs, which an idle host seldom does. Neither the request
+            # bytes nor the decoded request may be in it (a flood of large requests
+            # would hold tens of MiB).
+            del data
+            if refusal is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
             try:
-                if len(data) <= _INLINE_DECODE:
-                    request.ParseFromString(data)
-                else:
-                    await asyncio.to_thread(request.ParseFromString, data)
-            except Exception as exc:  # DecodeError, or a message nested too deep
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"resource {self.resource_name}: cannot decode the "
-                    f"{message_type.DESCRIPTOR.name}: {exc}",
-                )
-            return await handler(request, context)
+                return await handler(request, context)
+            except grpc.aio.AbortError as exc:
+                del request
+                exc.__context__ = None  # the handler's own error, with its frames
+                raise exc.with_traceback(None) from None
 
         return decode_then_handle
+
+    async def _decode(self, message_type: Any, data: bytes) -> tuple[Any, str | None]:
+        """Decode a request, or say why not: too large to be valid, or not decodable."""
+        cap = request_byte_cap(len(self._snapshot_bytes))
+        name = message_type.DESCRIPTOR.name
+        if len(data) > cap:
+            return None, (
+                f"resource {self.resource_name}: the {name} is {len(data)} bytes; at most "
+                f"{cap} are accepted (20 times the device list, 64 KiB at least)"
+            )
+        request = message_type()
+        try:
+            if len(data) <= _INLINE_DECODE:
+                request.ParseFromString(data)
+            else:
+                await asyncio.to_thread(request.ParseFromString, data)
+        except Exception as exc:  # DecodeError, or a message nested too deep
+            return None, f"resource {self.resource_name}: cannot decode the {name}: {exc}"
+        return request, None
 
     # -- RPCs -----------------------------------------------------------------------
 

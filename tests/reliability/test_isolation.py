@@ -9,9 +9,11 @@ a log line (or in the status kubelet gets), and every RPC answered.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import textwrap
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -300,6 +302,34 @@ class TestBoundedRequests:
             await kubelet.allocate("good.example.com/dev", ["g0", "g0"])
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "'g0' twice" in (info.value.details() or "")
+        await good_still_serves(kubelet, handle)
+
+    async def test_refused_requests_are_freed_with_their_call(
+        self, kubelet: FakeKubelet, host_with: Callable[[str], Awaitable[HostHandle]]
+    ) -> None:
+        """A refused request is not held in a reference cycle until the collector runs."""
+        handle = await host_with(bad_module(""))
+        big = [f"{i}" for i in range(200_000)]
+        gc.collect()
+        gc.disable()  # what an idle host looks like: the collector does not run
+        try:
+            for ids in (big, ["g0", "nope"], ["g0", "g0"]):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await kubelet.allocate("good.example.com/dev", ids)
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            held = [
+                (frame.f_code.co_name, name)
+                for frame in gc.garbage
+                if isinstance(frame, types.FrameType) and "deviceplugin" in frame.f_code.co_filename
+                for name, value in frame.f_locals.items()
+                if isinstance(value, bytes | api_pb2.AllocateRequest)
+            ]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert held == []
         await good_still_serves(kubelet, handle)
 
     async def test_streams_beyond_the_cap_are_refused(
