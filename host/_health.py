@@ -10,7 +10,7 @@ import asyncio
 import datetime
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from host._host import _natural, device_json
 from host.deviceplugin import UNHEALTHY, DeviceInfo
 
 if TYPE_CHECKING:
+    from host._dra_status import DraPart
     from host._http import Response, Route
     from host._metrics import HostMetrics
     from host.deviceplugin import Manager, ResourceStatus
@@ -108,6 +109,7 @@ class StatusParts:
 
     head: dict[str, Any]
     resources: list[_ResourcePart]
+    dra: list[DraPart] = field(default_factory=list)
 
     def encode(self) -> bytes:
         """Return the status document as JSON; safe to run in a worker thread.
@@ -129,22 +131,27 @@ class StatusParts:
             chunks.append(
                 f"{json.dumps(part.name)}: {json.dumps(part.fields | {'devices': devices})}"
             )
+        dra = json.dumps({part.fields["driver"]: part.to_json() for part in self.dra})
         head = json.dumps(self.head)[:-1]  # reopened to append the resources
-        return f'{head}, "resources": {{{", ".join(chunks)}}}}}\n'.encode()
+        return f'{head}, "resources": {{{", ".join(chunks)}}}, "dra": {dra}}}\n'.encode()
 
 
 def status_parts(metrics: HostMetrics, devices_shown: int | None = None) -> StatusParts:
-    """Take what ``/status`` shows: plugins with their state, resources, readiness.
+    """Take what ``/status`` shows: plugins with their state, resources, DRA drivers, readiness.
 
     Resources carry the keys ``devplugin-host simulate`` shows (capacity, allocatable,
     registrations, connected, devices with id, health and NUMA nodes), plus the socket,
     since when they are registered, and why they are not ready. Device lists are
     taken as they are (copies of frozen mappings), not encoded: see :meth:`StatusParts.encode`.
     With ``devices_shown``, each resource lists at most that many devices (the first by
-    ID) and says how many more it has in ``more_devices``.
+    ID) and says how many more it has in ``more_devices``. DRA drivers, under ``dra`` by
+    driver name, are shown side by side with them (see :func:`host._dra_status.dra_part`),
+    their devices cut short the same way.
     """
-    serving = {manager.plugin_name for manager in metrics.managers}
-    stopped = {m.plugin_name for m in metrics.managers if id(m) in metrics.ended}
+    servers = [(m.plugin_name, id(m)) for m in metrics.managers]
+    servers += [(p.plugin, id(p)) for p in metrics.dra_plugins]
+    serving = {name for name, _ in servers}
+    stopped = {name for name, key in servers if key in metrics.ended}
     plugins = []
     for record in metrics.plugins:
         if not record.enabled:
@@ -192,7 +199,13 @@ def status_parts(metrics: HostMetrics, devices_shown: int | None = None) -> Stat
         resources.append(_ResourcePart(name, fields, copied, status.healthy == 0, devices_shown))
     problems = readiness(metrics, statuses)
     head = {"version": __version__, "ready": not problems, "not_ready": problems}
-    return StatusParts(head | {"plugins": plugins}, resources)
+    from host._dra_status import dra_part
+
+    dra = [
+        dra_part(plugin, ended=metrics.ended.get(id(plugin)), devices_shown=devices_shown)
+        for plugin in sorted(metrics.dra_plugins, key=lambda plugin: plugin.namespace)
+    ]
+    return StatusParts(head | {"plugins": plugins}, resources, dra)
 
 
 def status_json(metrics: HostMetrics) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from host import __version__
+from host._metrics_dra import DraMetrics
 from host.deviceplugin import HEALTHY, UNHEALTHY, Observer
 from host.deviceplugin._watcher import PluginDirWatcher, WatchEvent, WatchEventKind
 
@@ -192,6 +193,8 @@ class HostMetrics:
                 self.loop_stalls.labels(record.name)
                 self.loop_stall_seconds.labels(record.name)
         r.register(_StateCollector(self))
+        self.dra = DraMetrics(r, self.dra_plugins, self.ended)
+        """The DRA drivers' series (read from :attr:`dra_plugins`)."""
         self._lock = threading.Lock()
 
     # -- wiring -------------------------------------------------------------------------
@@ -205,8 +208,9 @@ class HostMetrics:
         self.managers.append(manager)
 
     def add_dra_plugin(self, plugin: DraPlugin) -> None:
-        """Read ``plugin``'s readiness at every readiness check and status."""
+        """Read ``plugin`` at every scrape, readiness check and status; time its calls."""
         self.dra_plugins.append(plugin)
+        self.dra.watch(plugin)
 
     def add_watcher(self, watcher: PluginDirWatcher) -> None:
         """Count the kubelet restarts ``watcher`` sees, while :meth:`serving`."""
@@ -337,6 +341,8 @@ class _StateCollector(Collector):
             restarts.add_metric(
                 [manager.plugin_name, manager.namespace], manager.feed.scanner_restarts
             )
+        for plugin in metrics.dra_plugins:
+            restarts.add_metric([plugin.plugin, plugin.namespace], plugin.feed.scanner_restarts)
         yield restarts
         plugins = GaugeMetricFamily(
             "devplugin_plugin_info",

@@ -51,7 +51,12 @@ def fetch_status(address: str, timeout: float, devices: int | None = None) -> di
 
 
 def status_text(document: Mapping[str, Any]) -> str:
-    """Return the status as text: plugins, each resource as ``simulate`` shows it, readiness."""
+    """Return the status as text: plugins, resources, DRA drivers, readiness.
+
+    Resources as ``simulate`` shows them; each DRA driver with its registration, pool,
+    publisher, devices and prepared claims (see :func:`host._dra_status.dra_text`).
+    """
+    from host._dra_status import dra_text
     from host._simulate_output import resources_table
 
     lines = [f"devplugin-host {document.get('version', '?')}"]
@@ -66,15 +71,26 @@ def status_text(document: Mapping[str, Any]) -> str:
         lines.append(line)
     if disabled:
         lines.append(f"disabled: {', '.join(disabled)}")
-    lines.append("")
-    lines.append(resources_table(document["resources"]))
+    drivers = document.get("dra") or {}
+    if document["resources"] or not drivers:
+        lines += ["", resources_table(document["resources"])]
+    if drivers:
+        lines += ["", dra_text(drivers)]
     lines.append("")
     problems = document.get("not_ready", [])
     if document.get("ready"):
-        lines.append("ready: every plugin loaded, every resource registered and streamed")
+        every = "every resource registered and streamed"
+        if drivers:
+            every += ", every DRA driver registered and its slices published"
+        lines.append(f"ready: every plugin loaded, {every}")
     else:
         lines.append("NOT READY:")
         for problem in problems:
-            what = problem.get("resource") or problem.get("namespace") or problem.get("plugin")
+            what = (
+                problem.get("resource")
+                or problem.get("dra_driver")
+                or problem.get("namespace")
+                or problem.get("plugin")
+            )
             lines.append(f"    {what}: {problem['reason']}")
     return "\n".join(lines)

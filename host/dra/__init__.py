@@ -19,7 +19,8 @@ from __future__ import annotations
 from host.dra._claimclient import KubeClaimSource
 from host.dra._claimsource import ClaimNotFoundError, ClaimSource
 from host.dra._client import kube_client
-from host.dra._driver import DeviceNamer, DraDriver
+from host.dra._consumers import ClaimConsumer, ClaimConsumers
+from host.dra._driver import CallObserver, DeviceNamer, DraDriver
 from host.dra._prepare import ClaimError, ClaimRef, PreparedClaim, PreparedDevice
 from host.dra._publisher import PublisherStatus, ResourceSlicePublisher
 from host.dra._registration import SUPPORTED_VERSIONS
@@ -39,6 +40,9 @@ __all__ = [
     "DEFAULT_REGISTRY_DIR",
     "SUPPORTED_VERSIONS",
     "BuildResult",
+    "CallObserver",
+    "ClaimConsumer",
+    "ClaimConsumers",
     "ClaimError",
     "ClaimNotFoundError",
     "ClaimRef",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -37,12 +38,16 @@ from host.dra._sockets import (
 )
 from host.dra._store import ClaimStore
 
-__all__ = ["DeviceNamer", "DraDriver"]
+__all__ = ["CallObserver", "DeviceNamer", "DraDriver"]
 
 log = logging.getLogger("host.dra")
 
 DeviceNamer = Callable[[Iterable[tuple[str, str]]], Mapping[tuple[str, str], str]]
 """Names every ``(device type, device id)`` of a snapshot as its ResourceSlices do."""
+
+CallObserver = Callable[[str, float, int], None]
+"""Told of each answered call: ``(method, seconds, claims that failed)``; ``method`` is
+``NodePrepareResources`` or ``NodeUnprepareResources``."""
 
 
 DRAIN_GRACE = 5.0
@@ -139,6 +144,8 @@ class DraDriver:
         self._serving = asyncio.Event()
         self.registration = dra_registration_servicer(driver_name, str(self.socket_path))
         """The plugin-watcher Registration servicer: kubelet's verdicts land here."""
+        self.on_call: CallObserver | None = None
+        """Told of every prepare and unprepare answered (the host's metrics)."""
 
     def __repr__(self) -> str:
         return f"DraDriver({self.driver_name!r}, node={self.node_name!r})"
@@ -192,9 +199,16 @@ class DraDriver:
         A claim already prepared is answered from the record without asking the API
         server. A claim is answered as prepared once the checkpoint holds it.
         """
+        started = time.perf_counter()
         unique = list({ref.uid: ref for ref in claims}.values())
         outcomes = await asyncio.gather(*(self._prepare_one(ref) for ref in unique))
+        self._observe("NodePrepareResources", started, outcomes)
         return dict(zip((ref.uid for ref in unique), outcomes, strict=True))
+
+    def _observe(self, method: str, started: float, outcomes: Sequence[object]) -> None:
+        if self.on_call is not None:
+            failed = sum(isinstance(outcome, ClaimError) for outcome in outcomes)
+            self.on_call(method, time.perf_counter() - started, failed)
 
     async def _lookup(self, uid: str) -> PreparedClaim | None:
         if self._store.shared:
@@ -271,8 +285,10 @@ class DraDriver:
         may ask any instance). A claim is answered as done once the checkpoint no
         longer holds it.
         """
+        started = time.perf_counter()
         unique = list({ref.uid: ref for ref in claims}.values())
         outcomes = await asyncio.gather(*(self._unprepare_one(ref) for ref in unique))
+        self._observe("NodeUnprepareResources", started, outcomes)
         return dict(zip((ref.uid for ref in unique), outcomes, strict=True))
 
     async def _unprepare_one(self, ref: ClaimRef) -> ClaimError | None:

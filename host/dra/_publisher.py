@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,12 @@ class PublisherStatus:
     """The most recent failure, kept until the next success."""
     standby: bool = False
     """Another instance of the driver publishes for now (rolling update)."""
+    errors_total: int = 0
+    """Failed attempts since the publisher started (never goes down)."""
+    failing_since: float | None = None
+    """Wall-clock time (``time.time()``) of the first failure in a row; None once one succeeds."""
+    last_success: float | None = None
+    """Wall-clock time of the last successful sync; None before the first."""
 
 
 def _content(obj: dict[str, Any]) -> str:
@@ -149,6 +156,9 @@ class ResourceSlicePublisher:
         self._problems: frozenset[str] = frozenset()
         self._failures = 0
         self._last_error: str | None = None
+        self._errors_total = 0
+        self._failing_since: float | None = None
+        self._last_success: float | None = None
         self._generation = 0
         self._wake = asyncio.Event()
         self._synced = asyncio.Event()
@@ -249,6 +259,9 @@ class ResourceSlicePublisher:
             failures=self._failures,
             last_error=self._last_error,
             standby=self._standby,
+            errors_total=self._errors_total,
+            failing_since=self._failing_since,
+            last_success=self._last_success,
         )
 
     # -- the loop ------------------------------------------------------------------
@@ -295,6 +308,7 @@ class ResourceSlicePublisher:
                     self._failures,
                 )
             self._failures, self._last_error = 0, None
+            self._failing_since, self._last_success = None, time.time()
             self._published = version
             if version == self._version:
                 self._synced.set()
@@ -328,6 +342,9 @@ class ResourceSlicePublisher:
 
     async def _failed(self, exc: BaseException) -> None:
         self._failures += 1
+        self._errors_total += 1
+        if self._failing_since is None:
+            self._failing_since = time.time()
         self._last_error = f"{type(exc).__name__}: {exc}"
         self._attempt_done()
         capped = min(self._retry_max, self._retry_initial * 2 ** (self._failures - 1))

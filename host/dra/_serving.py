@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from host.deviceplugin._guard import PluginCaller
 from host.deviceplugin._observer import LOG_FIELDS
 from host.deviceplugin._types import Scanner
 from host.dra._claimclient import KubeClaimSource
+from host.dra._consumers import ClaimConsumers
 from host.dra._driver import DraDriver
 from host.dra._handover import PublisherHandover
 from host.dra._publisher import ResourceSlicePublisher
@@ -40,9 +42,12 @@ from host.dra._sockets import DEFAULT_DRA_PLUGIN_DIR, DEFAULT_REGISTRY_DIR
 if TYPE_CHECKING:
     from host._loader import ScannerRecord
 
-__all__ = ["DraOptions", "DraPlugin", "build_dra_plugins"]
+__all__ = ["PUBLISH_GRACE", "DraOptions", "DraPlugin", "build_dra_plugins"]
 
 log = logging.getLogger("host.dra")
+
+PUBLISH_GRACE = 60.0
+"""Seconds publishing may keep failing after a first success before the driver is not ready."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ class DraOptions:
     """Kubelet's plugin watcher directory (registration sockets)."""
     cleanup_on_exit: bool = False
     """Delete the node's slices on stop (default: they stay for the next instance)."""
+    publish_grace: float = PUBLISH_GRACE
+    """Seconds of failed publishing (after a first success) before readiness turns false."""
 
 
 class DraPlugin:
@@ -86,22 +93,28 @@ class DraPlugin:
         instance_id: str | None = None,
         cleanup_on_exit: bool = False,
         scan_backoff: tuple[float, float] = (1.0, 60.0),
+        publish_grace: float = PUBLISH_GRACE,
     ) -> None:
         self.plugin = plugin
         self.namespace = namespace
         self.cleanup_on_exit = cleanup_on_exit
+        self.publish_grace = publish_grace
+        """Seconds publishing may fail, after a success, before the driver is not ready."""
         self.caller = PluginCaller(plugin)
+        self.consumers = ClaimConsumers(KubeClaimSource(client))
+        """The claims' ``status.reservedFor`` as last fetched (status pages)."""
         self.driver = DraDriver(
             namespace,
             node_name,
             scanner,
-            KubeClaimSource(client),
+            self.consumers,
             plugin_dir=plugin_dir,
             registry_dir=registry_dir,
             cdi_dir=cdi_dir,
             instance_id=instance_id,
             caller=self.caller,
         )
+        self.consumers.prepared = lambda: self.driver.prepared_claims
         self.publisher = ResourceSlicePublisher(namespace, node_name, client)
         self.publisher.on_published = self._published
         self.handover: PublisherHandover | None = None
@@ -126,7 +139,10 @@ class DraPlugin:
         """Why this driver is not ready (None once it is): sockets, kubelet, slices.
 
         Ready: both sockets up, kubelet accepted the registration, and the slices were
-        published at least once with no failure since.
+        published at least once (or another instance publishes them: rolling update)
+        and have not kept failing for longer than
+        :attr:`publish_grace` since (a retried conflict or a short outage does not flap
+        readiness).
         """
         if not self.driver.serving:
             return "DRA driver sockets not up yet"
@@ -136,10 +152,20 @@ class DraPlugin:
         if not registered:
             return f"kubelet refused the registration: {self.driver.registration.error}"
         status = self.publisher.status
-        if status.failures:
-            return f"publishing ResourceSlices failed: {status.last_error}"
         if not self._published_once and not status.standby:
+            if status.failures:
+                return (
+                    f"ResourceSlices not published yet: {status.failures} failed attempt(s), "
+                    f"last: {status.last_error}"
+                )
             return "ResourceSlices not published yet"
+        if status.failing_since is not None:
+            failing = time.time() - status.failing_since
+            if failing >= self.publish_grace:
+                return (
+                    f"publishing ResourceSlices has failed for {failing:.0f} s "
+                    f"({status.failures} attempt(s)), last: {status.last_error}"
+                )
         return None
 
     async def serve(self) -> None:
@@ -212,6 +238,7 @@ def build_dra_plugins(
                 cdi_dir=cdi_dir,
                 instance_id=instance_id,
                 cleanup_on_exit=options.cleanup_on_exit,
+                publish_grace=options.publish_grace,
             )
         except ValueError as exc:
             log.error("%s cannot be served: %s; the other plugins go on", label, exc)
