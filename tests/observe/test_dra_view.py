@@ -82,8 +82,15 @@ class Both:
             for device in item["spec"]["devices"]
         )
 
-    async def published(self, predicate: Any = None) -> None:
+    async def registered(self) -> None:
+        """Kubelet took the driver, and the driver heard kubelet's verdict."""
+        await self.dra_kubelet.wait_for_driver(DRIVER, timeout=10)
         async with asyncio.timeout(10):
+            assert await self.plugin.driver.registration.wait_for_status() is True
+
+    async def published(self, predicate: Any = None) -> None:
+        # Bounded by the publisher's backoff (0.5 s doubling) after a few failed attempts.
+        async with asyncio.timeout(30):
             await self.plugin.publisher.wait_status(predicate or (lambda status: status.synced))
 
     async def prepare(self, name: str, device: str, **claim: Any) -> str:
@@ -167,7 +174,7 @@ async def both(
     async for served in serve_both(
         run_host, kubelet, apiserver, client, short_dir, dra_kubelet, HEALTHY, UNHEALTHY
     ):
-        await dra_kubelet.wait_for_driver(DRIVER, timeout=10)
+        await served.registered()
         yield served
 
 
@@ -330,7 +337,7 @@ class TestReadiness:
             assert f"    {DRIVER}: not registered with kubelet yet" in status_text(document)
             assert value(await both.metrics(), "devplugin_dra_driver_registered", **GPU) == 0
             async with dra_kubelet:
-                await dra_kubelet.wait_for_driver(DRIVER, timeout=10)
+                await both.registered()
                 assert (await both.host.http_get("/readyz")).status == 200
                 assert value(await both.metrics(), "devplugin_ready") == 1
 
@@ -348,7 +355,7 @@ class TestReadiness:
         async for both in serve_both(
             run_host, kubelet, apiserver, client, short_dir, dra_kubelet, publish_grace=0.0
         ):
-            await dra_kubelet.wait_for_driver(DRIVER, timeout=10)
+            await both.registered()
             assert (await both.host.http_get("/readyz")).status == 200
             apiserver.begin_outage("unavailable")
             both.plugin.publisher.request_resync()
