@@ -144,14 +144,15 @@ def dra_part(
     registration with kubelet (``state``: ``not serving``, ``waiting for kubelet``,
     ``registered`` or ``refused`` with kubelet's ``error``; the sockets); the pool
     (name and generation) and the names of its ResourceSlices; the publisher (synced,
-    failures in a row, ``errors_total`` since start, last error, when it last succeeded
-    and since when it fails); the scanner (failed, restarts); devices by health
-    (``device_count``, ``healthy``, ``unhealthy``) and the first ``devices_shown`` by
-    name, each with type, ID, health, taints, NUMA nodes and ``health_message``; every
-    prepared claim with namespace, name, UID, ``reserved_for`` (the claim's
-    ``status.reservedFor`` when the driver fetched it, None when unknown: prepared
-    before a restart) and its devices with their CDI device IDs; readiness and why not.
-    ``ended``: why the driver stopped before the host (then it is not ready).
+    ``standby`` while another instance publishes, failures in a row, ``errors_total``
+    since start, last error, when it last succeeded and since when it fails); the
+    scanner (failed, restarts); devices by health (``device_count``, ``healthy``,
+    ``unhealthy``) and the first ``devices_shown`` by name, each with type, ID,
+    health, taints, NUMA nodes and ``health_message``; every prepared claim with
+    namespace, name, UID, ``reserved_for`` (the claim's ``status.reservedFor`` when
+    the driver fetched it, None when unknown: prepared before a restart) and its
+    devices with their CDI device IDs; readiness and why not. ``ended``: why the
+    driver stopped before the host (then it is not ready).
     """
     publisher = plugin.publisher.status
     prepared = plugin.driver.prepared_claims
@@ -166,6 +167,7 @@ def dra_part(
         "slices": list(publisher.slices),
         "publisher": {
             "synced": publisher.synced,
+            "standby": publisher.standby,
             "failures": publisher.failures,
             "errors_total": publisher.errors_total,
             "last_error": publisher.last_error,
@@ -243,6 +245,8 @@ def _publisher_line(publisher: Mapping[str, Any]) -> str:
             f"FAILING since {_seconds(publisher['failing_since'])} "
             f"({publisher['failures']} attempt(s)): {publisher['last_error']}"
         )
+    elif publisher.get("standby"):
+        state = "standing by: another instance of the driver publishes (rolling update)"
     elif publisher["last_success"] is None:
         state = "not published yet"
     else:
