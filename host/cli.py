@@ -1,4 +1,4 @@
-"""The ``devplugin-host`` command: ``plugins``, ``scan``, ``run`` and ``simulate``.
+"""The ``devplugin-host`` command: ``plugins``, ``scan``, ``run``, ``simulate``, ``dra``.
 
 Thin on purpose: parse options, resolve settings (:mod:`host._config`), discover and
 activate plugins (:mod:`host._loader`), hand over to the runtime (:mod:`host._host`).
@@ -771,6 +771,16 @@ def simulate(
     if problems or activation.failures:
         raise SystemExit(EXIT_FAILED)
 
+
+def _add_subcommands() -> None:
+    # Commands kept in modules of their own import this module's helpers, so they are
+    # added once everything above exists.
+    from host._cli_dra import dra
+
+    main.add_command(dra)
+
+
+_add_subcommands()
 
 if __name__ == "__main__":
     main()

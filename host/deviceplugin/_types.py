@@ -21,6 +21,7 @@ __all__ = [
     "DeviceInfo",
     "DeviceSpec",
     "DeviceTree",
+    "DeviceTypeDeclarer",
     "Mount",
     "NUMANode",
     "Notifier",
@@ -415,6 +416,19 @@ class Scanner(Protocol):
 
     def scan(self, notifier: Notifier) -> Awaitable[None] | None:
         """Scan for devices until cancelled (or return after the last notify)."""
+
+
+@runtime_checkable
+class DeviceTypeDeclarer(Protocol):
+    """Optional: names the device types the scanner, as configured, may ever notify.
+
+    Read without scanning (``devplugin-host dra deviceclasses`` makes a DeviceClass per
+    type), so a type missing from this node's hardware is named too. Types named after
+    what a scan finds (hardware IDs) cannot be declared: leave them out, or the method.
+    """
+
+    def device_types(self) -> Iterable[str]:
+        """Return the device types (``i915``, not ``gpu.intel.com/i915``)."""
 
 
 @runtime_checkable

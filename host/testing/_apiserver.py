@@ -3,8 +3,9 @@
 It speaks the real wire protocol (HTTP/1.1, JSON, ``Status`` errors) for what a DRA
 driver uses: ResourceSlices (list with field selectors, get, create with
 generateName, update with resourceVersion conflicts, delete with preconditions,
-delete-collection as kubelet's wipe), Nodes and ResourceClaims (get). ResourceSlices
-are validated as the real server does (422 Invalid with causes). Tests inject latency,
+delete-collection as kubelet's wipe), DeviceClasses (the same verbs), Nodes and
+ResourceClaims (get). ResourceSlices and DeviceClasses are validated as the real server
+does (422 Invalid with causes). Tests inject latency,
 outages and one-shot failures, and wait on conditions instead of sleeping.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from host.testing._apiserver_http import HttpRequest, HttpServer, OutageMode
 from host.testing._apiserver_store import (
+    DEVICE_CLASSES,
     NODES,
     RESOURCE_CLAIMS,
     RESOURCE_SLICES,
@@ -39,6 +41,10 @@ _ROUTES: tuple[tuple[re.Pattern[str], Kind], ...] = (
         RESOURCE_SLICES,
     ),
     (
+        re.compile(r"/apis/resource\.k8s\.io/v1/deviceclasses(?:/(?P<name>[^/]+))?"),
+        DEVICE_CLASSES,
+    ),
+    (
         re.compile(
             r"/apis/resource\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/resourceclaims"
             r"(?:/(?P<name>[^/]+)(?P<status>/status)?)?"
@@ -46,7 +52,7 @@ _ROUTES: tuple[tuple[re.Pattern[str], Kind], ...] = (
         RESOURCE_CLAIMS,
     ),
 )
-_WRITABLE = {RESOURCE_SLICES}
+_WRITABLE = {RESOURCE_SLICES, DEVICE_CLASSES}
 _VERSION = {
     "major": "1",
     "minor": "36",
@@ -90,7 +96,7 @@ def _resource_list(kinds: Iterable[Kind], group_version: str) -> dict[str, Any]:
 
 _DISCOVERY["/api/v1"] = _resource_list([NODES], "v1")
 _DISCOVERY["/apis/resource.k8s.io/v1"] = _resource_list(
-    [RESOURCE_SLICES, RESOURCE_CLAIMS], "resource.k8s.io/v1"
+    [RESOURCE_SLICES, RESOURCE_CLAIMS, DEVICE_CLASSES], "resource.k8s.io/v1"
 )
 
 
@@ -272,6 +278,17 @@ class FakeApiServer:
         else:
             claim["status"]["allocation"] = copy.deepcopy(allocation)
         return self.store.put_raw(RESOURCE_CLAIMS, claim)
+
+    def add_device_class(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create DeviceClass ``obj`` as an administrator does (validated: ApiFailure if not)."""
+        return copy.deepcopy(self.store.create(DEVICE_CLASSES, copy.deepcopy(obj)))
+
+    def device_classes(self) -> list[dict[str, Any]]:
+        """Return the stored DeviceClasses (copies, name order)."""
+        return [
+            copy.deepcopy({"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", **item})
+            for item in self.store.list(DEVICE_CLASSES)["items"]
+        ]
 
     def delete_claim(self, namespace: str, name: str) -> None:
         """Delete a claim."""

@@ -18,6 +18,7 @@ from typing import Any
 from host.testing._apiserver_validation import Cause
 
 __all__ = [
+    "DEVICE_CLASSES",
     "NODES",
     "RESOURCE_CLAIMS",
     "RESOURCE_SLICES",
@@ -53,6 +54,14 @@ class Kind:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
+def _device_class_validator(obj: dict[str, Any], old: dict[str, Any] | None) -> list[Cause]:
+    from host.dra._deviceclasses import device_class_problems
+
+    return [
+        Cause("FieldValueInvalid", field, message) for field, message in device_class_problems(obj)
+    ]
+
+
 def _slice_validator() -> Validator:
     from host.testing._apiserver_validation import validate_resource_slice
 
@@ -68,6 +77,14 @@ RESOURCE_SLICES = Kind(
     namespaced=False,
     field_labels=("metadata.name", "spec.nodeName", "spec.driver"),
     validate=_slice_validator(),
+)
+DEVICE_CLASSES = Kind(
+    "resource.k8s.io",
+    "v1",
+    "deviceclasses",
+    "DeviceClass",
+    namespaced=False,
+    validate=_device_class_validator,
 )
 RESOURCE_CLAIMS = Kind(
     "resource.k8s.io",
@@ -393,6 +410,9 @@ class ObjectStore:
     @staticmethod
     def _fill_defaults(obj: dict[str, Any]) -> None:
         # The server fills in timeAdded of device taints that lack it.
-        for device in (obj.get("spec") or {}).get("devices") or []:
+        devices = (obj.get("spec") or {}).get("devices")
+        if not isinstance(devices, list):  # a claim's spec.devices is its requests
+            return
+        for device in devices:
             for taint in device.get("taints") or []:
                 taint.setdefault("timeAdded", _now())

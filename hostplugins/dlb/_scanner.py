@@ -100,6 +100,10 @@ class DlbScanner(PeriodicScanner):
         self.devfs_root = Path(devfs_root)
         super().__init__(interval=self.settings.scan_interval, logger=log, namespace=NAMESPACE)
 
+    def device_types(self) -> list[str]:
+        """``pf`` and ``vf``."""
+        return [PF, VF]
+
     def scan_once(self, problems: list[str] | None = None) -> DeviceTree:
         """Scan once with this scanner's settings (see :func:`scan_once`)."""
         return scan_once(

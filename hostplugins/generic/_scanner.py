@@ -76,6 +76,10 @@ class GenericScanner:
         # The wait between scans; a test replaces it to step the loop without sleeping.
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
+    def device_types(self) -> list[str]:
+        """Each group's name: the device types this scanner may notify."""
+        return [group.name for group in self.groups]
+
     def __repr__(self) -> str:
         names = ", ".join(g.resource_name for g in self.groups)
         return f"GenericScanner({names}; devfs_root={str(self.devfs_root)!r})"

@@ -44,6 +44,8 @@ log = logging.getLogger("hostplugins.gpu")
 
 VENDOR_INTEL = "0x8086"
 DEFAULT_DRIVER = "i915"
+DRIVERS = ("i915", "xe")
+"""The kernel drivers of Intel GPUs: each is a device type (a resource) of its own."""
 CDI_VERSION = "0.5.0"
 CDI_KIND = "intel.cdi.k8s.io/gpu"
 MONITORING_ID = "all"
@@ -326,6 +328,16 @@ class GpuScanner(PeriodicScanner):
             health_source=self.health_source,
             problems=problems,
         )
+
+    def device_types(self) -> list[str]:
+        """One type per kernel driver (``i915``, ``xe``), and the monitoring type(s) if enabled."""
+        types = list(DRIVERS)
+        if self.settings.enable_monitoring:
+            if self.settings.monitoring_mode == "split":
+                types += [f"{driver}_monitoring" for driver in DRIVERS]
+            else:
+                types.append("monitoring")
+        return types
 
     def get_preferred_allocation(
         self, request: pluginapi.PreferredAllocationRequest

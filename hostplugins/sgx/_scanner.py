@@ -125,3 +125,8 @@ class SgxScanner(PeriodicScanner):
     def scan_once(self, problems: list[str] | None = None) -> DeviceTree:
         """Scan once with this scanner's settings (see :func:`scan_once`)."""
         return scan_once(self.settings, devfs_root=self.devfs_root, problems=problems)
+
+    def device_types(self) -> list[str]:
+        """Return ``enclave``, ``provision`` and, with ``dcap-infra-resources``, the DCAP types."""
+        extra = [QE, REGISTRATION] if self.settings.dcap_infra_resources else []
+        return [ENCLAVE, PROVISION, *extra]

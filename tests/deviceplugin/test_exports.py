@@ -25,6 +25,7 @@ class TestPublicNames:
                 "DeviceInfo",
                 "DeviceSpec",
                 "DeviceTree",
+                "DeviceTypeDeclarer",
                 "Manager",
                 "Mount",
                 "NUMANode",
