@@ -780,7 +780,11 @@ def _add_subcommands() -> None:
     main.add_command(dra)
 
 
-_add_subcommands()
-
 if __name__ == "__main__":
-    main()
+    # `python -m host.cli`: this copy is __main__; run the importable module's group,
+    # which has every subcommand (theirs import host.cli, not __main__).
+    from host.cli import main as _main
+
+    _main()
+else:
+    _add_subcommands()
