@@ -403,7 +403,11 @@ class TestOtherObjects:
         groups = (await http.get("/apis")).json()["groups"]
         assert groups[0]["preferredVersion"]["groupVersion"] == "resource.k8s.io/v1"
         resources = (await http.get("/apis/resource.k8s.io/v1")).json()["resources"]
-        assert {r["name"] for r in resources} == {"resourceslices", "resourceclaims", "deviceclasses"}
+        assert {r["name"] for r in resources} == {
+            "resourceslices",
+            "resourceclaims",
+            "deviceclasses",
+        }
         unknown = await http.get("/apis/apps/v1/deployments")
         assert unknown.status_code == 404
         assert unknown.text == "404 page not found\n"
