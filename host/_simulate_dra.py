@@ -11,7 +11,6 @@ published slices, creates a ResourceClaim allocated to them, has kubelet prepare
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from host._loader import ScannerRecord
 from host._simulate_output import Event
 from host.dra import DraOptions, DraPlugin, build_dra_plugins, kube_client
 from host.testing import FakeApiServer, FakeDraKubelet, KubeletError
+from host.testing._dra_claims import allocate_claim, cdi_spec_file
 
 __all__ = ["SIMULATED_NODE", "DraSimulation", "cdi_spec_file"]
 
@@ -33,22 +33,6 @@ CLAIM_NAMESPACE = "default"
 
 def _natural(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def cdi_spec_file(cdi_dir: Path, cdi_id: str) -> tuple[Path, dict[str, Any]] | None:
-    """Find the spec file of ``cdi_dir`` defining CDI device ``kind=name``: its path, the device."""
-    kind, _, name = cdi_id.partition("=")
-    for path in sorted(cdi_dir.glob("*.json")):
-        try:
-            spec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(spec, dict) or spec.get("kind") != kind:
-            continue
-        for device in spec.get("devices") or ():
-            if isinstance(device, dict) and device.get("name") == name:
-                return path, device
-    return None
 
 
 class DraSimulation:
@@ -189,51 +173,33 @@ class DraSimulation:
         try:
             await self._allocate(result, driver, dev_type, name, count)
         except KubeletError as exc:
-            result["error"] = f"cannot allocate {count} of {resource}: {exc}"
+            result["error"] = str(exc)
         return result
 
     async def _allocate(
         self, result: dict[str, Any], driver: str, dev_type: str, name: str, count: int
     ) -> None:
-        published = self.slices()[driver]["devices"]
-        usable = [d["name"] for d in published if d["type"] == dev_type and not d["taints"]]
-        if len(usable) < count:
-            types = sorted({d["type"] for d in published if d["type"]})
-            raise KubeletError(
-                f"only {len(usable)} untainted device(s) of type {dev_type!r} published "
-                f"(types published: {', '.join(types) or 'none'})"
-            )
-        chosen = usable[:count]
-        results = [
-            {"request": "devices", "driver": driver, "pool": SIMULATED_NODE, "device": device}
-            for device in chosen
-        ]
-        request = {"name": "devices", "exactly": {"deviceClassName": driver, "count": count}}
-        claim = self.api.add_claim(
-            CLAIM_NAMESPACE,
-            name,
-            allocation={"devices": {"results": results}},
-            spec={"devices": {"requests": [request]}},
+        claim = await allocate_claim(
+            self.api,
+            self.kubelet,
+            f"{driver}/{dev_type}",
+            count,
+            node_name=SIMULATED_NODE,
+            cdi_dir=self.cdi_dir,
+            namespace=CLAIM_NAMESPACE,
+            name=name,
         )
-        uid = claim["metadata"]["uid"]
-        outcome = (await self.kubelet.prepare(driver, [(CLAIM_NAMESPACE, name, uid)]))[uid]
-        result["uid"] = uid
-        if outcome.error:
-            raise KubeletError(f"NodePrepareResources failed: {outcome.error}")
-        result["devices"] = [device.device for device in outcome.devices]
-        for device in outcome.devices:
+        result["uid"] = claim.uid
+        result["devices"] = list(claim.devices)
+        for device in claim.prepared:
             for cdi_id in device.cdi_device_ids:
-                found = cdi_spec_file(self.cdi_dir, cdi_id)
-                edits = (found[1].get("containerEdits") or {}) if found else {}
+                edits = claim.edits[cdi_id]
                 result["cdi"].append(
                     {
                         "device": device.device,
                         "id": cdi_id,
-                        "spec_file": str(found[0]) if found else None,
-                        "device_nodes": [n.get("path") for n in edits.get("deviceNodes") or ()],
-                        "env": list(edits.get("env") or ()),
+                        "spec_file": str(claim.spec_files[cdi_id]),
+                        "device_nodes": [node.get("path") for node in edits.get("deviceNodes", ())],
+                        "env": list(edits.get("env", ())),
                     }
                 )
-        unresolved = [c["id"] for c in result["cdi"] if c["spec_file"] is None]
-        if unresolved:
-            raise KubeletError(f"no CDI spec file defines {', '.join(unresolved)}")

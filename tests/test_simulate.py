@@ -546,7 +546,7 @@ class TestDra:
         [claim] = document["allocations"]
         assert claim["error"] == (
             "cannot allocate 3 of gpu.intel.com/i915: only 2 untainted device(s) of type "
-            "'i915' published (types published: i915)"
+            "'i915' free on node simulated-node (types published: i915)"
         )
 
     def test_plugin_not_enabled(self) -> None:

@@ -246,6 +246,14 @@ class FakeApiServer:
             NODES, {"metadata": {"name": name, "uid": uid or str(uuid.uuid4())}}
         )
 
+    def has_node(self, name: str) -> bool:
+        """Whether Node ``name`` exists."""
+        try:
+            self.store.get(NODES, name)
+        except ApiFailure:
+            return False
+        return True
+
     def add_claim(
         self,
         namespace: str,

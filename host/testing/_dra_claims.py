@@ -1,15 +1,34 @@
-"""An in-memory ResourceClaim store for testing DRA drivers without an API server."""
+"""ResourceClaims for tests: an in-memory claim store, and claims allocated and prepared.
+
+:class:`FakeClaims` stands in for the API server's claims when a test drives a
+:class:`~host.dra.DraDriver` directly. :func:`allocate_claim` does what the scheduler
+and kubelet do with a claim, against :class:`~host.testing.FakeApiServer` and
+:class:`~host.testing.FakeDraKubelet`: picks devices from the published slices,
+creates the claim allocated to them, has kubelet prepare it and resolves the CDI
+device IDs returned to the CDI spec files a container runtime would read.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
+import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from host.dra import ClaimNotFoundError
+from host.testing._kubelet_types import KubeletError
 
-__all__ = ["FakeClaims", "allocated_claim"]
+if TYPE_CHECKING:
+    from host.testing._apiserver import FakeApiServer
+    from host.testing._kubelet_dra import DraDevice, FakeDraKubelet
+
+__all__ = ["DraClaim", "FakeClaims", "allocate_claim", "allocated_claim", "cdi_spec_file"]
+
+_names = itertools.count(1)
 
 
 def allocated_claim(
@@ -80,3 +99,196 @@ class FakeClaims:
             return copy.deepcopy(claim)
         finally:
             self._in_flight -= 1
+
+
+def cdi_spec_file(cdi_dir: str | Path, cdi_id: str) -> tuple[Path, dict[str, Any]] | None:
+    """Find the spec file of ``cdi_dir`` defining CDI device ``kind=name``.
+
+    Returns the file and the spec (None when no file defines it), reading every
+    ``*.json`` file as a container runtime's CDI cache would.
+    """
+    kind, _, name = cdi_id.partition("=")
+    for path in sorted(Path(cdi_dir).glob("*.json")):
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(spec, dict) or spec.get("kind") != kind:
+            continue
+        for device in spec.get("devices") or ():
+            if isinstance(device, dict) and device.get("name") == name:
+                return path, spec
+    return None
+
+
+def _merged_edits(spec: Mapping[str, Any], device_name: str) -> dict[str, list[Any]]:
+    """Return the spec's container edits, then the device's, as a runtime applies them."""
+    edits: dict[str, list[Any]] = {}
+    device = next(d for d in spec["devices"] if d.get("name") == device_name)
+    for source in (spec.get("containerEdits") or {}, device.get("containerEdits") or {}):
+        for key, values in source.items():
+            edits.setdefault(key, []).extend(values or ())
+    return edits
+
+
+@dataclass(frozen=True)
+class DraClaim:
+    """A claim allocated and prepared by :func:`allocate_claim`: what a container gets."""
+
+    namespace: str
+    name: str
+    uid: str
+    driver: str
+    devices: tuple[str, ...]
+    """The devices prepared (ResourceSlice device names), in the allocation's order."""
+    prepared: tuple[DraDevice, ...]
+    """Kubelet's answer, device by device (pool, device, CDI IDs, request names)."""
+    cdi_ids: tuple[str, ...]
+    """Every CDI device ID kubelet was given, as it hands them to the runtime."""
+    edits: Mapping[str, Mapping[str, list[Any]]] = field(default_factory=dict)
+    """CDI ID → its container edits (the spec's, then the device's), as the runtime applies them."""
+    spec_files: Mapping[str, Path] = field(default_factory=dict)
+    """CDI ID → the spec file defining it."""
+
+    @property
+    def ref(self) -> tuple[str, str, str]:
+        """``(namespace, name, uid)``: what :meth:`FakeDraKubelet.prepare` takes."""
+        return (self.namespace, self.name, self.uid)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment the container gets from every CDI ID (later IDs win)."""
+        pairs = (
+            entry.partition("=") for edits in self.edits.values() for entry in edits.get("env", ())
+        )
+        return {key: value for key, _, value in pairs}
+
+    @property
+    def device_nodes(self) -> list[str]:
+        """The container paths of every device node, in CDI ID order."""
+        return [
+            node["path"] for edits in self.edits.values() for node in edits.get("deviceNodes", ())
+        ]
+
+
+def _published(api: FakeApiServer, driver: str, node_name: str) -> list[dict[str, Any]]:
+    """Return the devices of the pool's newest generation, in slice and device order."""
+    slices = api.resource_slices(driver=driver, node_name=node_name)
+    newest = max((s["spec"]["pool"]["generation"] for s in slices), default=0)
+    return [
+        device
+        for item in slices
+        if item["spec"]["pool"]["generation"] == newest
+        for device in item["spec"].get("devices") or ()
+    ]
+
+
+def _taken(api: FakeApiServer, driver: str, node_name: str) -> set[str]:
+    """Return the devices of ``driver`` on ``node_name`` some claim is allocated already."""
+    from host.testing._apiserver_store import RESOURCE_CLAIMS
+
+    taken = set()
+    for claim in api.store.list(RESOURCE_CLAIMS)["items"]:
+        allocation = (claim.get("status") or {}).get("allocation") or {}
+        for result in (allocation.get("devices") or {}).get("results") or ():
+            if result.get("driver") == driver and result.get("pool") == node_name:
+                taken.add(result["device"])
+    return taken
+
+
+async def allocate_claim(
+    api: FakeApiServer,
+    kubelet: FakeDraKubelet,
+    resource: str,
+    count: int = 1,
+    *,
+    node_name: str,
+    cdi_dir: str | Path,
+    namespace: str = "default",
+    name: str | None = None,
+) -> DraClaim:
+    """Allocate ``count`` devices of ``resource`` (``DRIVER/TYPE``) and prepare them.
+
+    What the scheduler and kubelet do: the devices are the first ``count`` of the
+    newest published slices of ``DRIVER`` on ``node_name`` whose ``type`` attribute is
+    ``TYPE``, untainted and allocated to no other claim; ResourceClaim
+    ``namespace/name`` (``claim-N`` unless given) is created allocated to them, with
+    one request ``devices``; kubelet prepares it (NodePrepareResources); each CDI ID
+    returned is resolved in ``cdi_dir``. Raises :class:`~host.testing.KubeletError`
+    saying what is missing (devices, a registered driver, a spec file) or what the
+    driver answered.
+    """
+    driver, _, dev_type = resource.partition("/")
+    if not driver or not dev_type or count < 1:
+        raise ValueError(
+            f"allocate_claim: want DRIVER/TYPE and count >= 1, got {resource!r}, {count}"
+        )
+    published = _published(api, driver, node_name)
+    taken = _taken(api, driver, node_name)
+    usable = [
+        device["name"]
+        for device in published
+        if (device.get("attributes") or {}).get("type", {}).get("string") == dev_type
+        and not device.get("taints")
+        and device["name"] not in taken
+    ]
+    if len(usable) < count:
+        types = sorted(
+            {
+                str(t)
+                for d in published
+                if (t := (d.get("attributes") or {}).get("type", {}).get("string"))
+            }
+        )
+        raise KubeletError(
+            f"cannot allocate {count} of {resource}: only {len(usable)} untainted device(s) "
+            f"of type {dev_type!r} free on node {node_name} (types published: "
+            f"{', '.join(types) or 'none'})"
+        )
+    results = [
+        {"request": "devices", "driver": driver, "pool": node_name, "device": device}
+        for device in usable[:count]
+    ]
+    request = {"name": "devices", "exactly": {"deviceClassName": driver, "count": count}}
+    claim_name = name or f"claim-{next(_names)}"
+    claim = api.add_claim(
+        namespace,
+        claim_name,
+        allocation={"devices": {"results": results}},
+        spec={"devices": {"requests": [request]}},
+    )
+    uid = claim["metadata"]["uid"]
+    try:
+        outcome = (await kubelet.prepare(driver, [(namespace, claim_name, uid)]))[uid]
+    except KubeletError as exc:
+        raise KubeletError(f"cannot allocate {count} of {resource}: {exc}") from None
+    if outcome.error:
+        raise KubeletError(
+            f"cannot allocate {count} of {resource}: NodePrepareResources failed for "
+            f"ResourceClaim {claim_name}: {outcome.error}"
+        )
+    cdi_ids = tuple(cdi_id for device in outcome.devices for cdi_id in device.cdi_device_ids)
+    edits, files, unresolved = {}, {}, []
+    for cdi_id in cdi_ids:
+        found = cdi_spec_file(cdi_dir, cdi_id)
+        if found is None:
+            unresolved.append(cdi_id)
+            continue
+        files[cdi_id] = found[0]
+        edits[cdi_id] = _merged_edits(found[1], cdi_id.partition("=")[2])
+    if unresolved:
+        raise KubeletError(
+            f"cannot allocate {count} of {resource}: claim {claim_name} prepared, but no CDI "
+            f"spec file in {cdi_dir} defines {', '.join(unresolved)}"
+        )
+    return DraClaim(
+        namespace,
+        claim_name,
+        uid,
+        driver,
+        tuple(device.device for device in outcome.devices),
+        outcome.devices,
+        cdi_ids,
+        edits,
+        files,
+    )

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 
@@ -37,6 +37,9 @@ from host._api import (
 from host._pluginwatcher import DRA_PLUGIN_TYPE
 from host.testing._kubelet_types import KubeletError
 from host.testing._plugin_watcher import PluginWatcher, RegistrationFailure
+
+if TYPE_CHECKING:
+    from host.testing._apiserver import FakeApiServer
 
 __all__ = ["DraClaimResult", "DraDevice", "DraPluginRegistration", "FakeDraKubelet"]
 
@@ -162,6 +165,14 @@ class FakeDraKubelet:
     ``("v1beta1.DRAPlugin",)`` for a 1.32-1.33 kubelet); ``rescan_interval`` how often
     the directory is looked at (kubelet's reconciler: every second).
 
+    With ``apiserver`` and ``node_name`` it also does what kubelet's DRA manager does to
+    the API server (``pkg/kubelet/cm/dra/plugin``): Node ``node_name`` is created if
+    missing (kubelet registers its Node), and every :meth:`start` deletes the node's
+    ResourceSlices of all drivers, as kubelet does at startup (in process, without an
+    outage in the way), so drivers must publish again. ``plugin_dir`` is kubelet's DRA
+    plugin directory (drivers' ``<driver>/dra.sock``; default: ``plugins`` beside the
+    registry directory); the fake only tells drivers where it is.
+
     Use it as an async context manager, or call :meth:`start` and :meth:`stop`::
 
         async with FakeDraKubelet(registry_dir) as kubelet:
@@ -175,8 +186,25 @@ class FakeDraKubelet:
         *,
         services: Sequence[str] = KUBELET_DRA_SERVICES,
         rescan_interval: float = 0.02,
+        apiserver: FakeApiServer | None = None,
+        node_name: str | None = None,
+        plugin_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        if (apiserver is None) != (node_name is None):
+            raise ValueError("FakeDraKubelet: give apiserver and node_name together, or neither")
         self.registry_dir = Path(registry_dir)
+        self.plugin_dir = (
+            Path(plugin_dir) if plugin_dir is not None else self.registry_dir.parent / "plugins"
+        )
+        """Kubelet's DRA plugin directory (informational: where drivers put their sockets)."""
+        self.apiserver = apiserver
+        """The API server kubelet talks to, if any."""
+        self.node_name = node_name
+        """The node this kubelet runs (the pool of every driver's devices), if any."""
+        self.wiped = 0
+        """ResourceSlices deleted by the starts so far (kubelet's startup wipe)."""
+        if apiserver is not None and node_name is not None and not apiserver.has_node(node_name):
+            apiserver.add_node(node_name)
         self.services = tuple(services)
         self.rescan_interval = rescan_interval
         self._handler = _DraHandler(self.services)
@@ -193,6 +221,10 @@ class FakeDraKubelet:
         """Create the registry directory and start watching it (a kubelet start)."""
         if self._watcher is not None:
             raise KubeletError("FakeDraKubelet is already running")
+        if self.apiserver is not None:
+            # kubelet: "When kubelet starts up, no DRA driver has registered yet [...]
+            # better to not advertise any local resources" (NewDRAPluginManager).
+            self.wiped += self.apiserver.wipe_resource_slices(f"spec.nodeName={self.node_name}")
         self._watcher = PluginWatcher(
             self.registry_dir,
             {DRA_PLUGIN_TYPE: self._handler},
