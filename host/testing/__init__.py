@@ -24,7 +24,15 @@ The pytest plugin is opt-in: put ``pytest_plugins = ["host.testing"]`` in your t
 ``run_host``
     ``await run_host(enable=[...], options={...}, ...) -> HostHandle``: the host started
     in-process against ``kubelet``, as ``devplugin-host run`` would, stopped at teardown
-    (a :class:`RunHost`).
+    (a :class:`RunHost`); ``run_host(dra=["color"])`` serves that plugin as a DRA
+    driver against ``dra_kubelet`` instead;
+``dra_kubelet``
+    a started :class:`FakeDraKubelet` of node ``node-a`` (:data:`DRA_NODE_NAME`) whose
+    API server is ``apiserver``: kubelet's DRA side;
+``dra_claim``
+    ``await dra_claim("DRIVER/TYPE", n) -> DraClaim``: a ResourceClaim allocated from
+    the published slices and prepared through ``dra_kubelet``, with its CDI IDs and the
+    container edits they resolve to (a :class:`ClaimMaker`).
 
 Example, in strict mode (in auto mode the marker may go)::
 
@@ -49,7 +57,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from host.testing._apiserver import ApiRequest, FakeApiServer, OutageMode, write_kubeconfig
-from host.testing._dra_claims import FakeClaims, allocated_claim
+from host.testing._dra_claims import (
+    DraClaim,
+    FakeClaims,
+    allocate_claim,
+    allocated_claim,
+    cdi_spec_file,
+)
 from host.testing._kubelet import FakeKubelet
 from host.testing._kubelet_dra import (
     DraClaimResult,
@@ -71,9 +85,13 @@ from host.testing._sysfs import FakeSysfs, Symlink, build_tree
 if TYPE_CHECKING:
     from host.testing._apiserver_fixtures import apiserver, apiserver_kubeconfig
     from host.testing._fixtures import (
+        DRA_NODE_NAME,
+        ClaimMaker,
         FakeSysfsFactory,
         HostHandle,
         RunHost,
+        dra_claim,
+        dra_kubelet,
         fake_sysfs,
         kubelet,
         run_host,
@@ -81,9 +99,12 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "DRA_NODE_NAME",
     "Allocation",
     "ApiRequest",
+    "ClaimMaker",
     "DeviceState",
+    "DraClaim",
     "DraClaimResult",
     "DraDevice",
     "DraPluginRegistration",
@@ -102,10 +123,14 @@ __all__ = [
     "ResourceState",
     "RunHost",
     "Symlink",
+    "allocate_claim",
     "allocated_claim",
     "apiserver",
     "apiserver_kubeconfig",
     "build_tree",
+    "cdi_spec_file",
+    "dra_claim",
+    "dra_kubelet",
     "fake_sysfs",
     "kubelet",
     "run_host",
@@ -117,7 +142,19 @@ pytest_plugins = ["host.testing._fixtures", "host.testing._apiserver_fixtures"]
 """Read by pytest when this package is a plugin: the fixtures come from that submodule."""
 
 _FIXTURE_NAMES = frozenset(
-    {"FakeSysfsFactory", "HostHandle", "RunHost", "fake_sysfs", "kubelet", "run_host", "start_host"}
+    {
+        "DRA_NODE_NAME",
+        "ClaimMaker",
+        "FakeSysfsFactory",
+        "HostHandle",
+        "RunHost",
+        "dra_claim",
+        "dra_kubelet",
+        "fake_sysfs",
+        "kubelet",
+        "run_host",
+        "start_host",
+    }
 )
 _APISERVER_FIXTURE_NAMES = frozenset({"apiserver", "apiserver_kubeconfig"})
 

@@ -144,7 +144,7 @@ class DraClaim:
     prepared: tuple[DraDevice, ...]
     """Kubelet's answer, device by device (pool, device, CDI IDs, request names)."""
     cdi_ids: tuple[str, ...]
-    """Every CDI device ID kubelet was given, as it hands them to the runtime."""
+    """The CDI device IDs of the devices, each once, as kubelet hands them to the runtime."""
     edits: Mapping[str, Mapping[str, list[Any]]] = field(default_factory=dict)
     """CDI ID → its container edits (the spec's, then the device's), as the runtime applies them."""
     spec_files: Mapping[str, Path] = field(default_factory=dict)
@@ -267,7 +267,8 @@ async def allocate_claim(
             f"cannot allocate {count} of {resource}: NodePrepareResources failed for "
             f"ResourceClaim {claim_name}: {outcome.error}"
         )
-    cdi_ids = tuple(cdi_id for device in outcome.devices for cdi_id in device.cdi_device_ids)
+    # Devices of one type may share one CDI device: each ID once, as the runtime gets it.
+    cdi_ids = tuple(dict.fromkeys(i for device in outcome.devices for i in device.cdi_device_ids))
     edits, files, unresolved = {}, {}, []
     for cdi_id in cdi_ids:
         found = cdi_spec_file(cdi_dir, cdi_id)

@@ -12,7 +12,14 @@ import devplugin_example_color
 import pytest
 
 from host import ConfigError
-from host.testing import FakeKubelet, FakeSysfsFactory, KubeletError, RunHost
+from host.testing import (
+    ClaimMaker,
+    FakeDraKubelet,
+    FakeKubelet,
+    FakeSysfsFactory,
+    KubeletError,
+    RunHost,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -118,3 +125,43 @@ class TestWithoutEntryPoint:
         host = await run_host(plugins={"color": devplugin_example_color}, devfs_root=devfs)
         assert host.plugins == ("color",)
         await kubelet.wait_for_resource(YELLOW, healthy=2)
+
+
+class TestAsDraDriver:
+    """The same plugin, unchanged, served as DRA driver color.example.com (``--dra color``)."""
+
+    async def test_claim_gets_the_node_and_color(
+        self, run_host: RunHost, dra_claim: ClaimMaker, devfs: Path
+    ) -> None:
+        """Two yellow devices: one CDI device (post_allocate shapes it) with both nodes, COLOR."""
+        host = await run_host(enable=["color"], dra=["color"], devfs_root=devfs)
+        assert not host.resources  # one API or the other: no device-plugin resource
+        claim = await dra_claim(YELLOW, 2)
+        assert claim.devices == ("yellow-yellow-0", "yellow-yellow-1")
+        # A plugin with post_allocate is asked once per device type, as Allocate would be.
+        (cdi_id,) = claim.cdi_ids
+        assert cdi_id == f"color.example.com/dra=claim-{claim.uid}-yellow"
+        assert claim.device_nodes == ["/dev/null", "/dev/null"]
+        assert claim.env == {"COLOR": "yellow"}
+
+    async def test_devices_are_not_handed_out_twice(
+        self, run_host: RunHost, dra_claim: ClaimMaker, devfs: Path
+    ) -> None:
+        """A second claim gets the other green device; a third finds none left."""
+        await run_host(enable=["color"], dra=["color"], devfs_root=devfs)
+        first, second = await dra_claim(GREEN), await dra_claim(GREEN)
+        assert {*first.devices, *second.devices} == {"green-green-0", "green-green-1"}
+        with pytest.raises(KubeletError, match="only 0 untainted device"):
+            await dra_claim(GREEN)
+
+    async def test_unprepare(
+        self, run_host: RunHost, dra_claim: ClaimMaker, dra_kubelet: FakeDraKubelet, devfs: Path
+    ) -> None:
+        """Kubelet's unprepare removes the claim's CDI spec; a repeat is fine."""
+        host = await run_host(enable=["color"], dra=["color"], devfs_root=devfs)
+        claim = await dra_claim(YELLOW)
+        assert all(path.exists() for path in claim.spec_files.values())
+        assert await dra_kubelet.unprepare("color.example.com", [claim.ref]) == {claim.uid: ""}
+        assert not any(path.exists() for path in claim.spec_files.values())
+        assert await dra_kubelet.unprepare("color.example.com", [claim.ref]) == {claim.uid: ""}
+        assert host.dra_plugins["color.example.com"].driver.prepared_claims == {}
