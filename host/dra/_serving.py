@@ -48,6 +48,15 @@ log = logging.getLogger("host.dra")
 
 PUBLISH_GRACE = 60.0
 """Seconds publishing may keep failing after a first success before the driver is not ready."""
+RELIST_AFTER_REGISTRATION = (0.0, 5.0)
+"""Seconds after each registration with kubelet at which the slices are re-listed.
+
+kubelet deletes the node's ResourceSlices when it starts (``NewDRAPluginManager``: no
+driver is usable until it registers again), in the background while its plugin
+watcher registers the drivers again: re-listing at once repairs a wipe that came
+first, and once more a little later one that came after, instead of waiting for the
+periodic re-list (30 s) with the node's devices unpublished meanwhile.
+"""
 
 
 @dataclass(frozen=True)
@@ -179,10 +188,13 @@ class DraPlugin:
                 self._take_over(self.handover), name=f"take over {self.namespace}"
             )
         feed = asyncio.create_task(self.feed.run(), name=f"feed {self.namespace}")
+        relist = asyncio.create_task(
+            self._relist_after_registrations(), name=f"relist {self.namespace}"
+        )
         try:
             await self.driver.serve()
         finally:
-            for task in (feed, publishing):
+            for task in (feed, publishing, relist):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -208,6 +220,30 @@ class DraPlugin:
                 err,
             )
         await self.publisher.start()
+
+    async def _relist_after_registrations(self) -> None:
+        """Re-list the slices after every registration kubelet accepts (see above)."""
+        registration = self.driver.registration
+        seen = registration.status_count
+        later: asyncio.Task[None] | None = None
+        try:
+            while True:
+                registered = await registration.wait_for_status(after=seen)
+                seen = registration.status_count
+                if not registered:
+                    continue
+                self.publisher.request_resync()
+                if later is not None:
+                    later.cancel()
+                later = asyncio.create_task(self._relist_later())
+        finally:
+            if later is not None:
+                later.cancel()
+
+    async def _relist_later(self) -> None:
+        for delay in RELIST_AFTER_REGISTRATION[1:]:
+            await asyncio.sleep(delay)
+            self.publisher.request_resync()
 
 
 def build_dra_plugins(
