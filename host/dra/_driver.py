@@ -36,6 +36,7 @@ from host.dra._sockets import (
     registration_socket_path,
     validate_driver_name,
 )
+from host.dra._socketwatch import keep_sockets
 from host.dra._store import ClaimStore
 
 __all__ = ["CallObserver", "DeviceNamer", "DraDriver"]
@@ -309,9 +310,11 @@ class DraDriver:
     async def serve(self) -> None:
         """Serve the DRA service, then register with kubelet; run until cancelled.
 
-        On the way out the DRA service stops (calls in flight get :data:`DRAIN_GRACE`
-        seconds), then the registration; both sockets are removed; prepared claims,
-        their CDI specs and the checkpoint stay.
+        A socket file that goes away meanwhile is served again (see
+        :func:`~host.dra._socketwatch.keep_sockets`). On the way out the DRA service
+        stops (calls in flight get :data:`DRAIN_GRACE` seconds), then the registration;
+        both sockets are removed; prepared claims, their CDI specs and the checkpoint
+        stay.
         """
         restored = await asyncio.to_thread(self._store.restore)
         if restored:
@@ -338,7 +341,7 @@ class DraDriver:
                 self.registration_socket_path,
                 ", ".join(SUPPORTED_VERSIONS),
             )
-            await asyncio.Event().wait()
+            await keep_sockets(self.driver_name, dra, registrar)  # until cancelled
         finally:
             self._serving.clear()
             # The calls in flight finish first, then the registration goes: kubelet

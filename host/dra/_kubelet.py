@@ -232,7 +232,11 @@ class UnixSocketServer:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self._add_servicers(server)
         server.add_insecure_port(f"unix:{path}")
-        await server.start()
+        try:
+            await server.start()
+        except BaseException:
+            await server.stop(None)  # cancelled while starting: never leave it running
+            raise
         self._server = server
         self._identity = socket_identity(path)
         log.debug("serving on %s", path)

@@ -294,7 +294,10 @@ class _HostRunner:
 
 @pytest_asyncio.fixture
 async def run_host(
-    kubelet: FakeKubelet, tmp_path: Path, request: pytest.FixtureRequest
+    kubelet: FakeKubelet,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    _devplugin_dra_root: _ShortDir,
 ) -> AsyncIterator[RunHost]:
     """Start the host in-process against the ``kubelet`` fixture, stopped at teardown.
 

@@ -81,6 +81,8 @@ def _generation(item: dict[str, Any]) -> int:
 class PoolHistory:
     """Every state of the pool of ``driver`` on ``node`` the API server held, checked.
 
+    ``states`` holds each distinct state, in order (the first one as found).
+
     In every state: slice names unique and the fixed ones (index below the pool's
     ``resourceSliceCount``: a second slice for the same content would have another
     name), device names unique across the slices of the newest generation. Over time:
@@ -107,6 +109,8 @@ class PoolHistory:
     def record(self) -> None:
         """Look at the pool as it is now."""
         slices = self.api.resource_slices(driver=self.driver, node_name=self.node)
+        if self.states and slices == self.states[-1]:
+            return  # another object changed
         index = len(self.states)
         self.states.append(slices)
         if not slices:
