@@ -103,9 +103,12 @@ class TestPublicSurface:
     def test_all_is_pinned(self) -> None:
         """host.testing exports the fakes (kubelets, claims), the tree builders and the fixtures."""
         assert host.testing.__all__ == [
+            "DRA_NODE_NAME",
             "Allocation",
             "ApiRequest",
+            "ClaimMaker",
             "DeviceState",
+            "DraClaim",
             "DraClaimResult",
             "DraDevice",
             "DraPluginRegistration",
@@ -124,10 +127,14 @@ class TestPublicSurface:
             "ResourceState",
             "RunHost",
             "Symlink",
+            "allocate_claim",
             "allocated_claim",
             "apiserver",
             "apiserver_kubeconfig",
             "build_tree",
+            "cdi_spec_file",
+            "dra_claim",
+            "dra_kubelet",
             "fake_sysfs",
             "kubelet",
             "run_host",
