@@ -234,7 +234,7 @@ class _Simulation:
         if not plan.once:
             self._flush()
             self._out.snapshot(
-                self._resources(), self._dra.slices() if self._dra is not None else None
+                self._resources(), self._dra.view() if self._dra is not None else None
             )
         for number, request in enumerate(plan.allocations, 1):
             await self._allocate(request, f"simulate-{number}")
@@ -290,7 +290,7 @@ class _Simulation:
             "rejected": rejected,
         }
         if self._dra is not None:
-            document["dra"] = self._dra.slices()
+            document["dra"] = self._dra.view()
         return document
 
     def _note_slices(self) -> None:

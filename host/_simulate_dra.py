@@ -149,6 +149,20 @@ class DraSimulation:
             out[driver] = {"slices": len(items), "devices": devices}
         return out
 
+    def view(self) -> dict[str, dict[str, Any]]:
+        """Return each driver's published slices, and its own view under ``driver``.
+
+        The slices as :meth:`slices`; the view as ``/status`` shows it (registration,
+        pool, devices, prepared claims, publisher).
+        """
+        from host._dra_status import dra_json
+
+        drivers = dra_json(self.plugins, {})
+        return {
+            driver: published | ({"driver": drivers[driver]} if driver in drivers else {})
+            for driver, published in self.slices().items()
+        }
+
     def serves(self, resource: str) -> bool:
         """Whether ``resource`` (``DRIVER/TYPE``) belongs to a ``--dra`` plugin."""
         return resource.partition("/")[0] in self.drivers

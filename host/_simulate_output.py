@@ -26,6 +26,7 @@ __all__ = [
     "SimulationOutput",
     "allocation_text",
     "claim_text",
+    "drivers_text",
     "resource_json",
     "resources_table",
     "response_json",
@@ -120,6 +121,7 @@ class SimulationOutput:
             self._write(f"-- resources as kubelet sees them:\n{resources_table(resources)}")
         if dra is not None:
             self._write(f"-- ResourceSlices as the API server holds them:\n{slices_text(dra)}")
+            self._write(f"-- DRA drivers:\n{drivers_text(dra)}")
 
     def allocation(self, result: Mapping[str, Any]) -> None:
         """Print an allocation as text (live mode); JSON shows it as its event."""
@@ -138,6 +140,7 @@ class SimulationOutput:
                 self._write(resources_table(document["resources"]))
             if "dra" in document:
                 self._write(slices_text(document["dra"]))
+                self._write(drivers_text(document["dra"]))
             for result in document["allocations"]:
                 self._write(allocation_text(result))
         else:
@@ -146,6 +149,7 @@ class SimulationOutput:
                 self._write(resources_table(document["resources"]))
             if "dra" in document:
                 self._write(slices_text(document["dra"]))
+                self._write(drivers_text(document["dra"]))
 
 
 def resources_table(resources: Mapping[str, Mapping[str, Any]]) -> str:
@@ -197,6 +201,17 @@ def slices_text(drivers: Mapping[str, Mapping[str, Any]]) -> str:
             lines.append(f"    ... {len(devices) - SHOWN_DEVICES} more")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def drivers_text(drivers: Mapping[str, Mapping[str, Any]]) -> str:
+    """Return each DRA driver's own view (as ``devplugin-host status`` shows it) as text.
+
+    Without its device rows: :func:`slices_text` lists the published devices already.
+    """
+    from host._dra_status import dra_text
+
+    views = {name: driver["driver"] for name, driver in drivers.items() if "driver" in driver}
+    return dra_text(views, devices=False)
 
 
 def claim_text(result: Mapping[str, Any]) -> str:

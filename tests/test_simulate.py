@@ -507,6 +507,18 @@ class TestDra:
                 f"/dev/dri/card{card}",
                 f"/dev/dri/renderD{128 + int(card)}",
             ]
+        view = published["driver"]  # the driver's own view, as /status shows it
+        assert view["registration"]["state"] == "registered"
+        assert view["pool"] == {"name": "simulated-node", "generation": 1}
+        assert (view["device_count"], view["healthy"], view["prepared_claims"]) == (2, 2, 1)
+        [prepared] = view["claims"]
+        assert (prepared["namespace"], prepared["name"], prepared["uid"]) == (
+            "default",
+            "simulate-1",
+            claim["uid"],
+        )
+        assert [pod["name"] for pod in prepared["reserved_for"]] == ["simulate-1"]
+        assert prepared["devices"][0]["cdi_device_ids"] == ids
         kinds = [event["event"] for event in document["events"]]
         assert kinds.index("dra-started") < kinds.index("ready") < kinds.index("slices")
         assert "prepared" in kinds
@@ -523,6 +535,10 @@ class TestDra:
         assert "gpu.intel.com: 1 ResourceSlice(s), 2 device(s), 0 tainted" in out
         assert "gpu.intel.com  ResourceSlices 1  devices 2" in out
         assert "no resources registered" not in out
+        assert "DRA driver gpu.intel.com  plugin gpu  registered" in out
+        assert "devices 2 (2 healthy, 0 unhealthy)  prepared claims 1" in out
+        [row] = [line.split() for line in out.splitlines() if line.startswith("    default/")]
+        assert (row[0], row[2]) == ("default/simulate-1", "simulate-1")  # claim, its pod
         assert "allocate gpu.intel.com/i915=2 (claim default/simulate-1): " in out
         assert out.count("         spec file /tmp/dpsim-") == 4  # 2 devices x 2 CDI IDs
 

@@ -19,7 +19,7 @@ from host.dra._claimsource import ClaimSource
 __all__ = ["ClaimConsumer", "ClaimConsumers"]
 
 KEEP = 4096
-"""Claims remembered; past this, those no longer prepared are forgotten, then the oldest."""
+"""Claims remembered; past this, the oldest not prepared are forgotten first."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class ClaimConsumers:
 
     ``get_claim`` is the wrapped source's; every claim it returns is remembered by UID.
     ``prepared`` (set by the owner once the driver exists) tells which UIDs are still
-    prepared: past :data:`KEEP` claims the others are forgotten first.
+    prepared: past :data:`KEEP` claims the oldest of the others are forgotten first.
     """
 
     def __init__(self, source: ClaimSource, *, keep: int = KEEP) -> None:
@@ -95,8 +95,11 @@ class ClaimConsumers:
         return claim
 
     def _forget(self) -> None:
+        # Oldest first: the newest may be a claim being prepared right now.
         prepared = self.prepared()
-        self._known = {uid: c for uid, c in self._known.items() if uid in prepared}
+        excess = len(self._known) - self._keep
+        for uid in [uid for uid in self._known if uid not in prepared][:excess]:
+            del self._known[uid]
         while len(self._known) > self._keep:
             del self._known[next(iter(self._known))]
 

@@ -14,6 +14,7 @@ import asyncio
 import copy
 import itertools
 import json
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,7 @@ async def allocate_claim(
     cdi_dir: str | Path,
     namespace: str = "default",
     name: str | None = None,
+    pod: str | None = None,
 ) -> DraClaim:
     """Allocate ``count`` devices of ``resource`` (``DRIVER/TYPE``) and prepare them.
 
@@ -213,8 +215,10 @@ async def allocate_claim(
     newest published slices of ``DRIVER`` on ``node_name`` whose ``type`` attribute is
     ``TYPE``, untainted and allocated to no other claim; ResourceClaim
     ``namespace/name`` (``claim-N`` unless given) is created allocated to them, with
-    one request ``devices``; kubelet prepares it (NodePrepareResources); each CDI ID
-    returned is resolved in ``cdi_dir``. Raises :class:`~host.testing.KubeletError`
+    one request ``devices``, and reserved for pod ``pod`` (default: named as the
+    claim), as the scheduler reserves a claim for its pod before kubelet prepares it;
+    kubelet prepares it (NodePrepareResources); each CDI ID returned is resolved in
+    ``cdi_dir``. Raises :class:`~host.testing.KubeletError`
     saying what is missing (devices, a registered driver, a spec file) or what the
     driver answered.
     """
@@ -251,10 +255,12 @@ async def allocate_claim(
     ]
     request = {"name": "devices", "exactly": {"deviceClassName": driver, "count": count}}
     claim_name = name or f"claim-{next(_names)}"
+    consumer = {"resource": "pods", "name": pod or claim_name, "uid": str(uuid.uuid4())}
     claim = api.add_claim(
         namespace,
         claim_name,
         allocation={"devices": {"results": results}},
+        reserved_for=[consumer],
         spec={"devices": {"requests": [request]}},
     )
     uid = claim["metadata"]["uid"]

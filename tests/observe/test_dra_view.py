@@ -18,6 +18,7 @@ import lightkube
 import pytest
 import pytest_asyncio
 
+from host._dra_status import dra_part, dra_text
 from host._status_client import fetch_status, status_text
 from host.deviceplugin import DeviceTree
 from host.dra import DraPlugin, kube_client
@@ -63,6 +64,7 @@ class Both:
     scanner: QueueScanner
     api: FakeApiServer
     dra_kubelet: FakeDraKubelet
+    task: asyncio.Task[None]
 
     async def status(self, devices: str = "all") -> dict[str, Any]:
         reply = await self.host.http_get(f"/status?devices={devices}")
@@ -102,6 +104,12 @@ class Both:
         outcome = (await self.dra_kubelet.prepare(DRIVER, [("ml", name, uid)]))[uid]
         assert outcome.error == ""
         return uid
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @pytest_asyncio.fixture
@@ -146,14 +154,12 @@ async def serve_both(
     assert host.metrics is not None
     host.metrics.add_dra_plugin(plugin)
     task = asyncio.create_task(plugin.serve())
-    both = Both(host, plugin, scanner, apiserver, dra_kubelet)
+    both = Both(host, plugin, scanner, apiserver, dra_kubelet, task)
     try:
         await both.published()
         yield both
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop(both.task)
 
 
 @pytest_asyncio.fixture
@@ -231,6 +237,32 @@ class TestStatus:
         uid = await both.prepare("idle", healthy)
         [claim] = (await both.status())["dra"][DRIVER]["claims"]
         assert (claim["uid"], claim["reserved_for"]) == (uid, [])
+
+    async def test_a_claim_prepared_before_a_restart(
+        self, both: Both, client: lightkube.AsyncClient, short_dir: Path
+    ) -> None:
+        """A claim restored from the checkpoint was never fetched: whom it is for is unknown."""
+        healthy, _ = both.device_names()
+        uid = await both.prepare("train-gpu", healthy, reserved_for=[POD])
+        await stop(both.task)
+        again = DraPlugin(
+            "gpu",
+            DRIVER,
+            QueueScanner(cards(HEALTHY)),  # type: ignore[arg-type]
+            client,
+            node_name=NODE,
+            plugin_dir=short_dir / "plugins",
+            registry_dir=both.dra_kubelet.registry_dir,
+            cdi_dir=short_dir / "cdi",
+        )
+        both.task = asyncio.create_task(again.serve())
+        async with asyncio.timeout(10):
+            await again.driver.wait_serving()
+        entry = dra_part(again).to_json()
+        [claim] = entry["claims"]
+        assert (claim["uid"], claim["reserved_for"]) == (uid, None)
+        [row] = [line.split() for line in dra_text({DRIVER: entry}).splitlines() if uid in line]
+        assert row[:4] == ["ml/train-gpu", uid, "unknown", healthy]
 
     async def test_the_cli_renders_both(self, both: Both) -> None:
         """`devplugin-host status` prints the resource table, then the DRA driver with its
