@@ -438,3 +438,14 @@ class TestScannerFailure:
         assert (driver["healthy"], driver["unhealthy"]) == (0, 2)
         assert all(device["taints"] for device in driver["devices"])
         assert "scanner FAILED" in status_text(await both.status())
+
+
+class TestText:
+    async def test_health_messages_get_a_column(self, both: Both) -> None:
+        """A device with a health message adds a MESSAGE column; '-' for the others."""
+        entry = (await both.status())["dra"][DRIVER]
+        entry["devices"][1]["health_message"] = "ECC errors: 12 uncorrectable"
+        lines = dra_text({DRIVER: entry}).splitlines()
+        assert lines[3].split() == ["DEVICE", "TYPE", "ID", "HEALTH", "TAINTS", "MESSAGE"]
+        assert lines[4].split()[-2:] == ["-", "-"]
+        assert lines[5].endswith(f"{DRIVER}/unhealthy:NoSchedule  ECC errors: 12 uncorrectable")
