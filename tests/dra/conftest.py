@@ -10,7 +10,7 @@ import pytest_asyncio
 
 from host.testing import FakeClaims, FakeDraKubelet
 from host.testing._apiserver_fixtures import apiserver, apiserver_kubeconfig
-from tests.dra.helpers import Dirs, DriverRunner
+from tests.dra.helpers import Dirs, DriverRunner, client
 
 
 @pytest.fixture
@@ -39,4 +39,4 @@ async def drivers(dirs: Dirs, claims: FakeClaims) -> AsyncIterator[DriverRunner]
             await runner.stop(driver)
 
 
-__all__ = ["apiserver", "apiserver_kubeconfig"]
+__all__ = ["apiserver", "apiserver_kubeconfig", "client"]

@@ -5,18 +5,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightkube
+import pytest_asyncio
+
 from host.deviceplugin import HEALTHY, DeviceInfo, DeviceSpec, DeviceTree
 from host.deviceplugin._cdi import validate_cdi_spec
-from host.dra import ClaimSource, DraDriver
-from host.testing import FakeClaims, allocated_claim
+from host.dra import ClaimSource, DraDriver, kube_client
+from host.testing import FakeApiServer, FakeClaims, allocated_claim
 
 DRIVER = "gpu.example.com"
 NODE = "node-a"
+
+
+@pytest_asyncio.fixture
+async def client(
+    apiserver: FakeApiServer, apiserver_kubeconfig: Path
+) -> AsyncIterator[lightkube.AsyncClient]:
+    """A Kubernetes client of the fake API server, which has Node :data:`NODE`."""
+    apiserver.add_node(NODE)
+    kube = kube_client(apiserver_kubeconfig)
+    try:
+        yield kube
+    finally:
+        await kube.close()
 
 
 def gpu(index: int, state: str = HEALTHY, **kwargs: Any) -> DeviceInfo:

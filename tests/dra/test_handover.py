@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import lightkube
@@ -14,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from host.deviceplugin import DeviceTree
-from host.dra import DraPlugin, kube_client
+from host.dra import DraPlugin
 from host.dra._handover import PUBLISHER_FILE, PublisherHandover
 from host.testing import FakeApiServer
 from tests.dra.helpers import DRIVER, NODE, Dirs, QueueScanner, gpu
@@ -45,18 +44,6 @@ def slice_writes(api: FakeApiServer, since: int = 0) -> list[str]:
         for r in api.requests[since:]
         if r.method in MUTATIONS and "resourceslices" in r.path
     ]
-
-
-@pytest_asyncio.fixture
-async def client(
-    apiserver: FakeApiServer, apiserver_kubeconfig: Path
-) -> AsyncIterator[lightkube.AsyncClient]:
-    apiserver.add_node(NODE)
-    kube = kube_client(apiserver_kubeconfig)
-    try:
-        yield kube
-    finally:
-        await kube.close()
 
 
 @pytest.fixture

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import lightkube
 import pytest
-import pytest_asyncio
 
 from host.deviceplugin import DeviceTree
-from host.dra import DraOptions, DraPlugin, build_dra_plugins, kube_client
+from host.dra import DraOptions, DraPlugin, build_dra_plugins
 from host.testing import FakeApiServer, FakeDraKubelet
 from tests.dra.helpers import DRIVER, NODE, Dirs, QueueScanner, gpu, resolve_cdi, result
 from tests.dra.schema import assert_schema_valid
@@ -33,18 +30,6 @@ def device_names(api: FakeApiServer) -> list[str]:
         for item in api.resource_slices(driver=DRIVER, node_name=NODE)
         for device in item["spec"]["devices"]
     )
-
-
-@pytest_asyncio.fixture
-async def client(
-    apiserver: FakeApiServer, apiserver_kubeconfig: Path
-) -> AsyncIterator[lightkube.AsyncClient]:
-    apiserver.add_node(NODE)
-    kube = kube_client(apiserver_kubeconfig)
-    try:
-        yield kube
-    finally:
-        await kube.close()
 
 
 async def stop(task: asyncio.Task[None]) -> None:

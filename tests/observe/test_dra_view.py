@@ -21,10 +21,10 @@ import pytest_asyncio
 from host._dra_status import dra_part, dra_text
 from host._status_client import fetch_status, status_text
 from host.deviceplugin import DeviceTree
-from host.dra import DraPlugin, kube_client
+from host.dra import DraPlugin
 from host.testing import FakeApiServer, FakeDraKubelet, FakeKubelet, HostHandle, RunHost
 from host.testing._apiserver_fixtures import apiserver, apiserver_kubeconfig
-from tests.dra.helpers import QueueScanner, gpu
+from tests.dra.helpers import QueueScanner, client, gpu
 from tests.observe.helpers import (
     HEALTHY,
     RESOURCE,
@@ -45,7 +45,7 @@ GPU = {"plugin": "gpu", "driver": DRIVER}
 POOL = GPU | {"pool": NODE}
 POD = {"resource": "pods", "name": "train", "uid": "pod-0001"}
 
-__all__ = ["apiserver", "apiserver_kubeconfig"]
+__all__ = ["apiserver", "apiserver_kubeconfig", "client"]
 
 
 def cards(*states: str) -> DeviceTree:
@@ -112,49 +112,57 @@ async def stop(task: asyncio.Task[None]) -> None:
         await task
 
 
-@pytest_asyncio.fixture
-async def client(
-    apiserver: FakeApiServer, apiserver_kubeconfig: Path
-) -> AsyncIterator[lightkube.AsyncClient]:
-    apiserver.add_node(NODE)
-    kube = kube_client(apiserver_kubeconfig)
-    try:
-        yield kube
-    finally:
-        await kube.close()
+@dataclass
+class Fakes:
+    """What a host serving both APIs talks to, and where its DRA driver keeps its files."""
+
+    run_host: RunHost
+    kubelet: FakeKubelet
+    api: FakeApiServer
+    client: lightkube.AsyncClient
+    root: Path
+
+    def dra_plugin(
+        self, registry: Path, scanner: QueueScanner, *, publish_grace: float = 60.0
+    ) -> DraPlugin:
+        return DraPlugin(
+            "gpu",
+            DRIVER,
+            scanner,  # type: ignore[arg-type]
+            self.client,
+            node_name=NODE,
+            plugin_dir=self.root / "plugins",
+            registry_dir=registry,
+            cdi_dir=self.root / "cdi",
+            publish_grace=publish_grace,
+        )
 
 
-async def serve_both(
+@pytest.fixture
+def fakes(
     run_host: RunHost,
     kubelet: FakeKubelet,
     apiserver: FakeApiServer,
     client: lightkube.AsyncClient,
     short_dir: Path,
-    dra_kubelet: FakeDraKubelet,
-    *states: str,
-    publish_grace: float = 60.0,
+) -> Fakes:
+    return Fakes(run_host, kubelet, apiserver, client, short_dir)
+
+
+async def serve_both(
+    fakes: Fakes, dra_kubelet: FakeDraKubelet, *states: str, publish_grace: float = 60.0
 ) -> AsyncIterator[Both]:
-    host = await run_host(
+    host = await fakes.run_host(
         plugins={"obs": ControlledPlugin(ControlledScanner())}, metrics_address="127.0.0.1:0"
     )
-    await kubelet.wait_for_resource(RESOURCE, count=2)
-    await kubelet.wait_for(lambda: host.resources[RESOURCE].ready, what="the stream open")
+    await fakes.kubelet.wait_for_resource(RESOURCE, count=2)
+    await fakes.kubelet.wait_for(lambda: host.resources[RESOURCE].ready, what="the stream open")
     scanner = QueueScanner(cards(*(states or (HEALTHY, HEALTHY))))
-    plugin = DraPlugin(
-        "gpu",
-        DRIVER,
-        scanner,  # type: ignore[arg-type]
-        client,
-        node_name=NODE,
-        plugin_dir=short_dir / "plugins",
-        registry_dir=dra_kubelet.registry_dir,
-        cdi_dir=short_dir / "cdi",
-        publish_grace=publish_grace,
-    )
+    plugin = fakes.dra_plugin(dra_kubelet.registry_dir, scanner, publish_grace=publish_grace)
     assert host.metrics is not None
     host.metrics.add_dra_plugin(plugin)
     task = asyncio.create_task(plugin.serve())
-    both = Both(host, plugin, scanner, apiserver, dra_kubelet, task)
+    both = Both(host, plugin, scanner, fakes.api, dra_kubelet, task)
     try:
         await both.published()
         yield both
@@ -169,17 +177,8 @@ async def dra_kubelet(short_dir: Path) -> AsyncIterator[FakeDraKubelet]:
 
 
 @pytest_asyncio.fixture
-async def both(
-    run_host: RunHost,
-    kubelet: FakeKubelet,
-    apiserver: FakeApiServer,
-    client: lightkube.AsyncClient,
-    short_dir: Path,
-    dra_kubelet: FakeDraKubelet,
-) -> AsyncIterator[Both]:
-    async for served in serve_both(
-        run_host, kubelet, apiserver, client, short_dir, dra_kubelet, HEALTHY, UNHEALTHY
-    ):
+async def both(fakes: Fakes, dra_kubelet: FakeDraKubelet) -> AsyncIterator[Both]:
+    async for served in serve_both(fakes, dra_kubelet, HEALTHY, UNHEALTHY):
         await served.registered()
         yield served
 
@@ -238,23 +237,12 @@ class TestStatus:
         [claim] = (await both.status())["dra"][DRIVER]["claims"]
         assert (claim["uid"], claim["reserved_for"]) == (uid, [])
 
-    async def test_a_claim_prepared_before_a_restart(
-        self, both: Both, client: lightkube.AsyncClient, short_dir: Path
-    ) -> None:
+    async def test_a_claim_prepared_before_a_restart(self, both: Both, fakes: Fakes) -> None:
         """A claim restored from the checkpoint was never fetched: whom it is for is unknown."""
         healthy, _ = both.device_names()
         uid = await both.prepare("train-gpu", healthy, reserved_for=[POD])
         await stop(both.task)
-        again = DraPlugin(
-            "gpu",
-            DRIVER,
-            QueueScanner(cards(HEALTHY)),  # type: ignore[arg-type]
-            client,
-            node_name=NODE,
-            plugin_dir=short_dir / "plugins",
-            registry_dir=both.dra_kubelet.registry_dir,
-            cdi_dir=short_dir / "cdi",
-        )
+        again = fakes.dra_plugin(both.dra_kubelet.registry_dir, QueueScanner(cards(HEALTHY)))
         both.task = asyncio.create_task(again.serve())
         async with asyncio.timeout(10):
             await again.driver.wait_serving()
@@ -345,18 +333,10 @@ class TestMetrics:
 
 
 class TestReadiness:
-    async def test_not_registered_driver_is_not_ready(
-        self,
-        run_host: RunHost,
-        kubelet: FakeKubelet,
-        apiserver: FakeApiServer,
-        client: lightkube.AsyncClient,
-        short_dir: Path,
-    ) -> None:
+    async def test_not_registered_driver_is_not_ready(self, fakes: Fakes) -> None:
         """Slices published but no kubelet took the driver: 503 naming it; ready once one does."""
-        registry = short_dir / "reg"
-        dra_kubelet = FakeDraKubelet(registry)
-        async for both in serve_both(run_host, kubelet, apiserver, client, short_dir, dra_kubelet):
+        dra_kubelet = FakeDraKubelet(fakes.root / "reg")
+        async for both in serve_both(fakes, dra_kubelet):
             reply = await both.host.http_get("/readyz")
             assert reply.status == 503
             waiting = "not registered with kubelet yet"
@@ -374,22 +354,14 @@ class TestReadiness:
                 assert value(await both.metrics(), "devplugin_ready") == 1
 
     async def test_publishing_failing_past_the_grace(
-        self,
-        run_host: RunHost,
-        kubelet: FakeKubelet,
-        apiserver: FakeApiServer,
-        client: lightkube.AsyncClient,
-        short_dir: Path,
-        dra_kubelet: FakeDraKubelet,
+        self, fakes: Fakes, dra_kubelet: FakeDraKubelet
     ) -> None:
         """With no grace, a failing publish makes the driver not ready with the error;
         status and metrics count the failures; a success makes it ready again."""
-        async for both in serve_both(
-            run_host, kubelet, apiserver, client, short_dir, dra_kubelet, publish_grace=0.0
-        ):
+        async for both in serve_both(fakes, dra_kubelet, publish_grace=0.0):
             await both.registered()
             assert (await both.host.http_get("/readyz")).status == 200
-            apiserver.begin_outage("unavailable")
+            both.api.begin_outage("unavailable")
             both.plugin.publisher.request_resync()
             await both.published(lambda status: status.failures > 0)
             reply = await both.host.http_get("/readyz")
@@ -406,7 +378,7 @@ class TestReadiness:
             assert errors is not None
             assert errors >= 1
             assert value(text, "devplugin_dra_driver_ready", **GPU) == 0
-            await apiserver.end_outage()
+            await both.api.end_outage()
             both.plugin.publisher.request_resync()
             await both.published(lambda status: status.failures == 0)
             assert (await both.host.http_get("/readyz")).status == 200
