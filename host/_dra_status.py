@@ -11,11 +11,11 @@ publisher's state and readiness. :func:`dra_text` shows those entries as text.
 from __future__ import annotations
 
 import datetime
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from host._host import _natural
 from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceInfo
 
 if TYPE_CHECKING:
@@ -52,10 +52,6 @@ def _iso(stamp: float | None) -> str | None:
     if stamp is None:
         return None
     return datetime.datetime.fromtimestamp(stamp, datetime.UTC).isoformat()
-
-
-def _natural(text: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def _registration(plugin: DraPlugin) -> dict[str, Any]:
