@@ -22,7 +22,14 @@ from host._dra_status import dra_part, dra_text
 from host._status_client import fetch_status, status_text
 from host.deviceplugin import DeviceTree
 from host.dra import DraPlugin
-from host.testing import FakeApiServer, FakeDraKubelet, FakeKubelet, HostHandle, RunHost
+from host.testing import (
+    ClaimMaker,
+    FakeApiServer,
+    FakeDraKubelet,
+    FakeKubelet,
+    HostHandle,
+    RunHost,
+)
 from host.testing._apiserver_fixtures import apiserver, apiserver_kubeconfig
 from tests.dra.helpers import QueueScanner, client, gpu
 from tests.observe.helpers import (
@@ -171,14 +178,15 @@ async def serve_both(
 
 
 @pytest_asyncio.fixture
-async def dra_kubelet(short_dir: Path) -> AsyncIterator[FakeDraKubelet]:
+async def driver_kubelet(short_dir: Path) -> AsyncIterator[FakeDraKubelet]:
+    """A fake DRA kubelet of its own (not host.testing's, which comes with run_host's)."""
     async with FakeDraKubelet(short_dir / "reg") as fake:
         yield fake
 
 
 @pytest_asyncio.fixture
-async def both(fakes: Fakes, dra_kubelet: FakeDraKubelet) -> AsyncIterator[Both]:
-    async for served in serve_both(fakes, dra_kubelet, HEALTHY, UNHEALTHY):
+async def both(fakes: Fakes, driver_kubelet: FakeDraKubelet) -> AsyncIterator[Both]:
+    async for served in serve_both(fakes, driver_kubelet, HEALTHY, UNHEALTHY):
         await served.registered()
         yield served
 
@@ -354,11 +362,11 @@ class TestReadiness:
                 assert value(await both.metrics(), "devplugin_ready") == 1
 
     async def test_publishing_failing_past_the_grace(
-        self, fakes: Fakes, dra_kubelet: FakeDraKubelet
+        self, fakes: Fakes, driver_kubelet: FakeDraKubelet
     ) -> None:
         """With no grace, a failing publish makes the driver not ready with the error;
         status and metrics count the failures; a success makes it ready again."""
-        async for both in serve_both(fakes, dra_kubelet, publish_grace=0.0):
+        async for both in serve_both(fakes, driver_kubelet, publish_grace=0.0):
             await both.registered()
             assert (await both.host.http_get("/readyz")).status == 200
             both.api.begin_outage("unavailable")
@@ -421,3 +429,28 @@ class TestText:
         assert lines[3].split() == ["DEVICE", "TYPE", "ID", "HEALTH", "TAINTS", "MESSAGE"]
         assert lines[4].split()[-2:] == ["-", "-"]
         assert lines[5].endswith(f"{DRIVER}/unhealthy:NoSchedule  ECC errors: 12 uncorrectable")
+
+
+class TestRunHostDra:
+    async def test_a_plugin_served_as_dra_driver_is_serving(
+        self, run_host: RunHost, dra_kubelet: FakeDraKubelet, dra_claim: ClaimMaker
+    ) -> None:
+        """run_host(dra=[...]): the DRA plugin is `serving` beside the device plugin, and a
+        claim prepared through the fakes shows the pod it is reserved for."""
+        host = await run_host(
+            plugins={
+                "obs": ControlledPlugin(ControlledScanner()),
+                "gpu": ControlledPlugin(QueueScanner(cards(HEALTHY)), namespace=DRIVER),
+            },
+            dra=["gpu"],
+            metrics_address="127.0.0.1:0",
+        )
+        claim = await dra_claim(f"{DRIVER}/i915", name="train-gpu")
+        reply = await host.http_get("/status")
+        document = reply.json()
+        plugins = {plugin["name"]: plugin["state"] for plugin in document["plugins"]}
+        assert plugins == {"obs": "serving", "gpu": "serving"}
+        assert set(document["resources"]) == {RESOURCE}
+        [entry] = document["dra"][DRIVER]["claims"]
+        assert (entry["name"], entry["uid"]) == ("train-gpu", claim.uid)
+        assert [pod["name"] for pod in entry["reserved_for"]] == ["train-gpu"]
