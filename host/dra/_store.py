@@ -1,22 +1,26 @@
 """The prepared claims of one driver: in memory, in CDI spec files, and in the checkpoint.
 
-Every change is one blocking step, run in a worker thread: write (or remove) the
-claim's CDI specs, update the in-memory record, write the checkpoint. A claim counts as
-prepared only once the checkpoint holds it, so a restarted host answers kubelet's
-repeats and unprepares what was prepared before. Concurrent changes coalesce: a
-checkpoint write always records the latest state, and a change already covered by a
-later write does not write again.
+Every change is one blocking step, run in one worker-thread hop: write (or remove) the
+claim's CDI specs, update the in-memory record, append the change to the checkpoint. A
+claim counts as prepared only once the checkpoint holds it, so a restarted host answers
+kubelet's repeats and unprepares what was prepared before.
+
+What reaches the disk when (nothing is fsynced on the prepare path): a claim's CDI
+specs are written (atomically, renamed into place) and then its checkpoint line
+appended, both before the answer; both survive a crash of the host process (the page
+cache outlives it). After a machine crash kubelet re-sends NodePrepareResources for
+every claim it still needs (it reloads them as not prepared), and :meth:`restore`
+has written every recorded claim's specs again before the driver serves, so a spec
+lost from the page cache is back before kubelet asks; a claim whose line was lost is
+prepared anew from the API server. That is the kubeletplugin helper's contract: a
+prepare is answered once it is recorded, and a repeated prepare is cheap.
 
 Shared mode (``lock_path`` given: rolling updates, where two instances of a driver
 run side by side on one data directory and kubelet may send any call to either)
 serialises every look-up and change across processes with ``flock`` on
 ``serialize.lock`` (as k8s.io/dynamic-resource-allocation's kubeletplugin helper
-does) and first takes over what the other instance recorded in the checkpoint since.
-Each checkpoint write also writes a fresh random token into the lock file: a changed
-token (or a changed file: inode, size, mtime) tells the other instance to re-read.
-The file's stamp alone can miss a change: the inode number of a replaced file is
-reused, and two writes of one size within one tick of the file system's clock look
-alike.
+does) and first takes over what the other instance recorded in the checkpoint since
+(reading only the lines it appended).
 """
 
 from __future__ import annotations
@@ -38,8 +42,6 @@ from host.dra._prepare import CDI_CLASS, PreparedClaim
 __all__ = ["ClaimStore"]
 
 log = logging.getLogger("host.dra.store")
-
-_TOKEN_SIZE = 16
 
 
 class ClaimStore:
@@ -63,14 +65,10 @@ class ClaimStore:
         self.checkpoint = checkpoint
         self.writer = writer
         self.lock_path = lock_path
-        self._disk_stamp: tuple[int, int, int] | None = None
-        self._token = b""
-        self._lock_fd: int | None = None
         self._claims: dict[str, PreparedClaim] = {}
         self._state_lock = threading.Lock()
         self._save_lock = threading.Lock()
-        self._generation = 0
-        self._saved_generation = 0
+        self._snapshot_due = False  # a failed write left the file behind the record
 
     @property
     def claims(self) -> Mapping[str, PreparedClaim]:
@@ -102,27 +100,26 @@ class ClaimStore:
             # One open file description per call: threads of this process exclude
             # each other as well as the other instance's.
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_fd = fd
-            self._sync(os.pread(fd, _TOKEN_SIZE, 0))
+            self._sync()
             yield
         finally:
-            self._lock_fd = None
             os.close(fd)
 
-    def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.checkpoint.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def _sync(self, token: bytes) -> None:
+    def _sync(self) -> None:
         """Take over the claims the other instance prepared or unprepared since."""
-        stamp = self._stamp()
-        if stamp is None or (stamp == self._disk_stamp and token == self._token):
-            return
         try:
-            disk = self.checkpoint.load()
+            changes = self.checkpoint.read_changes()
+            if changes == []:
+                return
+            if changes is None:
+                disk = self.checkpoint.load()
+            else:
+                disk = dict(self._claims)
+                for change in changes:
+                    if change.claim is None:
+                        disk.pop(change.uid, None)
+                    else:
+                        disk[change.uid] = change.claim
         except CheckpointError as err:
             log.warning("DRA driver %s: keeping its own record: %s", self.driver, err)
             return
@@ -130,9 +127,7 @@ class ClaimStore:
             mine = self._claims
             gone = [claim for uid, claim in mine.items() if uid not in disk]
             new = [claim for uid, claim in disk.items() if uid not in mine]
-            self._claims = dict(disk)
-            self._generation += 1
-            self._saved_generation = self._generation
+            self._claims = disk
         for claim in gone:
             with contextlib.suppress(OSError):
                 self._release_specs(claim)  # the other instance removed the files
@@ -141,8 +136,6 @@ class ClaimStore:
                 self._acquire_specs(claim)  # adopt the files, so unprepare removes them
             except (OSError, ValueError) as err:
                 log.warning("DRA driver %s: claim %s: %s", self.driver, claim.ref, err)
-        self._disk_stamp = stamp
-        self._token = token
 
     def _owner(self, claim: PreparedClaim, spec: Mapping[str, Any]) -> tuple[str, str, str]:
         return (self.driver, claim.ref.uid, qualified_name(spec))
@@ -159,9 +152,10 @@ class ClaimStore:
         try:
             for spec in claim.cdi_specs:
                 if self._owns(claim, spec):
-                    self.writer.acquire(self._owner(claim, spec), spec)
+                    self.writer.acquire(self._owner(claim, spec), spec, durable=False)
                     done.append(spec)
                 else:
+                    # Durable: the device-plugin side may hand out the same file.
                     self.writer.write(validate_cdi_spec(spec))
         except BaseException:
             for spec in done:
@@ -191,15 +185,12 @@ class ClaimStore:
         self._acquire_specs(claim)
         with self._state_lock:
             self._claims[claim.ref.uid] = claim
-            self._generation += 1
-            wanted = self._generation
         try:
-            self._save(wanted)
+            self._record(claim.ref.uid, claim)
         except BaseException:
             with self._state_lock:
                 if self._claims.get(claim.ref.uid) is claim:
                     del self._claims[claim.ref.uid]
-                    self._generation += 1
             self._release_specs(claim)
             raise
 
@@ -221,24 +212,29 @@ class ClaimStore:
         with self._state_lock:
             if self._claims.get(uid) is claim:
                 del self._claims[uid]
-                self._generation += 1
-            wanted = self._generation
-        self._save(wanted)
+        self._record(uid, None)
         return claim
 
-    def _save(self, wanted: int) -> None:
+    def _record(self, uid: str, claim: PreparedClaim | None) -> None:
+        """Append the change to the checkpoint, or write a snapshot when one is due."""
         with self._save_lock:
-            if self._saved_generation >= wanted:
-                return  # a write since this change already recorded it
-            with self._state_lock:
-                generation = self._generation
-                claims = dict(self._claims)
-            self.checkpoint.save(claims)
-            self._saved_generation = generation
-            self._disk_stamp = self._stamp()
-            if self._lock_fd is not None:
-                self._token = os.urandom(_TOKEN_SIZE)
-                os.pwrite(self._lock_fd, self._token, 0)
+            checkpoint = self.checkpoint
+            try:
+                if checkpoint.written and not checkpoint.wants_snapshot and not self._snapshot_due:
+                    try:
+                        checkpoint.append(uid, claim)
+                        return
+                    except FileNotFoundError:
+                        pass  # removed from outside: a snapshot writes it again
+                with self._state_lock:
+                    claims = dict(self._claims)
+                checkpoint.save(claims)
+                self._snapshot_due = False
+            except BaseException:
+                # The file may now lag the in-memory record (a removal that stays
+                # done): the next write is a whole snapshot.
+                self._snapshot_due = True
+                raise
 
     def restore(self) -> int:
         """Read the checkpoint and write every recorded claim's CDI specs again.
@@ -251,6 +247,7 @@ class ClaimStore:
             return self._restore()
 
     def _restore(self) -> int:
+        self.checkpoint.remove_leftovers()
         try:
             claims = self.checkpoint.load()
         except CheckpointError as err:
@@ -274,7 +271,4 @@ class ClaimStore:
                 )
         with self._state_lock:
             self._claims = dict(claims)
-            self._generation += 1
-            self._saved_generation = self._generation
-        self._disk_stamp = self._stamp()
         return len(claims)

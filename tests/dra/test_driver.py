@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import stat
 import time
@@ -16,6 +15,7 @@ from host.deviceplugin import UseDefaultMethodError
 from host.deviceplugin._cdi import qualified_name
 from host.deviceplugin._endpoint import SocketInUseError
 from host.dra import DraDriver, build_slices
+from host.dra._checkpoint import ClaimCheckpoint
 from host.testing import FakeClaims, FakeDraKubelet
 from tests.dra.helpers import (
     DRIVER,
@@ -180,12 +180,12 @@ class TestPrepare:
             path = f"/dev/dri/card{index}"
             assert edits["deviceNodes"] == [{"path": path, "hostPath": path, "permissions": "rw"}]
         assert UID1 in driver.prepared_claims
-        assert UID1 in json.loads(dirs.checkpoint.read_text())["data"]["claims"]
+        assert UID1 in ClaimCheckpoint(dirs.checkpoint, DRIVER).load()
 
         assert await dra_kubelet.unprepare(DRIVER, [claim]) == {UID1: ""}
         assert cdi_files(dirs.cdi) == []
         assert driver.prepared_claims == {}
-        assert json.loads(dirs.checkpoint.read_text())["data"]["claims"] == {}
+        assert ClaimCheckpoint(dirs.checkpoint, DRIVER).load() == {}
 
     async def test_mounts_envs_and_own_cdi_spec(
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims, dirs: Dirs
