@@ -37,7 +37,7 @@ from host.dra._sockets import (
     validate_driver_name,
 )
 from host.dra._socketwatch import keep_sockets
-from host.dra._store import ClaimStore
+from host.dra._store import NOT_NOW, ClaimStore
 
 __all__ = ["CallObserver", "DeviceNamer", "DraDriver"]
 
@@ -212,10 +212,13 @@ class DraDriver:
             self.on_call(method, time.perf_counter() - started, failed)
 
     async def _lookup(self, uid: str) -> PreparedClaim | None:
-        if self._store.shared:
+        if not self._store.shared:
+            return self._store.get(uid)
+        known = self._store.lookup_now(uid)
+        if known is NOT_NOW:
             async with self._shared_gate:
                 return await asyncio.to_thread(self._store.lookup, uid)
-        return self._store.get(uid)
+        return known
 
     async def _in_store(self, change: Callable[[_T], _R], arg: _T) -> _R:
         """Run a blocking store change in a worker thread (in shared mode, one at a time)."""
@@ -229,12 +232,16 @@ class DraDriver:
         if known is not None:
             return known  # the common repeat: no API call
         async with self._locks.hold(ref.uid):
-            known = await self._lookup(ref.uid)
+            # Prepared meanwhile by this process? (add finds the other instance's.)
+            known = self._store.get(ref.uid)
             if known is not None:
                 return known
             try:
                 claim = await self._build_claim(ref)
-                claim = await self._in_store(self._store.add, claim)
+                added = self._store.add_now(claim)
+                if added is NOT_NOW:
+                    added = await self._in_store(self._store.add, claim)
+                claim = added
             except ClaimError as err:
                 log.info("DRA driver %s: %s", self.driver_name, err)
                 return err
@@ -297,7 +304,9 @@ class DraDriver:
             return None
         async with self._locks.hold(ref.uid):
             try:
-                claim = await self._in_store(self._store.remove, ref.uid)
+                claim = self._store.remove_now(ref.uid)
+                if claim is NOT_NOW:
+                    claim = await self._in_store(self._store.remove, ref.uid)
             except OSError as err:
                 log.error("DRA driver %s: claim %s: %s", self.driver_name, ref, err)
                 return ClaimError(f"claim {ref}: cannot unprepare it: {err}")
