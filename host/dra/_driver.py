@@ -20,10 +20,12 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from host.deviceplugin._cdi import DEFAULT_CDI_DIR, CdiSpecWriter
+from host.deviceplugin._cdi_store import InUse
 from host.deviceplugin._guard import PluginCaller
 from host.deviceplugin._types import DeviceInfo
 from host.dra._checkpoint import CHECKPOINT_NAME, ClaimCheckpoint
 from host.dra._claimbuild import ClaimBuilder
+from host.dra._claimgc import PluginSpecCollector
 from host.dra._claimsource import ClaimNotFoundError, ClaimSource
 from host.dra._kubelet import UnixSocketServer, add_dra_servicers
 from host.dra._prepare import ClaimError, ClaimRef, PreparedClaim, allocated_devices
@@ -96,6 +98,9 @@ class DraDriver:
     is the ResourceSlice builder's :func:`~host.dra.device_names`, so claims name the
     devices the slices publish. ``caller`` runs the scanner's ``allocate`` /
     ``post_allocate`` behind the plugin wall (default: a caller of the driver's own).
+    ``cdi_in_use`` (kubelet's PodResources: ``pod_resources().devices_in_use``) lets
+    the driver collect the plugin's own CDI specs that nothing holds any more, every
+    ``cdi_check_interval`` seconds (see :mod:`host.dra._claimgc`); without it they stay.
 
     Run :meth:`serve` as a task; feed it with :meth:`update`. Prepared claims and their
     CDI specs outlive the driver (a restarted host finds them in the checkpoint);
@@ -116,6 +121,8 @@ class DraDriver:
         cdi_writer: CdiSpecWriter | None = None,
         device_name: DeviceNamer | None = None,
         caller: PluginCaller | None = None,
+        cdi_in_use: InUse | None = None,
+        cdi_check_interval: float = 60.0,
     ) -> None:
         self.driver_name = validate_driver_name(driver_name)
         if not node_name:
@@ -132,9 +139,11 @@ class DraDriver:
         self._store = ClaimStore(
             driver_name,
             ClaimCheckpoint(self.data_dir / CHECKPOINT_NAME, driver_name),
-            cdi_writer if cdi_writer is not None else CdiSpecWriter(cdi_dir),
+            cdi_writer if cdi_writer is not None else CdiSpecWriter(cdi_dir, driver_name),
             lock_path=self.data_dir / SERIALIZE_LOCK_NAME if instance_id else None,
         )
+        self.cdi_collector = PluginSpecCollector(self._store, cdi_in_use, cdi_check_interval)
+        """Collects the plugin's own CDI specs once nothing holds them."""
         self._devices: dict[str, tuple[str, str, DeviceInfo]] = {}
         self._have_snapshot = False
         self._scan_failed = False
@@ -333,6 +342,7 @@ class DraDriver:
                 restored,
                 self._store.checkpoint.path,
             )
+        collector = asyncio.create_task(self.cdi_collector.run(), name="DRA CDI collection")
         dra = UnixSocketServer(
             self.socket_path,
             lambda server: add_dra_servicers(self, server),
@@ -353,6 +363,9 @@ class DraDriver:
             await keep_sockets(self.driver_name, dra, registrar)  # until cancelled
         finally:
             self._serving.clear()
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collector
             # The calls in flight finish first, then the registration goes: kubelet
             # closes its connection to an instance as it deregisters it, cancelling
             # whatever that instance was still answering. Meanwhile kubelet sends new

@@ -31,6 +31,7 @@ from host.deviceplugin._cdi import DEFAULT_CDI_DIR
 from host.deviceplugin._feed import ScannerFeed
 from host.deviceplugin._guard import PluginCaller
 from host.deviceplugin._observer import LOG_FIELDS
+from host.deviceplugin._podresources import pod_resources
 from host.deviceplugin._types import Scanner
 from host.dra._claimclient import KubeClaimSource
 from host.dra._consumers import ClaimConsumers
@@ -122,6 +123,8 @@ class DraPlugin:
             cdi_dir=cdi_dir,
             instance_id=instance_id,
             caller=self.caller,
+            # The plugin's CDI specs are collected when kubelet says nobody holds them.
+            cdi_in_use=pod_resources().devices_in_use,
         )
         self.consumers.prepared = lambda: self.driver.prepared_claims
         self.publisher = ResourceSlicePublisher(namespace, node_name, client)

@@ -31,18 +31,20 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
 from host.deviceplugin._cdi import (
     CdiSpecWriter,
+    LedgerEntry,
     qualified_name,
     spec_file_name,
     validate_cdi_spec,
 )
 from host.dra._checkpoint import CheckpointError, ClaimCheckpoint
+from host.dra._claimgc import stale_claim_specs
 from host.dra._prepare import CDI_CLASS, PreparedClaim
 
 __all__ = ["NOT_NOW", "ClaimStore", "NotNow"]
@@ -184,19 +186,22 @@ class ClaimStore:
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        if self.lock_path is None:
-            yield
-            return
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            # One open file description per call: threads of this process exclude
-            # each other as well as the other instance's.
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._sync()
-            yield
-        finally:
-            os.close(fd)
+        # The save lock first, as _without_waiting takes them: changes of this process
+        # (in threads or on the loop) and garbage collection exclude each other.
+        with self._save_lock:
+            if self.lock_path is None:
+                yield
+                return
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                # One open file description per call: threads of this process exclude
+                # each other as well as the other instance's.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._sync()
+                yield
+            finally:
+                os.close(fd)
 
     def _sync(self) -> None:
         """Take over the claims the other instance prepared or unprepared since."""
@@ -235,9 +240,10 @@ class ClaimStore:
 
     def _owns(self, claim: PreparedClaim, spec: Mapping[str, Any]) -> bool:
         # The claim's own CDI devices (claim-<uid>-...) live and die with the claim. A
-        # plugin's CDI spec (DeviceInfo.cdi_spec) is written but never removed here:
-        # the device-plugin side may have handed the same file to containers, and its
-        # CDI store collects it once nothing, DRA claims included, holds it.
+        # plugin's CDI spec (DeviceInfo.cdi_spec) is not removed with a claim: the
+        # device-plugin side may have handed the same file to containers. It goes into
+        # the namespace's CDI ledger and is collected once nothing, DRA claims and
+        # running containers included, holds it (host.dra._claimgc).
         return qualified_name(spec).startswith(f"{self.driver}/{CDI_CLASS}=claim-{claim.ref.uid}-")
 
     def _acquire_specs(self, claim: PreparedClaim) -> None:
@@ -249,8 +255,13 @@ class ClaimStore:
                     done.append(spec)
                 else:
                     # Durable: the device-plugin side may hand out the same file.
-                    self.writer.write(validate_cdi_spec(spec))
-                    self._plugin_specs[spec_file_name(spec)] = spec
+                    spec = validate_cdi_spec(spec)
+                    self.writer.write(spec)
+                    file_name = spec_file_name(spec)
+                    if file_name not in self._plugin_specs:
+                        entry = LedgerEntry(qualified_name(spec), frozenset())
+                        self.writer.ledger_add({file_name: entry})
+                    self._plugin_specs[file_name] = spec
         except BaseException:
             for spec in done:
                 self.writer.release(self._owner(claim, spec))
@@ -353,6 +364,8 @@ class ClaimStore:
                 aside,
             )
             claims = {}
+        else:
+            self._remove_stale_claim_specs(claims)
         for claim in claims.values():
             try:
                 self._acquire_specs(claim)
@@ -366,3 +379,43 @@ class ClaimStore:
         with self._state_lock:
             self._claims = dict(claims)
         return len(claims)
+
+    def _remove_stale_claim_specs(self, claims: Mapping[str, PreparedClaim]) -> None:
+        named = {
+            qualified_name(spec)
+            for claim in claims.values()
+            for spec in claim.cdi_specs
+            if self._owns(claim, spec)
+        }
+        for path in stale_claim_specs(self.writer, self.driver, named):
+            log.info(
+                "DRA driver %s: removed CDI spec %s: its claim is not prepared (left by a "
+                "host that stopped before recording it)",
+                self.driver,
+                path,
+            )
+
+    # -- the plugin's own CDI specs ---------------------------------------------------
+
+    def plugin_spec_files(self) -> set[str]:
+        """Return the file names of the plugin CDI specs the recorded claims name."""
+        with self._state_lock:
+            claims = list(self._claims.values())
+        return {
+            spec_file_name(spec)
+            for claim in claims
+            for spec in claim.cdi_specs
+            if not self._owns(claim, spec)
+        }
+
+    def collect_plugin_specs(self, file_names: Iterable[str]) -> list[Path]:
+        """Remove ledger files ``file_names`` that no recorded claim names; return them.
+
+        Under the shared lock, up to date with the other instance: a claim prepared
+        meanwhile keeps its file.
+        """
+        with self._exclusive():
+            doomed = set(file_names) - self.plugin_spec_files()
+            for file_name in doomed:
+                self._plugin_specs.pop(file_name, None)  # written again when named again
+            return self.writer.collect(sorted(doomed))
