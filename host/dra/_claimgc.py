@@ -123,10 +123,10 @@ class PluginSpecCollector:
         return removed
 
     async def run(self) -> None:
-        """Collect now and then every ``interval`` seconds, until cancelled."""
+        """Collect every ``interval`` seconds, until cancelled."""
         while True:
+            await asyncio.sleep(self.interval)
             try:
                 await self.collect()
             except OSError as err:
                 log.warning("DRA driver %s: CDI spec collection failed: %s", self.store.driver, err)
-            await asyncio.sleep(self.interval)
