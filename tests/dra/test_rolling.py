@@ -82,17 +82,25 @@ def prepared(uid: str) -> PreparedClaim:
 
 class TestSharedCheckpoint:
     async def test_a_change_is_seen_even_when_the_file_looks_unchanged(self, dirs: Dirs) -> None:
-        """The token in serialize.lock tells a change the file's inode, size and mtime miss."""
+        """A new snapshot of the very size the other instance knows is told by its epoch."""
         first, second = store(dirs), store(dirs)
         first.add(prepared("uid-1"))
         assert second.lookup("uid-1") == prepared("uid-1")
-        looks_unchanged = second._disk_stamp
-        second._stamp = lambda: looks_unchanged  # type: ignore[method-assign]
+        size = dirs.checkpoint.stat().st_size
+        first.checkpoint.save({"uid-2": prepared("uid-2")})  # e.g. the inode number reused
+        assert dirs.checkpoint.stat().st_size == size
+        assert second.lookup("uid-1") is None
+        assert second.lookup("uid-2") == prepared("uid-2")
+
+    async def test_appended_changes_read_by_the_other(self, dirs: Dirs) -> None:
+        """Each instance reads only the lines the other appended since it last looked."""
+        first, second = store(dirs), store(dirs)
+        first.add(prepared("uid-1"))  # the first change writes a snapshot
+        second.add(prepared("uid-2"))  # then lines are appended
         first.remove("uid-1")
         assert second.lookup("uid-1") is None
-        first.add(prepared("uid-2"))
-        assert second.lookup("uid-2") == prepared("uid-2")
-        assert len((dirs.plugins / DRIVER / "serialize.lock").read_bytes()) == 16
+        assert first.lookup("uid-2") == prepared("uid-2")
+        assert len(dirs.checkpoint.read_bytes().splitlines()) == 3
 
     async def test_concurrent_changes_of_both_instances_all_recorded(
         self, drivers: DriverRunner, claims: FakeClaims, dirs: Dirs
