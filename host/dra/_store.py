@@ -231,7 +231,9 @@ class ClaimStore:
                 self._release_specs(claim)  # the other instance removed the files
         for claim in new:
             try:
-                self._acquire_specs(claim)  # adopt the files, so unprepare removes them
+                # Adopt the files, so unprepare removes them (the other instance put the
+                # plugin's specs into the ledger: no ledger lock taken here, maybe on the loop).
+                self._acquire_specs(claim, ledger=False)
             except (OSError, ValueError) as err:
                 log.warning("DRA driver %s: claim %s: %s", self.driver, claim.ref, err)
 
@@ -246,7 +248,7 @@ class ClaimStore:
         # running containers included, holds it (host.dra._claimgc).
         return qualified_name(spec).startswith(f"{self.driver}/{CDI_CLASS}=claim-{claim.ref.uid}-")
 
-    def _acquire_specs(self, claim: PreparedClaim) -> None:
+    def _acquire_specs(self, claim: PreparedClaim, *, ledger: bool = True) -> None:
         done = []
         try:
             for spec in claim.cdi_specs:
@@ -258,7 +260,7 @@ class ClaimStore:
                     spec = validate_cdi_spec(spec)
                     self.writer.write(spec)
                     file_name = spec_file_name(spec)
-                    if file_name not in self._plugin_specs:
+                    if ledger and file_name not in self._plugin_specs:
                         entry = LedgerEntry(qualified_name(spec), frozenset())
                         self.writer.ledger_add({file_name: entry})
                     self._plugin_specs[file_name] = spec

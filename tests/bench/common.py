@@ -13,11 +13,15 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+
+_T = TypeVar("_T")
 
 BENCH_DIR = Path(__file__).resolve().parent
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -91,6 +95,15 @@ def machine_description() -> str:
 
 
 # -- child processes ---------------------------------------------------------------------
+
+
+async def in_scratch_dir(prefix: str, work: Callable[[Path], Awaitable[_T]]) -> _T:
+    """Run ``work`` in a fresh directory under /tmp, removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        return await work(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def child_env() -> dict[str, str]:

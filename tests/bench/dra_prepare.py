@@ -12,11 +12,15 @@ Two figures, each with its target:
 * 20 claims in one call with 100 ms of injected API latency per claim fetch: the
   total time of the call (target <= 0.3 s: the fetches run concurrently).
 
-Every prepare writes its CDI spec (fsynced by the CDI writer; on a tmpfs here, as
-/var/run/cdi is on a node) and the checkpoint (atomically, not fsynced: see
-host/dra/_checkpoint.py; on disk by default, ``--dir /dev/shm`` for a tmpfs).
-The driver serves in this process; the caller is a separate Python process speaking
-gRPC on the Unix socket, as kubelet does. Not collected by pytest; never run in CI.
+Every prepare writes its per-claim CDI spec (on a tmpfs here, as /var/run/cdi is on
+a node) and appends a line to the checkpoint (on disk by default, ``--dir /dev/shm``
+for a tmpfs); nothing is fsynced (host/dra/_store.py says why). ``--instance-id ID``
+serves as one instance of a rolling update (every change under ``flock``).
+``--api`` reads the claims through the host's Kubernetes client (lightkube, HTTP) from
+a fake API server in a third process instead of the in-memory claim source: the
+fetch as it is in a cluster, minus the network. The driver serves in this process;
+the caller is a separate Python process speaking gRPC on the Unix socket, as kubelet
+does. Not collected by pytest; never run in CI.
 """
 
 from __future__ import annotations
@@ -24,19 +28,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from host._api import dra_v1_pb2, dra_v1_pb2_grpc
 from host.deviceplugin import DeviceInfo, DeviceSpec
-from host.dra import DraDriver
-from host.testing import FakeClaims, allocated_claim
+from host.dra import DraDriver, KubeClaimSource, kube_client
+from host.testing import FakeApiServer, FakeClaims, allocated_claim, write_kubeconfig
 
 DRIVER = "gpu.example.com"
 NODE = "bench-node"
@@ -93,7 +100,37 @@ async def client(socket: str, calls: int) -> None:
         print(json.dumps({"batch": total}), flush=True)
 
 
-async def main(calls: int, base: str, instance_id: str | None) -> None:
+async def apiserver(claims_json: str) -> None:
+    """Run in the child: serve the claims, print the URL, stop when stdin closes."""
+    async with FakeApiServer(nodes=[NODE]) as api:
+        for claim in json.loads(claims_json):
+            meta = claim["metadata"]
+            api.add_claim(
+                meta["namespace"],
+                meta["name"],
+                uid=meta["uid"],
+                allocation=claim["status"]["allocation"],
+            )
+        print(api.url, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+class ApiClaims:
+    """The claims from a fake API server in its own process, read with lightkube."""
+
+    def __init__(self, url: str, kubeconfig: Path) -> None:
+        write_kubeconfig(kubeconfig, url)
+        self.client = kube_client(kubeconfig)
+        self.source = KubeClaimSource(self.client)
+        self.latency = 0.0
+
+    async def get_claim(self, namespace: str, name: str) -> Mapping[str, Any]:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        return await self.source.get_claim(namespace, name)
+
+
+async def main(calls: int, base: str, instance_id: str | None, use_api: bool) -> None:
     root = Path(tempfile.mkdtemp(prefix="drab", dir=base))
     # /var/run/cdi is a tmpfs on a node; the checkpoint lives on disk under /var/lib.
     cdi_root = Path(tempfile.mkdtemp(prefix="drab", dir="/dev/shm"))
@@ -109,19 +146,34 @@ async def main(calls: int, base: str, instance_id: str | None) -> None:
         }
     }
     result = {"driver": DRIVER, "pool": NODE, "request": "gpu"}
-    for i in range(8):
-        claims.put(
-            allocated_claim("bench", f"c{i}", f"uid-{i}", [{**result, "device": f"i915-card{i}"}])
+    everything = [
+        allocated_claim("bench", f"c{i}", f"uid-{i}", [{**result, "device": f"i915-card{i}"}])
+        for i in range(8)
+    ] + [
+        allocated_claim("bench", f"b{i}", f"buid-{i}", [{**result, "device": f"i915-card{i}"}])
+        for i in range(BATCH)
+    ]
+    for claim in everything:
+        claims.put(claim)
+    source: FakeClaims | ApiClaims = claims
+    api_proc = None
+    if use_api:
+        api_proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--apiserver",
+            json.dumps(everything),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
-    for i in range(BATCH):
-        claims.put(
-            allocated_claim("bench", f"b{i}", f"buid-{i}", [{**result, "device": f"i915-card{i}"}])
-        )
+        assert api_proc.stdout is not None
+        url = (await api_proc.stdout.readline()).decode().strip()
+        source = ApiClaims(url, root / "kubeconfig")
     driver = DraDriver(
         DRIVER,
         NODE,
         None,
-        claims,
+        source,
         plugin_dir=root / "plugins",
         registry_dir=root / "reg",
         cdi_dir=cdi_root,
@@ -152,7 +204,7 @@ async def main(calls: int, base: str, instance_id: str | None) -> None:
         await child.stdin.drain()
         floor = json.loads(await child.stdout.readline())["floor"]
         floor_cpu = (time.process_time() - cpu_start) / (len(floor) + 50)
-        claims.latency = LATENCY
+        source.latency = LATENCY
         child.stdin.write(b"go\n")
         await child.stdin.drain()
         batch = json.loads(await child.stdout.readline())["batch"]
@@ -160,9 +212,18 @@ async def main(calls: int, base: str, instance_id: str | None) -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        if isinstance(source, ApiClaims):
+            await source.client.close()
+        if api_proc is not None:
+            assert api_proc.stdin is not None
+            api_proc.stdin.close()
+            await api_proc.wait()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(cdi_root, ignore_errors=True)
     p50, p99 = percentile(one, 50) * 1e3, percentile(one, 99) * 1e3
+    mode = "API server via lightkube" if use_api else "in-memory claims"
+    mode += f", instance {instance_id} (flock)" if instance_id else ""
+    print(f"load average {os.getloadavg()[0]:.2f}; {mode}")
     print(f"{'figure':<58} {'value':>10} {'target':>10}  verdict")
     for q in (50, 99):
         print(
@@ -192,6 +253,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--client", metavar="SOCKET")
+    parser.add_argument("--apiserver", metavar="CLAIMS", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--api",
+        action="store_true",
+        help="read claims through lightkube from a fake API server in its own process",
+    )
     parser.add_argument(
         "--dir",
         default="/tmp",
@@ -205,5 +272,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.client:
         asyncio.run(client(args.client, args.calls))
+    elif args.apiserver:
+        asyncio.run(apiserver(args.apiserver))
     else:
-        asyncio.run(main(args.calls, args.dir, args.instance_id))
+        asyncio.run(main(args.calls, args.dir, args.instance_id, args.api))

@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from common import BENCH_DIR, Child, Kubelet, machine_description, rss_bytes
+from common import BENCH_DIR, Child, Kubelet, in_scratch_dir, machine_description, rss_bytes
 from report import Row, format_table, mib
 
 WARMUP_CALLS = 10_000
@@ -84,11 +82,7 @@ async def soak_rows(work: Path, calls: int = 100_000) -> list[Row]:
 
 
 async def main(calls: int) -> None:
-    work = Path(tempfile.mkdtemp(prefix="soak", dir="/tmp"))
-    try:
-        rows = await soak_rows(work, calls)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    rows = await in_scratch_dir("soak", lambda work: soak_rows(work, calls))
     print(format_table(rows, f"devplugin-host soak on {machine_description()}"))
 
 
