@@ -71,6 +71,17 @@ SHUTDOWN_GRACE = 2.0
 The device list streams end first, so kubelet moves on to another instance (a rolling
 update's new pod) while a call it already sent here still gets its answer.
 """
+STREAMS_END_LIMIT = 0.5
+"""Seconds a final stop waits for the device list streams to end before the server stops.
+
+gRPC unlinks a Unix socket as soon as its server begins to stop, while streams may
+still be open. Ending them first means kubelet has their end before anyone can see the
+socket gone: a successor serving the same path once it is free (or a new instance
+whose socket kubelet's plugin watcher registers) comes after it. Kubelet 1.25-1.35
+disconnects whichever client holds the resource name when a stream ends
+(``runClient`` in devicemanager ``plugin/v1beta1/server.go``): a late end of ours
+would drop that successor.
+"""
 STREAM_WAIT = 5.0
 """Seconds a successful registration may go without kubelet opening ListAndWatch.
 
@@ -238,8 +249,21 @@ class ResourceEndpoint:
             unsubscribe()
             if self._stream_check is not None:
                 self._stream_check.cancel()
-            self.service.close()
+            await self._end_streams()
             await self._stop_server(SHUTDOWN_GRACE)
+
+    async def _end_streams(self) -> None:
+        """End every device list stream and let them finish (at most STREAMS_END_LIMIT)."""
+        self.service.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STREAMS_END_LIMIT
+        # Each stream ends on its next turn of the loop; one that is stuck sending to a
+        # reader that does not read ends only when the server stops.
+        while self.service.stream_count and loop.time() < deadline:  # noqa: ASYNC110 - the service signals no stream's end once closed
+            await asyncio.sleep(0.001)
+        # The handlers send each stream's status right after it ends.
+        for _ in range(2):
+            await asyncio.sleep(0)
 
     async def _maintain(self) -> None:
         while True:
