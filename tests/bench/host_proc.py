@@ -9,6 +9,11 @@ soak ``update_interval`` (seconds between updates of one device no client alloca
 Stdout, JSON lines with ``t`` = ``time.monotonic_ns()``: ``imported``, ``built`` (the
 tree exists), ``serving``, and after each ``touch`` command a ``touched`` event.
 
+With ``BENCH_TRACE=1`` in the environment it also reports the steps of a kubelet
+restart: ``watch`` (``kind``, ``name``: what the directory watch told the endpoints),
+``served`` (``res``: a resource's socket (re-)created and served) and ``rsend`` (``res``:
+a Register call about to be sent).
+
 Stdin commands:
 
 ``touch same`` / ``touch fresh``
@@ -144,7 +149,36 @@ class Host:
             row[-1] = flipped(row[-1])
             self.manager.notifier.notify(self.tree_of(self.infos))
 
+    def trace(self) -> None:
+        """Report the restart steps (``BENCH_TRACE``): watch events, re-serves, Registers."""
+        from host.deviceplugin._endpoint import ResourceEndpoint
+        from host.deviceplugin._watcher import WatchEvent
+
+        def on_event(event: WatchEvent) -> None:
+            emit("watch", kind=event.kind.value, name=event.name)
+
+        self.manager._watcher.subscribe(on_event)
+        serve_socket = ResourceEndpoint._serve_socket
+        call_register = ResourceEndpoint._call_register
+
+        async def traced_serve(endpoint: ResourceEndpoint) -> None:
+            await serve_socket(endpoint)
+            emit("served", res=endpoint.service.resource_name)
+
+        async def traced_register(endpoint: ResourceEndpoint, request: Any) -> None:
+            emit("rsend", res=endpoint.service.resource_name)
+            await call_register(endpoint, request)
+
+        if os.environ.get("BENCH_REGISTER_OPTIONS") == "default":  # experiment
+            import host.deviceplugin._endpoint as endpoint_module
+
+            endpoint_module.REGISTER_CHANNEL_OPTIONS = ()  # type: ignore[misc]
+        ResourceEndpoint._serve_socket = traced_serve  # type: ignore[method-assign]
+        ResourceEndpoint._call_register = traced_register  # type: ignore[method-assign]
+
     async def run(self) -> None:
+        if os.environ.get("BENCH_TRACE"):
+            self.trace()
         self.original_apply = self.manager.feed._apply_pending
         self.manager.feed._apply_pending = self.timed_apply  # type: ignore[method-assign]
         serve = asyncio.create_task(self.manager.serve())
@@ -169,6 +203,8 @@ class Host:
 
 
 if __name__ == "__main__":
+    if os.environ.get("BENCH_SWITCH"):  # experiment
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
     if os.environ.get("BENCH_HOST_LOG"):  # e.g. DEBUG: the host's log on stderr, monotonic ns
         logging.basicConfig(
             level=os.environ["BENCH_HOST_LOG"],

@@ -11,7 +11,10 @@ update, which would dominate at 100,000 devices):
 * restart: drop every connection and start again, as a restarted kubelet would.
 
 Stdout, one JSON object per line, each with ``t`` = ``time.monotonic_ns()``:
-``{"ev": "up"}`` (``t``: just before kubelet.sock is bound), ``{"ev": "reg", "res"}``,
+``{"ev": "clean"}`` (the sockets in the directory unlinked), ``{"ev": "up"}`` (``t``:
+just before kubelet.sock is bound), ``{"ev": "ready"}`` (it serves), ``{"ev": "rin", "res"}``
+(a Register arrived), ``{"ev": "dialed", "res"}`` (the dial back connected),
+``{"ev": "reg", "res"}`` (GetDevicePluginOptions answered, Register returns),
 ``{"ev": "list", "res", "n", "unhealthy"}`` (``t``: as the message arrived),
 ``{"ev": "end", "res", "why"}``. Stdin commands: ``restart``, ``quit``.
 """
@@ -56,6 +59,7 @@ class BenchKubelet(api_pb2_grpc.RegistrationServicer):
             with contextlib.suppress(OSError):
                 if stat.S_ISSOCK(os.stat(entry.path).st_mode):
                     os.unlink(entry.path)
+        emit("clean")
         server = grpc.aio.server()
         api_pb2_grpc.add_RegistrationServicer_to_server(self, server)
         up = time.monotonic_ns()
@@ -63,6 +67,7 @@ class BenchKubelet(api_pb2_grpc.RegistrationServicer):
         await server.start()
         self.server = server
         emit("up", up)
+        emit("ready")
 
     async def stop(self) -> None:
         server, self.server = self.server, None
@@ -82,6 +87,7 @@ class BenchKubelet(api_pb2_grpc.RegistrationServicer):
         self, request: api_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api_pb2.Empty:
         name = request.resource_name
+        emit("rin", res=name)
         path = os.path.join(self.plugin_dir, request.endpoint)
         channel = grpc.aio.insecure_channel(
             f"unix:{path}",
@@ -93,6 +99,7 @@ class BenchKubelet(api_pb2_grpc.RegistrationServicer):
         try:
             async with asyncio.timeout(10):
                 await channel.channel_ready()
+            emit("dialed", res=name)
             stub = api_pb2_grpc.DevicePluginStub(channel)
             await stub.GetDevicePluginOptions(api_pb2.Empty())
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
@@ -139,5 +146,7 @@ async def main(plugin_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("BENCH_SWITCH"):  # experiment
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(sys.argv[1]))
