@@ -297,7 +297,10 @@ def build_managers(
 
     registry_dir = plugins_registry_dir or Path(DEFAULT_PLUGINS_REGISTRY_DIR)
     if registration == "plugins-registry":
-        watcher = PluginDirWatcher(registry_dir)
+        # kubelet.sock, when its directory is mounted too, lets a resource that kubelet
+        # dropped register again at once instead of at the plugin watcher's next pass.
+        socket = kubelet_socket or plugin_dir / "kubelet.sock"
+        watcher = PluginDirWatcher(registry_dir, socket if socket.parent.is_dir() else None)
     else:
         watcher = PluginDirWatcher(plugin_dir, kubelet_socket)
     servers: list[tuple[str, Servable]] = []

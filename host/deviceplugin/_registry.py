@@ -15,6 +15,7 @@ the resource goes away), the socket is re-created so that kubelet registers it a
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import grpc
@@ -41,6 +42,8 @@ class PluginsRegistryEndpoint(ResourceEndpoint):
     """The Registration servicer of the current socket (a new one per socket)."""
     _recreate = False
     """Set when kubelet dropped our stream: the socket is re-created to be registered again."""
+    _register_by_call = False
+    """Set when kubelet dropped our stream and ``kubelet.sock`` is there: call Register."""
 
     @property
     def registered(self) -> bool:
@@ -92,7 +95,7 @@ class PluginsRegistryEndpoint(ResourceEndpoint):
             )
 
     async def _start_server(self) -> None:
-        self._recreate = False
+        self._recreate = self._register_by_call = False
         self._stream_floor = self.service.next_stream_seq
         await self._serve_socket()
         log.info(
@@ -105,9 +108,32 @@ class PluginsRegistryEndpoint(ResourceEndpoint):
         return not self._recreate and super()._socket_ok()
 
     async def _register(self) -> bool:
-        # Kubelet comes to us: nothing to call.
+        if not self._register_by_call:
+            # Kubelet comes to us: nothing to call.
+            self._need_register = False
+            return True
+        self._register_by_call = False
+        if await super()._register():
+            return True
+        # kubelet.sock did not take it: the plugin watcher will, once the socket is new.
+        log.info(
+            "%s: re-creating %s so that kubelet's plugin watcher registers it again",
+            self.service.resource_name,
+            self.socket_path,
+        )
         self._need_register = False
+        self._recreate = True
         return True
+
+    def _endpoint_name(self) -> str:
+        # Kubelet joins Register's endpoint with its device-plugin directory (filepath.Join,
+        # which resolves ".."): name our socket in the registry relative to it.
+        return os.path.relpath(self.socket_path, self.watcher.kubelet_socket.parent)
+
+    def _check_stream(self, registration: int) -> None:
+        super()._check_stream(registration)
+        if self._need_register:  # Register was accepted but no stream came: again
+            self._register_by_call = True
 
     def _on_watch_event(self, event: WatchEvent) -> None:
         if event.kind is WatchEventKind.KUBELET_STARTED:
@@ -121,13 +147,24 @@ class PluginsRegistryEndpoint(ResourceEndpoint):
             return
         if self.service.has_stream_since(self._stream_floor):
             return
-        # Kubelet re-registers a socket only when it appears anew.
-        log.info(
-            "%s: kubelet closed its device list stream; re-creating %s so that kubelet "
-            "registers it again",
-            self.service.resource_name,
-            self.socket_path,
-        )
         self._lost_at = time.monotonic()
-        self._recreate = True
+        if self.watcher.kubelet_identity() is not None:
+            # Kubelet's plugin watcher registers a socket again only once it is new, at
+            # its next pass (every second). Kubelet 1.25-1.35 drop us when an older
+            # instance of the resource goes: kubelet.sock's Register takes us back at once.
+            log.info(
+                "%s: kubelet closed its device list stream; registering %s again through %s",
+                self.service.resource_name,
+                self.socket_path,
+                self.watcher.kubelet_socket,
+            )
+            self._register_by_call = self._need_register = True
+        else:
+            log.info(
+                "%s: kubelet closed its device list stream; re-creating %s so that kubelet "
+                "registers it again",
+                self.service.resource_name,
+                self.socket_path,
+            )
+            self._recreate = True
         self._wake.set()

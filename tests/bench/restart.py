@@ -19,8 +19,8 @@ as the last resource reaches it:
 
 Also the longest time one Register took from the host to the kubelet (``rsend->rin``)
 and the CPU time the host and the kubelet process spent per restart (from the
-restart command to the last list). Prints p50 / p99 / max of each step, the target (p99 of ``list``: 50 ms at 10
-resources, 150 ms at 100) and the load average.
+restart command to the last list). Prints p50 / p99 / max of each step, the target
+(p99 of ``list``: 50 ms at 10 resources, 150 ms at 100) and the load average.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ TARGET_MS = {10: 50, 100: 150}
 
 
 def last_of(events: list[dict[str, Any]], kind: str, names: set[str], after: int) -> int | None:
-    """Time (ns) by which every resource in ``names`` had its first ``kind`` event after ``after``."""
+    """Time (ns) by which each of ``names`` had its first ``kind`` event after ``after``."""
     first: dict[str, int] = {}
     for event in events:
         if event["ev"] != kind or event["t"] < after:
@@ -103,7 +103,9 @@ async def measure(types: int, restarts: int) -> dict[str, list[float]]:
                 times[step] = last_of(kubelet.events[start:], step, names, up)
             sends = {e["res"]: e["t"] for e in host_events if e["ev"] == "rsend" and e["t"] >= up}
             arrivals = {
-                e["res"]: e["t"] for e in kubelet.events[start:] if e["ev"] == "rin" and e["t"] >= up
+                e["res"]: e["t"]
+                for e in kubelet.events[start:]
+                if e["ev"] == "rin" and e["t"] >= up
             }
             flights = [arrivals[n] - sends[n] for n in names if n in sends and n in arrivals]
             if flights:

@@ -41,15 +41,18 @@ async def registry_kubelet(short_dir: Path) -> AsyncIterator[FakeKubelet]:
         await fake.stop()
 
 
-async def serve_registry(serve: ServeFn, short_dir: Path, **kwargs: object) -> Manager:
+async def serve_registry(
+    serve: ServeFn, short_dir: Path, *, knows_kubelet_sock: bool = False, **kwargs: object
+) -> Manager:
     registry = short_dir / "reg"
+    kubelet_socket = short_dir / "dp" / "kubelet.sock" if knows_kubelet_sock else None
     return await serve(
         "ex.com",
         QueueScanner(tree_of({"a": {"a0": info(), "a1": info()}})),
         plugin_dir=short_dir / "dp",
         registration="plugins-registry",
         plugins_registry_dir=registry,
-        watcher=PluginDirWatcher(registry),
+        watcher=PluginDirWatcher(registry, kubelet_socket),
         **kwargs,
     )
 
@@ -235,3 +238,40 @@ class TestFakePluginWatcher:
             )
             gaps = kubelet.zero_allocatable_spans("ex.com/a")
         assert len(gaps) == (1 if mode == "1.25" else 0)
+
+    async def test_a_dropped_instance_registers_again_through_kubelet_sock(
+        self, short_dir: Path, serve: ServeFn
+    ) -> None:
+        """With kubelet.sock at hand, the instance 1.25 drops calls Register at once."""
+        registry = short_dir / "reg"
+        async with FakeKubelet(
+            short_dir / "dp", mode="1.25", registry_dir=registry, reconcile_interval=INTERVAL
+        ) as kubelet:
+            old = await serve_registry(serve, short_dir, instance_id="old")
+            await kubelet.wait_for_resource("ex.com/a", healthy=2)
+            new = await serve_registry(serve, short_dir, instance_id="new", knows_kubelet_sock=True)
+            await kubelet.wait_for(lambda: "ex.com/a" in new.resources, what="new serving")
+            socket = new.resources["ex.com/a"].socket_path
+            await kubelet.wait_for(
+                lambda: kubelet.resources["ex.com/a"].socket_path == str(socket),
+                what="the new instance connected",
+            )
+            served = socket.stat().st_ino
+            old.resources["ex.com/a"].socket_path.unlink()
+            await kubelet.wait_for(
+                lambda: (
+                    kubelet.resources["ex.com/a"].allocatable == 2
+                    and new.resources["ex.com/a"].ready
+                    and len(kubelet.registrations) == 3
+                ),
+                timeout=10,
+                what="the new instance registered again",
+            )
+            again = kubelet.registrations[-1]
+            gaps = kubelet.zero_allocatable_spans("ex.com/a")
+        # Named relative to the device-plugin directory, as kubelet joins it; the
+        # socket was not re-created for the plugin watcher.
+        assert again.request.endpoint == f"../reg/{socket.name}"
+        assert again.socket_path == str(socket)
+        assert socket.stat().st_ino == served
+        assert len(gaps) == 1

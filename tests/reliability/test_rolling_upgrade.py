@@ -55,15 +55,30 @@ class TestRollingUpdateThroughThePluginWatcher:
     async def test_rolls_with_registration_by_the_plugin_watcher(
         self, short_dir: Path, mode: KubeletMode
     ) -> None:
-        """Hosts in plugins-registry mode roll too; 1.36 without a gap, 1.25 recovers."""
+        """Hosts in plugins-registry mode roll; 1.36 without a gap, 1.25 back through Register."""
         registry = short_dir / "reg"
         async with FakeKubelet(
             short_dir / "dp", mode=mode, registry_dir=registry, reconcile_interval=0.05
         ) as kubelet:
             figures = await roll_hosts(kubelet, short_dir / "dp", 2)
+            registrations = kubelet.registrations
         assert figures.exit_codes == [0, 0]
         assert figures.failed == []
-        assert len(figures.gaps) == (2 if mode == "1.25" else 0)
+        # The plugin watcher registers with the socket's absolute path; Register on
+        # kubelet.sock names it relative to the device-plugin directory.
+        by_register = {
+            r.socket_path for r in registrations if not r.request.endpoint.startswith("/")
+        }
+        if mode == "1.25":
+            # Each new host, dropped when the older one went, registered again at once.
+            new_sockets = {
+                str(registry / socket_name(*RESOURCE.split("/"), f"pod-{i}")) for i in (1, 2)
+            }
+            assert by_register == new_sockets
+            assert len(figures.gaps) >= 2
+        else:
+            assert by_register == set()
+            assert figures.gaps == []
 
 
 class TestInstanceSockets:
