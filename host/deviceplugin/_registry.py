@@ -26,6 +26,9 @@ from host.deviceplugin._watcher import WatchEvent, WatchEventKind
 
 __all__ = ["PluginsRegistryEndpoint"]
 
+REGISTER_ATTEMPTS = 2
+"""Register calls a dropped resource makes on kubelet.sock before it re-creates its socket."""
+
 log = logging.getLogger("host.deviceplugin.endpoint")
 
 
@@ -113,8 +116,11 @@ class PluginsRegistryEndpoint(ResourceEndpoint):
             self._need_register = False
             return True
         self._register_by_call = False
-        if await super()._register():
-            return True
+        # A second try: kubelet 1.25-1.35 also drop the client of a Register still under
+        # way when the plugin watcher's pass deregisters the older instance's socket.
+        for _ in range(REGISTER_ATTEMPTS):
+            if await super()._register():
+                return True
         # kubelet.sock did not take it: the plugin watcher will, once the socket is new.
         log.info(
             "%s: re-creating %s so that kubelet's plugin watcher registers it again",
