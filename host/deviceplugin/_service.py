@@ -1,115 +1,52 @@
-"""The DevicePlugin gRPC service of one resource: device snapshots and the RPC handlers."""
+"""The DevicePlugin gRPC service of one resource: its RPC handlers.
+
+The device list and its ListAndWatch streams are :class:`DeviceListServer`'s
+(``_device_list.py``); what a request may cost is in ``_limits.py``. This module answers
+the other calls, each through the plugin wall: Allocate (the plugin's own, or built
+from the advertised devices), GetPreferredAllocation and PreStartContainer.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
 from host._api import api_pb2 as pluginapi
 from host._api import api_pb2_grpc
+from host.deviceplugin._device_list import DeviceListServer
 from host.deviceplugin._guard import PluginCaller, PluginError
-from host.deviceplugin._observer import NULL_OBSERVER, Observer, observed_rpc, observed_stream
-from host.deviceplugin._types import HEALTHY, UNHEALTHY, DeviceInfo, UseDefaultMethodError
+from host.deviceplugin._limits import (
+    INLINE_DECODE,
+    KUBELET_MAX_MESSAGE,
+    MAX_STREAMS,
+    RpcError,
+    id_cap,
+    request_byte_cap,
+)
+from host.deviceplugin._observer import Observer, observed_rpc
+from host.deviceplugin._types import HEALTHY, UseDefaultMethodError
 
 __all__ = [
     "KUBELET_MAX_MESSAGE",
     "MAX_STREAMS",
     "DevicePluginService",
     "PostAllocateHook",
+    "RpcError",
     "id_cap",
 ]
 
 log = logging.getLogger("host.deviceplugin.server")
 
-KUBELET_MAX_MESSAGE = 4 * 1024 * 1024
-"""Kubelet's gRPC receive limit: a larger ListAndWatch message fails its stream."""
-
 PostAllocateHook = Callable[[str, pluginapi.AllocateResponse], Awaitable[None]]
 """A cross-cutting post-allocate hook: ``hook(resource_name, response)``."""
 
 
-MAX_STREAMS = 8
-"""ListAndWatch streams one resource serves at once; more are refused (RESOURCE_EXHAUSTED).
-
-Kubelet keeps exactly one (two for a moment around a re-registration). Each stream
-can hold a full device list in gRPC's send buffers while its reader is slow, so the
-cap bounds memory: 8 streams of a 4 MiB list stay far below the DaemonSet's limit.
-"""
-
-MIN_ID_CAP = 128
-"""Device IDs a request may name however few devices the resource has."""
-
-_INLINE_DEVICES = 10_000
-"""Device lists larger than this are encoded in a worker thread, off the loop (10,000
-devices encode in about 5 ms: less than a thread hop costs in latency under the GIL)."""
-
-_THROTTLED_BYTES = 1024 * 1024
-"""Lists up to this size are encoded at every change (a few ms at most)."""
-
-ENCODE_SHARE = 0.2
-"""Seconds of any second that encoding one resource's (large) list may take, however
-often it changes; a change now and then is encoded at once."""
-
-_INLINE_DECODE = 64 * 1024
-"""Request bytes decoded on the loop; larger requests are decoded in a worker thread."""
-
-
-def request_byte_cap(list_bytes: int) -> int:
-    """Return the largest request worth decoding: 20x the encoded device list, 64 KiB at least.
-
-    A request names each device at most 10 times (:func:`id_cap`), in at most two lists
-    (GetPreferredAllocation's available and must-include IDs), and the device list holds
-    every ID once: a larger request cannot be valid, so it is refused before it is
-    decoded (decoding a few hundred thousand IDs costs tens of MiB).
-    """
-    return max(_INLINE_DECODE, 20 * list_bytes)
-
-
-def id_cap(device_count: int) -> int:
-    """Return the most device IDs one request may name: 10x the devices, 128 at least.
-
-    Far above anything kubelet sends (it names each device once, and only devices it
-    was told about), and low enough that no request can make the host do unbounded
-    work or hold unbounded memory.
-    """
-    return max(MIN_ID_CAP, 10 * device_count)
-
-
-MAX_STATUS_MESSAGE = 2048
-"""UTF-8 bytes of a status message sent; the rest is cut.
-
-The message travels percent-encoded (up to 3 bytes per byte) in the grpc-message
-trailer, and gRPC C-core clients refuse trailers over 8 KiB (randomly) or 16 KiB
-(always), turning the status into RESOURCE_EXHAUSTED. Messages echo request IDs and
-plugin exceptions, neither of which is bounded.
-"""
-
-
-def _bounded(message: str) -> str:
-    encoded = message.encode("utf-8", "backslashreplace")
-    if len(encoded) <= MAX_STATUS_MESSAGE:
-        return message
-    kept = encoded[:MAX_STATUS_MESSAGE].decode("utf-8", "ignore")
-    return f"{kept}... ({len(encoded) - len(kept.encode())} more bytes)"
-
-
-class RpcError(Exception):
-    """A request the service answers with a gRPC error status."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        message = _bounded(message)
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
+class DevicePluginService(DeviceListServer, api_pb2_grpc.DevicePluginServicer):
     """Serves ``v1beta1.DevicePlugin`` for one resource from the latest device snapshot.
 
     ``update`` replaces the snapshot and wakes every open ListAndWatch stream; a stream
@@ -128,10 +65,13 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         max_streams: int = MAX_STREAMS,
         observer: Observer | None = None,
     ) -> None:
-        self.resource_name = resource_name
-        self.observer = observer or NULL_OBSERVER
+        super().__init__(
+            resource_name,
+            on_stream_closed=on_stream_closed,
+            max_streams=max_streams,
+            observer=observer,
+        )
         self._caller = caller or PluginCaller(resource_name)
-        self._max_streams = max_streams
         self._failures = _FailureLog(resource_name)
         self._allocate = getattr(scanner, "allocate", None)
         self._post_allocate = getattr(scanner, "post_allocate", None)
@@ -139,169 +79,12 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         self._pre_start = getattr(scanner, "pre_start_container", None)
         self._post_allocators = tuple(post_allocators)
         self._cdi_name = cdi_name
-        self.on_stream_closed = on_stream_closed
         self.unhealthy_reason: Callable[[str], str | None] | None = None
         """Why a device is unhealthy, for the Allocate error (set by the manager)."""
-        self.oversize: int | None = None
-        """Bytes of the newest device list when it is over :data:`KUBELET_MAX_MESSAGE`."""
-        self.on_size_change: Callable[[], None] | None = None
-        """Called when the first list is ready, and when the newest starts or stops fitting."""
-        self.list_ready = False
-        """Whether a device list has been encoded (streams never send an empty placeholder)."""
         self.options = pluginapi.DevicePluginOptions(
             pre_start_required=callable(self._pre_start),
             get_preferred_allocation_available=callable(self._preferred),
         )
-        self._devices: Mapping[str, DeviceInfo] = {}
-        self._all_unhealthy = False
-        self._snapshot: pluginapi.ListAndWatchResponse | None = None
-        self._snapshot_bytes = b""
-        self._version = 0
-        self._generation = 0
-        self._encoder: asyncio.Task[None] | None = None
-        self._encode_spent: collections.deque[tuple[float, float]] = collections.deque()
-        self._streams: dict[asyncio.Event, int] = {}
-        self._stream_seq = 0
-        self._closed = False
-
-    # -- state ----------------------------------------------------------------------
-
-    @property
-    def devices(self) -> Mapping[str, DeviceInfo]:
-        """The devices currently advertised."""
-        return self._devices
-
-    @property
-    def stream_count(self) -> int:
-        """How many ListAndWatch streams are open (kubelet keeps exactly one)."""
-        return len(self._streams)
-
-    @property
-    def next_stream_seq(self) -> int:
-        """The sequence number the next ListAndWatch stream will get."""
-        return self._stream_seq
-
-    def oldest_stream_seq(self) -> int:
-        """Return the sequence number of the oldest open stream (the next one's if none)."""
-        return min(self._streams.values(), default=self._stream_seq)
-
-    def has_stream_since(self, seq: int) -> bool:
-        """Whether a stream opened at or after sequence number ``seq`` is still open."""
-        return any(opened >= seq for opened in self._streams.values())
-
-    @property
-    def snapshot(self) -> pluginapi.ListAndWatchResponse:
-        """The ListAndWatch message every stream sends next (decoded when asked for)."""
-        if self._snapshot is None:
-            self._snapshot = pluginapi.ListAndWatchResponse.FromString(self._snapshot_bytes)
-        return self._snapshot
-
-    def update(
-        self, devices: Mapping[str, DeviceInfo] | None = None, *, all_unhealthy: bool | None = None
-    ) -> None:
-        """Replace the devices (and/or force them all Unhealthy) and wake every stream.
-
-        Allocate sees the new devices at once. The device list streams send is encoded
-        here for small lists, and in a worker thread for large ones (the loop is shared
-        by every resource); a list superseded while being encoded is never sent.
-        """
-        if devices is not None:
-            self._devices = devices
-        if all_unhealthy is not None:
-            self._all_unhealthy = all_unhealthy
-        self._generation += 1
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            inline = True  # no loop (a plain call): nothing to keep free
-        else:
-            inline = len(self._devices) <= _INLINE_DEVICES
-        if inline:
-            self._install(self._encode(self._devices, self._all_unhealthy))
-        elif self._encoder is None or self._encoder.done():
-            self._encoder = asyncio.get_running_loop().create_task(
-                self._encode_off_loop(), name=f"encode {self.resource_name}"
-            )
-
-    async def _encode_off_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            # A large list changing faster than it encodes would keep a core busy and
-            # hold the GIL from the loop (every resource's Allocate waits): encoding
-            # one resource's list takes at most ENCODE_SHARE of any second. Lists that
-            # change meanwhile are coalesced; the newest is what gets sent.
-            spent = self._encode_spent
-            while spent and spent[0][0] < loop.time() - 1.0:
-                spent.popleft()
-            if len(self._snapshot_bytes) > _THROTTLED_BYTES and (
-                sum(took for _, took in spent) > ENCODE_SHARE
-            ):
-                await asyncio.sleep(spent[0][0] + 1.0 - loop.time())
-                continue
-            generation, devices, forced = self._generation, self._devices, self._all_unhealthy
-            started = loop.time()
-            encoded = await asyncio.to_thread(self._encode, devices, forced)
-            spent.append((loop.time(), loop.time() - started))
-            if generation == self._generation and not self._closed:
-                self._install(encoded)
-                return
-            if self._closed:
-                return
-
-    def _install(self, data: bytes) -> None:
-        self._snapshot = None
-        self._snapshot_bytes = data
-        self._version += 1
-        oversize = len(data) if len(data) > KUBELET_MAX_MESSAGE else None
-        was_over, first = self.oversize is not None, not self.list_ready
-        self.list_ready = True
-        self.oversize = oversize
-        # Once per change, never per update: a list that stays too big is one line.
-        if oversize is not None and not was_over:
-            log.error(
-                "resource %s: the device list is %d bytes (%d devices), over kubelet's "
-                "%d-byte receive limit: kubelet would drop the stream. Not registering "
-                "until it fits; split the devices over several device types",
-                self.resource_name,
-                oversize,
-                len(self._devices),
-                KUBELET_MAX_MESSAGE,
-            )
-        elif oversize is None and was_over:
-            log.info(
-                "resource %s: the device list fits kubelet's limit again (%d bytes)",
-                self.resource_name,
-                len(data),
-            )
-        for wake in self._streams:
-            wake.set()
-        if (first or was_over != (oversize is not None)) and self.on_size_change is not None:
-            self.on_size_change()
-
-    def close(self) -> None:
-        """End every ListAndWatch stream (the server is going away)."""
-        self._closed = True
-        if self._encoder is not None:
-            self._encoder.cancel()
-        for wake in self._streams:
-            wake.set()
-
-    def _encode(self, devices: Mapping[str, DeviceInfo], forced: bool) -> bytes:
-        """Encode the ListAndWatchResponse of ``devices``, once per change.
-
-        Every stream sends these same bytes. Built in place by protobuf (a Device
-        message made apart would be copied in again).
-        """
-        snapshot = pluginapi.ListAndWatchResponse()
-        add = snapshot.devices.add
-        for dev_id, info in devices.items():
-            health = UNHEALTHY if forced else info.state
-            topology = info.topology_message
-            if topology is None:
-                add(ID=dev_id, health=health)
-            else:
-                add(ID=dev_id, health=health, topology=topology)
-        return snapshot.SerializeToString()
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         """Return the ``v1beta1.DevicePlugin`` service as a handler for a gRPC server.
@@ -385,7 +168,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
             )
         request = message_type()
         try:
-            if len(data) <= _INLINE_DECODE:
+            if len(data) <= INLINE_DECODE:
                 request.ParseFromString(data)
             else:
                 await asyncio.to_thread(request.ParseFromString, data)
@@ -400,48 +183,6 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
     ) -> pluginapi.DevicePluginOptions:
         """Tell kubelet which optional calls this resource supports."""
         return self.options
-
-    async def ListAndWatch(
-        self, request: pluginapi.Empty, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pluginapi.ListAndWatchResponse]:
-        """Send the full device list now and after every change, until the server stops."""
-        async for data in self._list_and_watch_encoded(request, context):
-            yield pluginapi.ListAndWatchResponse.FromString(data)
-
-    @observed_stream
-    async def _list_and_watch_encoded(
-        self, request: pluginapi.Empty, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[bytes]:
-        if len(self._streams) >= self._max_streams:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"resource {self.resource_name}: {len(self._streams)} ListAndWatch streams "
-                f"are open already, the most one resource serves (kubelet keeps one)",
-            )
-        wake = asyncio.Event()
-        seq = self._stream_seq
-        self._stream_seq += 1
-        self._streams[wake] = seq
-        try:
-            sent = -1
-            while not self._closed:
-                if sent != self._version:
-                    if self.oversize is not None:
-                        # Kubelet would fail the stream on receipt and keep a stale list
-                        # meanwhile; ending it makes kubelet mark the devices unhealthy
-                        # at once. The endpoint registers again once the list fits.
-                        return
-                    # Only the newest list is ever sent: a slow reader that falls
-                    # behind skips the lists superseded while it was not reading.
-                    sent = self._version
-                    yield self._snapshot_bytes
-                else:
-                    await wake.wait()
-                    wake.clear()
-        finally:
-            del self._streams[wake]
-            if self.on_stream_closed is not None and not self._closed:
-                self.on_stream_closed(seq)
 
     @observed_rpc("Allocate")
     async def Allocate(

@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from host._api import api_pb2 as pluginapi
 from host.deviceplugin._attributes import AttributeValue, frozen_attributes, frozen_capacity
+from host.deviceplugin._wire import length_delimited
 
 __all__ = [
     "HEALTHY",
@@ -222,6 +223,13 @@ class DeviceInfo:
             topology_message = self.topology.to_message()
         # Built once: every ListAndWatch snapshot copies it in.
         set_(self, "_topology_message", topology_message)
+        set_(
+            self,
+            "_topology_field",  # Device.topology (field 3), encoded: see encode_device_list
+            b""
+            if topology_message is None
+            else length_delimited(3, topology_message.SerializeToString()),
+        )
         cdi_key = None
         if self.cdi_spec is not None:
             from host.deviceplugin._cdi_spec import validate_cdi_spec

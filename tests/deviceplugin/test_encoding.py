@@ -37,6 +37,17 @@ class TestEncoding:
         table = devices(500)
         assert service._encode(table, forced) == reference(table, forced)
 
+    def test_long_and_non_ascii_ids(self) -> None:
+        """IDs whose entry needs a varint of three bytes, and IDs beyond ASCII."""
+        service = DevicePluginService("ex.com/a", object())
+        topology = TopologyInfo(nodes=(NUMANode(ID=1),))
+        table = {
+            "x" * 20_000: DeviceInfo(),
+            "y" * 16_370: DeviceInfo(topology=topology),
+            "gpu-\u00fc-\u4e00": DeviceInfo(state=UNHEALTHY),
+        }
+        assert service._encode(table, False) == reference(table, False)
+
     def test_reencoding_follows_changes(self) -> None:
         """Re-encoding after one device changes (same objects for the rest) stays exact."""
         service = DevicePluginService("ex.com/a", object())
