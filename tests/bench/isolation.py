@@ -35,23 +35,8 @@ from report import Row, mib, ms
 
 from host._api import api_pb2, api_pb2_grpc
 
-GOOD = """
-import asyncio
-from host import hookimpl
-from host.deviceplugin import DeviceInfo, DeviceSpec, DeviceTree
-
-class Scanner:
-    async def scan(self, notifier):
-        tree = DeviceTree()
-        for i in range(2):
-            tree.add_device("dev", f"g{i}", DeviceInfo(nodes=[DeviceSpec(host_path="/dev/null")]))
-        notifier.notify(tree)
-        await asyncio.Event().wait()
-
-@hookimpl
-def devplugin_scanners(config):
-    return [("good.bench.example.com", Scanner())]
-"""
+GOOD = Path(__file__).resolve().parents[1] / "reliability" / "good.py"
+"""The well-behaved plugin, shared with the chaos suite: ``good.example.com/dev``."""
 
 BAD = """
 import asyncio, time
@@ -169,7 +154,6 @@ async def scenario(
     work: Path, label: str, fault: Fault, *, devices: int = 1, block: float = 0.0, calls: int
 ) -> tuple[list[Row], list[str]]:
     plugin_dir = Path(tempfile.mkdtemp(prefix="iso", dir=work))
-    (work / "good.py").write_text(GOOD)
     (work / "bad.py").write_text(BAD.format(devices=devices, block=block))
     kubelet = await Kubelet.launch(plugin_dir)
     host = await Child.spawn(
@@ -180,7 +164,7 @@ async def scenario(
         "--enable",
         "good,bad",
         "--plugin-module",
-        work / "good.py",
+        GOOD,
         "--plugin-module",
         work / "bad.py",
         "--plugin-dir",
@@ -190,7 +174,7 @@ async def scenario(
     )
     try:
         await kubelet.wait_all_listed(
-            {"good.bench.example.com/dev": 2, "bad.bench.example.com/dev": devices}, 0, 60
+            {"good.example.com/dev": 2, "bad.bench.example.com/dev": devices}, 0, 60
         )
         good, bad = _socket(plugin_dir, "good"), _socket(plugin_dir, "bad")
         await asyncio.sleep(1)  # start-up garbage gone before the idle reading
@@ -253,7 +237,7 @@ async def scenario(
 
 
 def _socket(plugin_dir: Path, plugin: str) -> Path:
-    return next(plugin_dir.glob(f"{plugin}.bench.example.com*dev*.sock"))
+    return next(plugin_dir.glob(f"{plugin}.*example.com*dev*.sock"))
 
 
 def _json(value: object) -> str:

@@ -27,23 +27,8 @@ from host.testing import FakeKubelet, HostHandle, start_host
 
 pytestmark = pytest.mark.asyncio
 
-GOOD = """
-import asyncio
-from host import hookimpl
-from host.deviceplugin import DeviceInfo, DeviceSpec, DeviceTree
-
-class Scanner:
-    async def scan(self, notifier):
-        tree = DeviceTree()
-        for i in range(2):
-            tree.add_device("dev", f"g{i}", DeviceInfo(nodes=[DeviceSpec(host_path="/dev/null")]))
-        notifier.notify(tree)
-        await asyncio.Event().wait()
-
-@hookimpl
-def devplugin_scanners(config):
-    return [("good.example.com", Scanner())]
-"""
+GOOD = Path(__file__).with_name("good.py")
+"""The well-behaved plugin beside each culprit (shared with benchmark figure 9)."""
 
 BAD_HEAD = """
 import asyncio, sys, time, argparse
@@ -82,11 +67,10 @@ async def host_with(
     fds_before = len(os.listdir("/proc/self/fd"))
 
     async def start(bad_source: str) -> HostHandle:
-        (tmp_path / "good.py").write_text(GOOD)
         (tmp_path / "bad.py").write_text(bad_source)
         handle = await start_host(
             plugin_dir=kubelet.plugin_dir,
-            plugin_modules=[tmp_path / "good.py", tmp_path / "bad.py"],
+            plugin_modules=[GOOD, tmp_path / "bad.py"],
             cdi_dir=tmp_path / "cdi",
             check=False,
         )
