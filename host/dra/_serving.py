@@ -152,9 +152,8 @@ class DraPlugin:
 
         Ready: both sockets up, kubelet accepted the registration, and the slices were
         published at least once (or another instance publishes them: rolling update)
-        and have not kept failing for longer than
-        :attr:`publish_grace` since (a retried conflict or a short outage does not flap
-        readiness).
+        and have not kept failing for longer than :attr:`publish_grace` since (a
+        retried conflict or a short outage does not flap readiness).
         """
         if not self.driver.serving:
             return "DRA driver sockets not up yet"
