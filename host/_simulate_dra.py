@@ -4,9 +4,12 @@ The ``--dra`` plugins are served as under ``run`` (:func:`host.dra.build_dra_plu
 but the API server is :class:`host.testing.FakeApiServer` (with the simulated Node)
 and kubelet's DRA side is :class:`host.testing.FakeDraKubelet`, in the same event loop.
 Once the slices are published and the drivers registered, ``--allocate DRIVER/TYPE=N``
-does what the scheduler and kubelet do: it picks N untainted devices of TYPE from the
-published slices, creates a ResourceClaim allocated to them, has kubelet prepare it
-(NodePrepareResources) and resolves each CDI device ID to its spec file.
+does what the scheduler and kubelet do for a pod written for the device plugin
+(``resources.limits: {DRIVER/TYPE: N}``) under KEP-5004
+(:func:`host.testing.allocate_extended_resource`): the DeviceClass that ``devplugin-host
+dra deviceclasses`` prints for DRIVER/TYPE is created, N matching untainted devices of
+the published slices are allocated in the pod's extended-resource claim, kubelet
+prepares it (NodePrepareResources) and each CDI device ID is resolved to its spec file.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import lightkube
 from host._loader import ScannerRecord
 from host._simulate_output import Event
 from host.dra import DraOptions, DraPlugin, build_dra_plugins, kube_client
-from host.testing import FakeApiServer, FakeDraKubelet, KubeletError
-from host.testing._dra_claims import allocate_claim, cdi_spec_file
+from host.dra._deviceclasses import device_class_name
+from host.testing import FakeApiServer, FakeDraKubelet, KubeletError, allocate_extended_resource
+from host.testing._dra_claims import cdi_spec_file
 
 __all__ = ["SIMULATED_NODE", "DraSimulation", "cdi_spec_file"]
 
@@ -168,9 +172,11 @@ class DraSimulation:
         return resource.partition("/")[0] in self.drivers
 
     async def allocate(self, resource: str, count: int) -> dict[str, Any]:
-        """Allocate a claim of ``count`` devices of ``resource``, prepare it, resolve its CDI IDs.
+        """Run a pod asking for ``count`` of ``resource``; prepare its claim, resolve CDI IDs.
 
-        Returns the result as JSON data; ``error`` says what failed (None: prepared).
+        Returns the result as JSON data: ``pod``, ``device_class``, ``claim`` (the pod's
+        extended-resource claim), ``request_mappings``, ``devices``, ``cdi``; ``error``
+        says what failed (None: prepared).
         """
         driver, _, dev_type = resource.partition("/")
         self._claims += 1
@@ -179,7 +185,9 @@ class DraSimulation:
             "resource": resource,
             "requested": count,
             "driver": driver,
-            "claim": f"{CLAIM_NAMESPACE}/{name}",
+            "pod": f"{CLAIM_NAMESPACE}/{name}",
+            "device_class": None,
+            "claim": None,
             "devices": [],
             "cdi": [],
             "error": None,
@@ -193,7 +201,7 @@ class DraSimulation:
     async def _allocate(
         self, result: dict[str, Any], driver: str, dev_type: str, name: str, count: int
     ) -> None:
-        claim = await allocate_claim(
+        pod, claim = await allocate_extended_resource(
             self.api,
             self.kubelet,
             f"{driver}/{dev_type}",
@@ -201,8 +209,12 @@ class DraSimulation:
             node_name=SIMULATED_NODE,
             cdi_dir=self.cdi_dir,
             namespace=CLAIM_NAMESPACE,
-            name=name,
+            pod_name=name,
         )
+        status = pod["status"]["extendedResourceClaimStatus"]
+        result["claim"] = f"{CLAIM_NAMESPACE}/{claim.name}"
+        result["device_class"] = device_class_name(driver, dev_type)
+        result["request_mappings"] = status["requestMappings"]
         result["uid"] = claim.uid
         result["devices"] = list(claim.devices)
         for device in claim.prepared:

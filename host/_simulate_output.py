@@ -216,7 +216,12 @@ def drivers_text(drivers: Mapping[str, Mapping[str, Any]]) -> str:
 
 def claim_text(result: Mapping[str, Any]) -> str:
     """Return one prepared DRA claim as text: its devices, each CDI ID and its spec file."""
-    head = f"allocate {result['resource']}={result['requested']} (claim {result['claim']})"
+    where = [f"pod {result['pod']}"] if result.get("pod") else []
+    if result.get("device_class"):
+        where.append(f"DeviceClass {result['device_class']}")
+    if result.get("claim"):
+        where.append(f"claim {result['claim']}")
+    head = f"allocate {result['resource']}={result['requested']} ({', '.join(where)})"
     if result["error"] is not None:
         return f"{head}: FAILED: {result['error']}"
     lines = [f"{head}: {', '.join(result['devices'])}"]

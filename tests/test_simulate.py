@@ -495,7 +495,18 @@ class TestDra:
         ]
         [claim] = document["allocations"]
         assert claim["error"] is None
-        assert claim["claim"] == "default/simulate-1"
+        # A pod written for the device plugin, served through the resource's DeviceClass
+        # (KEP-5004): the scheduler's claim for the pod's extended resources.
+        assert claim["pod"] == "default/simulate-1"
+        assert claim["device_class"] == "i915.gpu.intel.com"
+        assert claim["claim"].startswith("default/simulate-1-extended-resources-")
+        assert claim["request_mappings"] == [
+            {
+                "containerName": "main",
+                "resourceName": "gpu.intel.com/i915",
+                "requestName": "container-0-request-0",
+            }
+        ]
         [device] = claim["devices"]
         card = device.removeprefix("i915-card").split("-")[0]
         ids = [cdi["id"] for cdi in claim["cdi"]]
@@ -538,8 +549,13 @@ class TestDra:
         assert "DRA driver gpu.intel.com  plugin gpu  registered" in out
         assert "devices 2 (2 healthy, 0 unhealthy)  prepared claims 1" in out
         [row] = [line.split() for line in out.splitlines() if line.startswith("    default/")]
-        assert (row[0], row[2]) == ("default/simulate-1", "simulate-1")  # claim, its pod
-        assert "allocate gpu.intel.com/i915=2 (claim default/simulate-1): " in out
+        # The pod's extended-resource claim (KEP-5004), reserved for the pod.
+        assert row[0].startswith("default/simulate-1-extended-resources-")
+        assert row[2] == "simulate-1"
+        assert (
+            "allocate gpu.intel.com/i915=2 (pod default/simulate-1, DeviceClass "
+            "i915.gpu.intel.com, claim default/simulate-1-extended-resources-"
+        ) in out
         assert out.count("         spec file /tmp/dpsim-") == 4  # 2 devices x 2 CDI IDs
 
     def test_live_text_shows_the_slices(self, gpu_root: Path) -> None:
@@ -561,8 +577,9 @@ class TestDra:
         )  # fmt: skip
         [claim] = document["allocations"]
         assert claim["error"] == (
-            "cannot allocate 3 of gpu.intel.com/i915: only 2 untainted device(s) of type "
-            "'i915' free on node simulated-node (types published: i915)"
+            "cannot allocate 3 of gpu.intel.com/i915: cannot allocate all claims: request "
+            "container-0-request-0 wants 3 device(s) of DeviceClass i915.gpu.intel.com, 2 free "
+            "on node simulated-node"
         )
 
     def test_plugin_not_enabled(self) -> None:

@@ -7,6 +7,10 @@ condition waits let a test assert what kubelet would see, without sleeping.
 :class:`FakeDraKubelet` plays kubelet's DRA side (plugin-watcher registration,
 NodePrepareResources / NodeUnprepareResources) against DRA drivers, and
 :class:`FakeClaims` with :func:`allocated_claim` stands in for the API server's claims.
+:class:`ExtendedResourceScheduler` and :func:`prepare_extended_resources` play the
+scheduler's and kubelet's parts of KEP-5004 (a pod's extended resources served by a
+DRA driver through a DeviceClass); :class:`ContainerDevices` is what a container gets,
+from an Allocate answer or from CDI device IDs, to compare the two.
 
 The pytest plugin is opt-in: put ``pytest_plugins = ["host.testing"]`` in your top-level
 ``conftest.py`` (or run ``pytest -p host.testing``) to get the fixtures
@@ -57,12 +61,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from host.testing._apiserver import ApiRequest, FakeApiServer, OutageMode, write_kubeconfig
+from host.testing._container import ContainerDevices
 from host.testing._dra_claims import (
     DraClaim,
     FakeClaims,
     allocate_claim,
     allocated_claim,
     cdi_spec_file,
+)
+from host.testing._extended import (
+    ExtendedResourceScheduler,
+    SchedulingError,
+    allocate_extended_resource,
+    prepare_extended_resources,
 )
 from host.testing._kubelet import FakeKubelet
 from host.testing._kubelet_dra import (
@@ -103,11 +114,13 @@ __all__ = [
     "Allocation",
     "ApiRequest",
     "ClaimMaker",
+    "ContainerDevices",
     "DeviceState",
     "DraClaim",
     "DraClaimResult",
     "DraDevice",
     "DraPluginRegistration",
+    "ExtendedResourceScheduler",
     "FakeApiServer",
     "FakeClaims",
     "FakeDraKubelet",
@@ -122,8 +135,10 @@ __all__ = [
     "Rejection",
     "ResourceState",
     "RunHost",
+    "SchedulingError",
     "Symlink",
     "allocate_claim",
+    "allocate_extended_resource",
     "allocated_claim",
     "apiserver",
     "apiserver_kubeconfig",
@@ -133,6 +148,7 @@ __all__ = [
     "dra_kubelet",
     "fake_sysfs",
     "kubelet",
+    "prepare_extended_resources",
     "run_host",
     "start_host",
     "write_kubeconfig",

@@ -27,7 +27,14 @@ if TYPE_CHECKING:
     from host.testing._apiserver import FakeApiServer
     from host.testing._kubelet_dra import DraDevice, FakeDraKubelet
 
-__all__ = ["DraClaim", "FakeClaims", "allocate_claim", "allocated_claim", "cdi_spec_file"]
+__all__ = [
+    "DraClaim",
+    "FakeClaims",
+    "allocate_claim",
+    "allocated_claim",
+    "cdi_spec_file",
+    "prepare_allocated_claim",
+]
 
 _names = itertools.count(1)
 
@@ -263,15 +270,37 @@ async def allocate_claim(
         reserved_for=[consumer],
         spec={"devices": {"requests": [request]}},
     )
-    uid = claim["metadata"]["uid"]
+    return await prepare_allocated_claim(
+        kubelet,
+        driver,
+        (namespace, claim_name, claim["metadata"]["uid"]),
+        cdi_dir=cdi_dir,
+        failure=f"cannot allocate {count} of {resource}",
+    )
+
+
+async def prepare_allocated_claim(
+    kubelet: FakeDraKubelet,
+    driver: str,
+    ref: tuple[str, str, str],
+    *,
+    cdi_dir: str | Path,
+    failure: str,
+) -> DraClaim:
+    """Have kubelet prepare the allocated claim ``ref`` with ``driver``; resolve its CDI IDs.
+
+    :class:`~host.testing.KubeletError` starting with ``failure`` when the driver is not
+    registered, fails the claim, or names a CDI ID no spec file in ``cdi_dir`` defines.
+    """
+    namespace, claim_name, uid = ref
     try:
-        outcome = (await kubelet.prepare(driver, [(namespace, claim_name, uid)]))[uid]
+        outcome = (await kubelet.prepare(driver, [ref]))[uid]
     except KubeletError as exc:
-        raise KubeletError(f"cannot allocate {count} of {resource}: {exc}") from None
+        raise KubeletError(f"{failure}: {exc}") from None
     if outcome.error:
         raise KubeletError(
-            f"cannot allocate {count} of {resource}: NodePrepareResources failed for "
-            f"ResourceClaim {claim_name}: {outcome.error}"
+            f"{failure}: NodePrepareResources failed for ResourceClaim {claim_name}: "
+            f"{outcome.error}"
         )
     # Devices of one type may share one CDI device: each ID once, as the runtime gets it.
     cdi_ids = tuple(dict.fromkeys(i for device in outcome.devices for i in device.cdi_device_ids))
@@ -285,8 +314,8 @@ async def allocate_claim(
         edits[cdi_id] = _merged_edits(found[1], cdi_id.partition("=")[2])
     if unresolved:
         raise KubeletError(
-            f"cannot allocate {count} of {resource}: claim {claim_name} prepared, but no CDI "
-            f"spec file in {cdi_dir} defines {', '.join(unresolved)}"
+            f"{failure}: claim {claim_name} prepared, but no CDI spec file in {cdi_dir} "
+            f"defines {', '.join(unresolved)}"
         )
     return DraClaim(
         namespace,

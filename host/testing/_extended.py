@@ -19,24 +19,27 @@ the drivers like any other, and gives each container the CDI devices of the requ
 mapped to its own extended resources; the device manager leaves those resources alone.
 
 Not modelled: init containers reusing the devices of later containers (each container
-gets its own request), scoring, preemption, quota. CEL is evaluated by ``cel-python``
-(the ``test`` extra), imported on first use.
+gets its own request), scoring, preemption, quota. Selectors are evaluated as
+:mod:`host.testing._selectors` says.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from host.deviceplugin._names import resource_name_error
-from host.dra._deviceclasses import IMPLICIT_EXTENDED_RESOURCE_PREFIX
+from host.dra._deviceclasses import IMPLICIT_EXTENDED_RESOURCE_PREFIX, device_class
 from host.testing._apiserver_store import RESOURCE_CLAIMS
+from host.testing._dra_claims import DraClaim, prepare_allocated_claim
 from host.testing._kubelet_types import KubeletError
+from host.testing._selectors import SelectorError, Selectors
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from host.testing._apiserver import FakeApiServer
     from host.testing._kubelet_dra import FakeDraKubelet
 
@@ -44,6 +47,7 @@ __all__ = [
     "EXTENDED_RESOURCE_CLAIM_ANNOTATION",
     "ExtendedResourceScheduler",
     "SchedulingError",
+    "allocate_extended_resource",
     "container_requests",
     "is_dra_extended_resource_name",
     "prepare_extended_resources",
@@ -157,68 +161,6 @@ def requests_and_mappings(
     return requests, mappings
 
 
-def _cel_device(driver: str, device: Mapping[str, Any]) -> dict[str, Any]:
-    """Return the ``device`` variable of a DRA CEL selector for one slice device."""
-    attributes: dict[str, dict[str, Any]] = {driver: {}}
-    for name, value in (device.get("attributes") or {}).items():
-        domain, _, ident = name.rpartition("/")
-        ((_, item),) = value.items()
-        attributes.setdefault(domain or driver, {})[ident] = item
-    capacity: dict[str, dict[str, Any]] = {driver: {}}
-    for name, value in (device.get("capacity") or {}).items():
-        domain, _, ident = name.rpartition("/")
-        capacity.setdefault(domain or driver, {})[ident] = value.get("value")
-    return {"driver": driver, "attributes": attributes, "capacity": capacity}
-
-
-def _celpy() -> Any:
-    try:
-        import celpy
-    except ImportError as exc:
-        raise ImportError(
-            f"evaluating DeviceClass selectors needs cel-python ({exc}); install it, "
-            "e.g. pip install 'devplugin-host[test]'"
-        ) from exc
-    return celpy
-
-
-@functools.lru_cache(maxsize=256)
-def _program(expression: str) -> Any:
-    """``expression`` compiled (parsing CEL costs milliseconds: each expression once)."""
-    celpy = _celpy()
-    environment = celpy.Environment()
-    return environment.program(environment.compile(expression))
-
-
-class _Selectors:
-    """A class's CEL selectors, compiled once, evaluated against slice devices."""
-
-    def __init__(self, device_class: Mapping[str, Any]) -> None:
-        celpy = self._celpy = _celpy()
-        self.name = device_class["metadata"]["name"]
-        self._programs = []
-        for selector in (device_class.get("spec") or {}).get("selectors") or ():
-            expression = selector["cel"]["expression"]
-            try:
-                self._programs.append((expression, _program(expression)))
-            except celpy.CELParseError as exc:
-                raise SchedulingError(f"DeviceClass {self.name}: {expression!r}: {exc}") from exc
-
-    def match(self, driver: str, device: Mapping[str, Any]) -> bool:
-        """Whether every selector holds for ``device``; SchedulingError for a runtime error."""
-        activation = {"device": self._celpy.json_to_cel(_cel_device(driver, device))}
-        for expression, program in self._programs:
-            try:
-                result = program.evaluate(activation)
-            except self._celpy.CELEvalError as exc:
-                raise SchedulingError(f"DeviceClass {self.name}: {expression!r}: {exc}") from exc
-            if isinstance(result, self._celpy.CELEvalError):
-                raise SchedulingError(f"DeviceClass {self.name}: {expression!r}: {result}")
-            if result is not True and result != self._celpy.celtypes.BoolType(True):
-                return False
-        return True
-
-
 class ExtendedResourceScheduler:
     """kube-scheduler's part of KEP-5004 for one node of a :class:`FakeApiServer`.
 
@@ -277,20 +219,27 @@ class ExtendedResourceScheduler:
         results = []
         for request in requests:
             exactly = request["exactly"]
-            selectors = _Selectors(classes[exactly["deviceClassName"]])
+            try:
+                selectors = Selectors(classes[exactly["deviceClassName"]])
+            except SelectorError as exc:
+                raise SchedulingError(str(exc)) from exc
             picked: list[tuple[str, str, str]] = []
             for driver, pool, device in candidates:
                 if len(picked) == exactly["count"]:
                     break
                 if (driver, pool, device["name"]) in taken or _blocked(device):
                     continue
-                if selectors.match(driver, device):
+                try:
+                    matched = selectors.match(driver, device)
+                except SelectorError as exc:
+                    raise SchedulingError(str(exc)) from exc
+                if matched:
                     picked.append((driver, pool, device["name"]))
             if len(picked) < exactly["count"]:
                 raise SchedulingError(
                     f"cannot allocate all claims: request {request['name']} wants "
-                    f"{exactly['count']} device(s) of class {selectors.name}, {len(picked)} free "
-                    f"on node {self.node}"
+                    f"{exactly['count']} device(s) of DeviceClass {selectors.name}, "
+                    f"{len(picked)} free on node {self.node}"
                 )
             taken.update(picked)
             results += [
@@ -421,3 +370,57 @@ async def prepare_extended_resources(
                     ids += by_request.get(mapping["requestName"], [])
         per_container[container["name"]] = tuple(dict.fromkeys(ids))
     return per_container
+
+
+async def allocate_extended_resource(
+    api: FakeApiServer,
+    kubelet: FakeDraKubelet,
+    resource: str,
+    count: int = 1,
+    *,
+    node_name: str,
+    cdi_dir: str | Path,
+    pod_name: str,
+    namespace: str = "default",
+    container: str = "main",
+) -> tuple[dict[str, Any], DraClaim]:
+    """Run a pod asking for ``count`` of ``resource`` (``DRIVER/TYPE``) as under KEP-5004.
+
+    The resource's DeviceClass (:func:`host.dra._deviceclasses.device_class`, as
+    ``devplugin-host dra deviceclasses`` prints it) is created unless a class of that
+    name exists; pod ``namespace/pod_name``, one container asking for the resource in
+    ``resources.limits`` (as written for the device plugin), is scheduled to
+    ``node_name`` by :class:`ExtendedResourceScheduler`; kubelet prepares the pod's
+    claim and its CDI IDs are resolved in ``cdi_dir``. Returns the bound pod (with
+    ``status.extendedResourceClaimStatus``) and the prepared claim.
+    :class:`~host.testing.KubeletError` saying what failed (no such class possible,
+    too few devices, the driver's answer).
+    """
+    failure = f"cannot allocate {count} of {resource}"
+    driver, _, dev_type = resource.partition("/")
+    try:
+        obj = device_class(driver, dev_type)
+    except ValueError as exc:
+        raise KubeletError(f"{failure}: {exc}") from None
+    if obj["metadata"]["name"] not in {c["metadata"]["name"] for c in api.device_classes()}:
+        api.add_device_class(obj)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": namespace},
+        "spec": {
+            "containers": [
+                {"name": container, "image": "pause", "resources": {"limits": {resource: count}}}
+            ]
+        },
+    }
+    try:
+        bound = ExtendedResourceScheduler(api, node_name).schedule(pod)
+    except SchedulingError as exc:
+        raise KubeletError(f"{failure}: {exc}") from None
+    claim_name = bound["status"]["extendedResourceClaimStatus"]["resourceClaimName"]
+    uid = api.store.get(RESOURCE_CLAIMS, claim_name, namespace)["metadata"]["uid"]
+    claim = await prepare_allocated_claim(
+        kubelet, driver, (namespace, claim_name, uid), cdi_dir=cdi_dir, failure=failure
+    )
+    return bound, claim

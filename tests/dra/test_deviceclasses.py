@@ -22,7 +22,7 @@ from host.dra._deviceclasses import (
 )
 from host.testing import FakeApiServer
 from host.testing._apiserver_store import ApiFailure
-from host.testing._extended import _cel_device
+from host.testing._selectors import SelectorError, Selectors, cel_device
 from hostplugins.gpu.fakedev import FakeGpu, FakeGpuTree, write_gpu_tree
 from tests.dra.schema import assert_schema_valid
 
@@ -32,7 +32,7 @@ GPU = "gpu.intel.com"
 def selects(obj: dict[str, Any], driver: str, device: dict[str, Any]) -> bool:
     """Evaluate every selector of class ``obj`` (real CEL) on a published slice device."""
     environment = celpy.Environment()
-    activation = {"device": celpy.json_to_cel(_cel_device(driver, device))}
+    activation = {"device": celpy.json_to_cel(cel_device(driver, device))}
     return all(
         bool(environment.program(environment.compile(s["cel"]["expression"])).evaluate(activation))
         for s in obj["spec"]["selectors"]
@@ -135,6 +135,46 @@ class TestSelection:
         (device,) = published(GPU, {"i915": {"card0-0": card(0, UNHEALTHY)}})
         assert device["taints"]
         assert selects(device_class(GPU, "i915"), GPU, device)
+
+
+class TestFakeSchedulerSelectors:
+    @pytest.mark.parametrize("dev_type", ["i915", "xe", 'x"y\\z'])
+    def test_generated_form_agrees_with_cel(self, dev_type: str) -> None:
+        """The direct evaluation of the host's own form gives what real CEL gives."""
+        devices = published(GPU, {"i915": {"c0": card(0)}, "xe": {"c1": card(1)}})
+        devices += published("gpu.example.com", {"i915": {"c2": card(2)}})
+        obj = device_class(GPU, dev_type) if '"' not in dev_type else _raw_class(dev_type)
+        fast, slow = Selectors(obj), Selectors(obj, fast=False)
+        for device in devices:
+            driver = "gpu.example.com" if device["name"].endswith("c2") else GPU
+            assert (
+                fast.match(driver, device)
+                == slow.match(driver, device)
+                == (driver == GPU and device["attributes"]["type"]["string"] == dev_type)
+            )
+
+    def test_other_expressions_go_to_cel(self) -> None:
+        """An administrator's own selector (not the host's form) is evaluated by cel-python."""
+        obj = device_class(GPU, "i915")
+        obj["spec"]["selectors"].append(
+            {"cel": {"expression": 'device.attributes["gpu.intel.com"].id.startsWith("c0")'}}
+        )
+        devices = published(GPU, {"i915": {"c0": card(0), "c1": card(1)}})
+        assert [Selectors(obj).match(GPU, d) for d in devices] == [True, False]
+
+    def test_a_broken_expression_is_named(self) -> None:
+        """An expression that does not compile: SelectorError naming the class."""
+        obj = device_class(GPU, "i915")
+        obj["spec"]["selectors"] = [{"cel": {"expression": "device.driver == "}}]
+        with pytest.raises(SelectorError, match=r"i915\.gpu\.intel\.com"):
+            Selectors(obj)
+
+
+def _raw_class(dev_type: str) -> dict[str, Any]:
+    """A class for a type no resource name allows (quotes): the selector alone matters."""
+    obj = device_class(GPU, "i915")
+    obj["spec"]["selectors"][0]["cel"]["expression"] = device_class_selector(GPU, dev_type)
+    return obj
 
 
 class TestServerChecks:
