@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,16 @@ class TestFakeSchedulerSelectors:
                 == slow.match(driver, device)
                 == (driver == GPU and device["attributes"]["type"]["string"] == dev_type)
             )
+
+    def test_generated_form_needs_no_cel_library(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """simulate runs on a base install: the host's own selectors never import celpy."""
+        monkeypatch.setitem(sys.modules, "celpy", None)
+        (device,) = published(GPU, {"i915": {"c0": card(0)}})
+        assert Selectors(device_class(GPU, "i915")).match(GPU, device)
+        odd = device_class(GPU, "i915")
+        odd["spec"]["selectors"][0]["cel"]["expression"] = "true"
+        with pytest.raises(ImportError, match="needs cel-python"):
+            Selectors(odd)
 
     def test_other_expressions_go_to_cel(self) -> None:
         """An administrator's own selector (not the host's form) is evaluated by cel-python."""
