@@ -523,11 +523,8 @@ class TestDra:
         assert view["pool"] == {"name": "simulated-node", "generation": 1}
         assert (view["device_count"], view["healthy"], view["prepared_claims"]) == (2, 2, 1)
         [prepared] = view["claims"]
-        assert (prepared["namespace"], prepared["name"], prepared["uid"]) == (
-            "default",
-            "simulate-1",
-            claim["uid"],
-        )
+        assert f"{prepared['namespace']}/{prepared['name']}" == claim["claim"]
+        assert prepared["uid"] == claim["uid"]
         assert [pod["name"] for pod in prepared["reserved_for"]] == ["simulate-1"]
         assert prepared["devices"][0]["cdi_device_ids"] == ids
         kinds = [event["event"] for event in document["events"]]
