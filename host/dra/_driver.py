@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
@@ -61,6 +61,13 @@ _R = TypeVar("_R")
 
 SERIALIZE_LOCK_NAME = "serialize.lock"
 """With an instance id, the file that serialises both instances' changes (flock)."""
+
+
+async def _each(step: Callable[[ClaimRef], Awaitable[_R]], refs: Sequence[ClaimRef]) -> list[_R]:
+    """Run ``step`` for every claim concurrently (one claim, the common call: no task)."""
+    if len(refs) == 1:
+        return [await step(refs[0])]
+    return list(await asyncio.gather(*(step(ref) for ref in refs)))
 
 
 class _KeyedLocks:
@@ -211,7 +218,7 @@ class DraDriver:
         """
         started = time.perf_counter()
         unique = list({ref.uid: ref for ref in claims}.values())
-        outcomes = await asyncio.gather(*(self._prepare_one(ref) for ref in unique))
+        outcomes = await _each(self._prepare_one, unique)
         self._observe("NodePrepareResources", started, outcomes)
         return dict(zip((ref.uid for ref in unique), outcomes, strict=True))
 
@@ -304,7 +311,7 @@ class DraDriver:
         """
         started = time.perf_counter()
         unique = list({ref.uid: ref for ref in claims}.values())
-        outcomes = await asyncio.gather(*(self._unprepare_one(ref) for ref in unique))
+        outcomes = await _each(self._unprepare_one, unique)
         self._observe("NodeUnprepareResources", started, outcomes)
         return dict(zip((ref.uid for ref in unique), outcomes, strict=True))
 
