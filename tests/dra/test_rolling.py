@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 from typing import Any
 
 import pytest
@@ -163,3 +165,36 @@ class TestStop:
             await stopping
             assert not driver.registration_socket_path.exists()
         assert "uid-1" in ClaimCheckpoint(dirs.checkpoint, DRIVER).load()
+
+
+class TestLoopNeverWaits:
+    async def test_held_lock_sends_the_change_to_a_thread(
+        self, drivers: DriverRunner, claims: FakeClaims, dirs: Dirs
+    ) -> None:
+        """While the other instance holds serialize.lock, a prepare waits in a worker
+        thread (the loop stays free) and completes once the lock is released."""
+        driver = await drivers.start(instance_id="a")
+        c1 = ClaimRef(*add_claim(claims, "c1", "uid-1", result("i915-card0")))
+        c2 = ClaimRef(*add_claim(claims, "c2", "uid-2", result("i915-card1")))
+        assert isinstance((await driver.prepare([c1]))["uid-1"], PreparedClaim)
+        store = driver._store
+        loop = asyncio.get_running_loop()
+        in_thread = asyncio.Event()
+        blocking_lookup = store.lookup
+
+        def lookup(uid: str) -> PreparedClaim | None:
+            loop.call_soon_threadsafe(in_thread.set)
+            return blocking_lookup(uid)
+
+        store.lookup = lookup  # type: ignore[method-assign]
+        fd = os.open(dirs.plugins / DRIVER / "serialize.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # as the other instance would
+            call = asyncio.create_task(driver.prepare([c2]))
+            # This test runs on the driver's loop: reaching here, the loop is free.
+            await asyncio.wait_for(in_thread.wait(), 5)
+            assert not call.done()
+        finally:
+            os.close(fd)  # releases the lock
+        assert isinstance((await asyncio.wait_for(call, 5))["uid-2"], PreparedClaim)
+        assert sorted(ClaimCheckpoint(dirs.checkpoint, DRIVER).load()) == ["uid-1", "uid-2"]
