@@ -153,8 +153,8 @@ class ClaimCheckpoint:
     def read_changes(self) -> list[ClaimChange] | None:
         """Return the changes another process appended since this object last looked.
 
-        ``[]`` when nothing changed; None when the file was replaced or removed (a new
-        snapshot: call :meth:`load`).
+        ``[]`` when nothing changed (or the file is gone); None when the file was
+        replaced by a new snapshot (call :meth:`load`).
         """
         try:
             with open(self.path, "rb") as f:
@@ -168,7 +168,9 @@ class ClaimCheckpoint:
                 f.seek(self._offset)
                 tail = f.read()
         except FileNotFoundError:
-            return None if self._epoch is not None else []
+            # Removed from outside, not by the other instance (which only replaces it):
+            # nothing to take over; the next change writes a snapshot again.
+            return []
         except OSError as err:
             raise CheckpointError(f"cannot read DRA checkpoint {self.path}: {err}") from err
         return self._apply_lines(tail, 0, base=self._offset)

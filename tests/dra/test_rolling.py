@@ -94,6 +94,20 @@ class TestSharedCheckpoint:
         assert second.lookup("uid-1") is None
         assert second.lookup("uid-2") == prepared("uid-2")
 
+    async def test_a_removed_file_drops_no_claim(self, dirs: Dirs) -> None:
+        """A checkpoint removed from outside is no unprepare: the next change writes it again."""
+        first, second = store(dirs), store(dirs)
+        first.add(prepared("uid-1"))
+        second.add(prepared("uid-2"))
+        dirs.checkpoint.unlink()
+        assert second.lookup("uid-1") == prepared("uid-1")
+        second.add(prepared("uid-3"))
+        assert sorted(ClaimCheckpoint(dirs.checkpoint, DRIVER).load()) == [
+            "uid-1",
+            "uid-2",
+            "uid-3",
+        ]
+
     async def test_appended_changes_read_by_the_other(self, dirs: Dirs) -> None:
         """Each instance reads only the lines the other appended since it last looked."""
         first, second = store(dirs), store(dirs)
