@@ -169,10 +169,6 @@ class Host:
             emit("rsend", res=endpoint.service.resource_name)
             await call_register(endpoint, request)
 
-        if os.environ.get("BENCH_REGISTER_OPTIONS") == "default":  # experiment
-            import host.deviceplugin._endpoint as endpoint_module
-
-            endpoint_module.REGISTER_CHANNEL_OPTIONS = ()  # type: ignore[misc]
         ResourceEndpoint._serve_socket = traced_serve  # type: ignore[method-assign]
         ResourceEndpoint._call_register = traced_register  # type: ignore[method-assign]
 
@@ -203,8 +199,6 @@ class Host:
 
 
 if __name__ == "__main__":
-    if os.environ.get("BENCH_SWITCH"):  # experiment
-        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
     if os.environ.get("BENCH_HOST_LOG"):  # e.g. DEBUG: the host's log on stderr, monotonic ns
         logging.basicConfig(
             level=os.environ["BENCH_HOST_LOG"],

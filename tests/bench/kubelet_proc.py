@@ -146,7 +146,5 @@ async def main(plugin_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    if os.environ.get("BENCH_SWITCH"):  # experiment
-        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(sys.argv[1]))
