@@ -25,6 +25,7 @@ import grpc
 
 from host._api import api_pb2 as pluginapi
 from host._api import api_pb2_grpc
+from host.deviceplugin._kubelet_channel import REGISTER_TIMEOUT, KubeletChannel
 from host.deviceplugin._service import KUBELET_MAX_MESSAGE, DevicePluginService
 from host.deviceplugin._watcher import (
     PluginDirWatcher,
@@ -46,21 +47,7 @@ __all__ = [
 log = logging.getLogger("host.deviceplugin.endpoint")
 
 API_VERSION = "v1beta1"
-REGISTER_TIMEOUT = 15.0
-"""Kubelet dials back for up to 10 s inside Register; allow for that plus the options call."""
 SERVER_STOP_GRACE = 0.2
-REGISTER_CHANNEL_OPTIONS = (
-    # gRPC shares subchannels between channels to the same target: a fresh channel
-    # would inherit the reconnect backoff (1 s, then more) of an earlier attempt that
-    # found kubelet.sock not yet listening, delaying the registration with a kubelet
-    # that has just come up. A pool of our own and short backoffs keep each attempt
-    # independent; the endpoint's own backoff paces the retries.
-    ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
-"""Options of the channel each Register call dials."""
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 """Largest request a resource's server accepts (gRPC answers RESOURCE_EXHAUSTED above)."""
 MAX_SOCKET_PATH = 107
@@ -243,10 +230,13 @@ class ResourceEndpoint:
     async def run(self) -> None:
         """Serve and stay registered until cancelled; then stop and remove the socket."""
         unsubscribe = self.watcher.subscribe(self._on_watch_event)
+        kubelet_channel = KubeletChannel.of(self.watcher)
+        kubelet_channel.acquire()
         try:
             await self._maintain()
         finally:
             unsubscribe()
+            await kubelet_channel.release()
             if self._stream_check is not None:
                 self._stream_check.cancel()
             await self._end_streams()
@@ -481,12 +471,13 @@ class ResourceEndpoint:
         return True
 
     async def _call_register(self, request: pluginapi.RegisterRequest) -> None:
-        kubelet_socket = self.watcher.kubelet_socket
-        async with grpc.aio.insecure_channel(
-            f"unix://{kubelet_socket}", options=REGISTER_CHANNEL_OPTIONS
-        ) as channel:
-            stub = api_pb2_grpc.RegistrationStub(channel)
-            await stub.Register(request, timeout=REGISTER_TIMEOUT)
+        shared = KubeletChannel.of(self.watcher)
+        channel = shared.channel()
+        try:
+            await api_pb2_grpc.RegistrationStub(channel).Register(request, timeout=REGISTER_TIMEOUT)
+        except grpc.aio.AioRpcError:
+            shared.failed(channel)
+            raise
 
     async def _serve_while(self, call: asyncio.Future[None]) -> None:
         """Keep our socket served while Register is outstanding.

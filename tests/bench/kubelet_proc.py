@@ -92,6 +92,10 @@ class BenchKubelet(api_pb2_grpc.RegistrationServicer):
         channel = grpc.aio.insecure_channel(
             f"unix:{path}",
             options=[
+                # Go's grpc.Dial shares no connections between ClientConns; grpcio shares
+                # subchannels (and their reconnect backoff) across channels and across
+                # this process's restarts unless told not to.
+                ("grpc.use_local_subchannel_pool", 1),
                 ("grpc.default_authority", "localhost"),
                 ("grpc.max_receive_message_length", KUBELET_MAX_MESSAGE),
             ],
