@@ -26,9 +26,8 @@ from host._simulate_output import Event
 from host.dra import DraOptions, DraPlugin, build_dra_plugins, kube_client
 from host.dra._deviceclasses import device_class_name
 from host.testing import FakeApiServer, FakeDraKubelet, KubeletError, allocate_extended_resource
-from host.testing._dra_claims import cdi_spec_file
 
-__all__ = ["SIMULATED_NODE", "DraSimulation", "cdi_spec_file"]
+__all__ = ["SIMULATED_NODE", "DraSimulation"]
 
 SIMULATED_NODE = "simulated-node"
 """The Node the simulated host runs on: the pool of every device."""

@@ -67,7 +67,6 @@ from host.testing._dra_claims import (
     FakeClaims,
     allocate_claim,
     allocated_claim,
-    cdi_spec_file,
 )
 from host.testing._extended import (
     ExtendedResourceScheduler,
@@ -143,7 +142,6 @@ __all__ = [
     "apiserver",
     "apiserver_kubeconfig",
     "build_tree",
-    "cdi_spec_file",
     "dra_claim",
     "dra_kubelet",
     "fake_sysfs",

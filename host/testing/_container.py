@@ -18,10 +18,33 @@ from typing import Any, Self
 from host._api import api_pb2
 from host.testing._kubelet_types import KubeletError
 
-__all__ = ["ContainerDevices", "resolve_cdi_device"]
+__all__ = ["ContainerDevices", "cdi_definitions", "resolve_cdi_device"]
 
 _DEFAULT_PERMISSIONS = "rwm"
 """What runtimes give a device node whose permissions are not set."""
+
+
+def cdi_definitions(
+    cdi_dir: str | Path, cdi_id: str
+) -> list[tuple[Path, Mapping[str, Any], Mapping[str, Any]]]:
+    """Every spec file of ``cdi_dir`` defining CDI device ``cdi_id``: (path, spec, device).
+
+    Read as a runtime's CDI cache reads them: every ``*.json`` file, unreadable ones
+    skipped.
+    """
+    kind, _, name = cdi_id.partition("=")
+    found: list[tuple[Path, Mapping[str, Any], Mapping[str, Any]]] = []
+    for path in sorted(Path(cdi_dir).glob("*.json")):
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(spec, dict) or spec.get("kind") != kind:
+            continue
+        for device in spec.get("devices") or ():
+            if isinstance(device, dict) and device.get("name") == name:
+                found.append((path, spec, device))
+    return found
 
 
 def resolve_cdi_device(cdi_dir: str | Path, cdi_id: str) -> list[Mapping[str, Any]]:
@@ -35,22 +58,13 @@ def resolve_cdi_device(cdi_dir: str | Path, cdi_id: str) -> list[Mapping[str, An
     kind, sep, name = cdi_id.partition("=")
     if not sep or not kind or not name:
         raise KubeletError(f"invalid CDI device ID {cdi_id!r}: want vendor/class=name")
-    found = []
-    for path in sorted(Path(cdi_dir).glob("*.json")):
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(spec, dict) or spec.get("kind") != kind:
-            continue
-        for device in spec.get("devices") or ():
-            if isinstance(device, dict) and device.get("name") == name:
-                found.append([spec.get("containerEdits") or {}, device.get("containerEdits") or {}])
+    found = cdi_definitions(cdi_dir, cdi_id)
     if len(found) != 1:
         raise KubeletError(
             f"unresolvable CDI devices {cdi_id}: {len(found)} spec files in {cdi_dir} define it"
         )
-    return found[0]
+    _, spec, device = found[0]
+    return [spec.get("containerEdits") or {}, device.get("containerEdits") or {}]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from host.dra import ClaimNotFoundError
+from host.testing._container import cdi_definitions, resolve_cdi_device
 from host.testing._kubelet_types import KubeletError
 
 if TYPE_CHECKING:
@@ -109,31 +109,20 @@ class FakeClaims:
             self._in_flight -= 1
 
 
-def cdi_spec_file(cdi_dir: str | Path, cdi_id: str) -> tuple[Path, dict[str, Any]] | None:
+def cdi_spec_file(cdi_dir: str | Path, cdi_id: str) -> tuple[Path, Mapping[str, Any]] | None:
     """Find the spec file of ``cdi_dir`` defining CDI device ``kind=name``.
 
-    Returns the file and the spec (None when no file defines it), reading every
-    ``*.json`` file as a container runtime's CDI cache would.
+    Returns the file and the spec (None when no file defines it; the first when
+    several do), read as a container runtime's CDI cache would.
     """
-    kind, _, name = cdi_id.partition("=")
-    for path in sorted(Path(cdi_dir).glob("*.json")):
-        try:
-            spec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(spec, dict) or spec.get("kind") != kind:
-            continue
-        for device in spec.get("devices") or ():
-            if isinstance(device, dict) and device.get("name") == name:
-                return path, spec
-    return None
+    found = cdi_definitions(cdi_dir, cdi_id)
+    return (found[0][0], found[0][1]) if found else None
 
 
-def _merged_edits(spec: Mapping[str, Any], device_name: str) -> dict[str, list[Any]]:
-    """Return the spec's container edits, then the device's, as a runtime applies them."""
+def _edits(cdi_dir: str | Path, cdi_id: str) -> dict[str, list[Any]]:
+    """Return the container edits of ``cdi_id``, the spec's then the device's, by kind."""
     edits: dict[str, list[Any]] = {}
-    device = next(d for d in spec["devices"] if d.get("name") == device_name)
-    for source in (spec.get("containerEdits") or {}, device.get("containerEdits") or {}):
+    for source in resolve_cdi_device(cdi_dir, cdi_id):
         for key, values in source.items():
             edits.setdefault(key, []).extend(values or ())
     return edits
@@ -304,19 +293,13 @@ async def prepare_allocated_claim(
         )
     # Devices of one type may share one CDI device: each ID once, as the runtime gets it.
     cdi_ids = tuple(dict.fromkeys(i for device in outcome.devices for i in device.cdi_device_ids))
-    edits, files, unresolved = {}, {}, []
+    edits, files = {}, {}
     for cdi_id in cdi_ids:
-        found = cdi_spec_file(cdi_dir, cdi_id)
-        if found is None:
-            unresolved.append(cdi_id)
-            continue
-        files[cdi_id] = found[0]
-        edits[cdi_id] = _merged_edits(found[1], cdi_id.partition("=")[2])
-    if unresolved:
-        raise KubeletError(
-            f"{failure}: claim {claim_name} prepared, but no CDI spec file in {cdi_dir} "
-            f"defines {', '.join(unresolved)}"
-        )
+        try:
+            edits[cdi_id] = _edits(cdi_dir, cdi_id)
+        except KubeletError as exc:
+            raise KubeletError(f"{failure}: claim {claim_name} prepared, but {exc}") from None
+        files[cdi_id] = cdi_definitions(cdi_dir, cdi_id)[0][0]
     return DraClaim(
         namespace,
         claim_name,

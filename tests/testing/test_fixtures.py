@@ -136,7 +136,6 @@ class TestPublicSurface:
             "apiserver",
             "apiserver_kubeconfig",
             "build_tree",
-            "cdi_spec_file",
             "dra_claim",
             "dra_kubelet",
             "fake_sysfs",
