@@ -146,6 +146,38 @@ class TestApiServerOutage:
         history.assert_clean()
         await assert_claims_kept(apiserver, dra_kubelet, claims)
 
+    async def test_hung_requests_cut_when_it_answers_again(
+        self,
+        run_host: RunHost,
+        apiserver: FakeApiServer,
+        dra_kubelet: FakeDraKubelet,
+        dra_claim: ClaimMaker,
+    ) -> None:
+        """The API server stops answering (requests read, never answered) while card0
+        turns Unhealthy and card2 arrives: when it answers again (the hung connections
+        cut), the publisher retries and writes the newest state, once."""
+        scanner = ScriptedScanner(gpu_tree("card0", "card1"))
+        host = await run_host(plugins={"gpu": ScriptedPlugin(scanner)}, dra=["gpu"])
+        publisher = host.dra_plugins[DRIVER].publisher
+        claims = [await dra_claim(I915)]
+        history = PoolHistory(apiserver)
+        writes_before, seen = len(history.states), len(apiserver.requests)
+
+        apiserver.begin_outage("hang")
+        scanner.publish(gpu_tree("card0", "card1", "card2", unhealthy=["card0"]))
+        await apiserver.wait_for(
+            lambda: any(r.code is None for r in apiserver.requests[seen:]), what="a request hung"
+        )
+        await apiserver.end_outage()
+
+        await apiserver.wait_for(lambda: len(history.devices()) == 3, what="the newest state")
+        status = await until_status(publisher, lambda s: s.synced and s.failures == 0)
+        assert status.errors_total >= 1  # the cut request failed, and was retried
+        assert unhealthy_taint(history, "i915-card0")
+        assert len(history.states) == writes_before + 1  # one write: the newest state
+        history.assert_clean()
+        await assert_claims_kept(apiserver, dra_kubelet, claims)
+
 
 async def until_status(
     publisher: ResourceSlicePublisher,
