@@ -32,7 +32,6 @@ __all__ = [
     "FakeClaims",
     "allocate_claim",
     "allocated_claim",
-    "cdi_spec_file",
     "prepare_allocated_claim",
 ]
 
@@ -107,16 +106,6 @@ class FakeClaims:
             return copy.deepcopy(claim)
         finally:
             self._in_flight -= 1
-
-
-def cdi_spec_file(cdi_dir: str | Path, cdi_id: str) -> tuple[Path, Mapping[str, Any]] | None:
-    """Find the spec file of ``cdi_dir`` defining CDI device ``kind=name``.
-
-    Returns the file and the spec (None when no file defines it; the first when
-    several do), read as a container runtime's CDI cache would.
-    """
-    found = cdi_definitions(cdi_dir, cdi_id)
-    return (found[0][0], found[0][1]) if found else None
 
 
 def _edits(cdi_dir: str | Path, cdi_id: str) -> dict[str, list[Any]]:
