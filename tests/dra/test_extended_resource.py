@@ -20,7 +20,9 @@ import kubernetes_validate
 import pytest
 import pytest_asyncio
 
+from host import hookimpl
 from host._loader import ScannerRecord
+from host.deviceplugin import DeviceInfo, DeviceSpec, DeviceTree, Mount
 from host.dra import DraOptions, build_dra_plugins, kube_client
 from host.dra._deviceclasses import device_class
 from host.testing import FakeApiServer, FakeDraKubelet, FakeKubelet
@@ -29,6 +31,7 @@ from host.testing._extended import (
     EXTENDED_RESOURCE_CLAIM_ANNOTATION,
     ExtendedResourceScheduler,
     SchedulingError,
+    allocate_extended_resource,
     prepare_extended_resources,
 )
 from host.testing._fixtures import RunHost
@@ -176,6 +179,72 @@ class TestSamePodBothWays:
         pod = dra_node.scheduler.schedule(workload(count=2))
         ids = await prepare_extended_resources(dra_node.kubelet, dra_node.api, pod)
         assert ContainerDevices.from_cdi(ids["worker"], dra_node.cdi_dir) == by_plugin
+
+
+class WidgetScanner:
+    """One widget with a device node, a mount and environment variables."""
+
+    def device_types(self) -> list[str]:
+        return ["widget"]
+
+    async def scan(self, notifier: Any) -> None:
+        tree = DeviceTree()
+        info = DeviceInfo(
+            nodes=[
+                DeviceSpec(host_path="/dev/null", container_path="/dev/widget", permissions="rw")
+            ],
+            mounts=[Mount(host_path="/etc/widget", container_path="/etc/widget", read_only=True)],
+            envs={"WIDGET_ID": "w0", "WIDGET_MODE": "fast"},
+        )
+        tree.add_device("widget", "w0", info)
+        notifier.notify(tree)
+        await asyncio.Event().wait()
+
+
+class WidgetPlugin:
+    @hookimpl
+    def devplugin_scanners(self, config: Any) -> Any:
+        yield WIDGET.partition("/")[0], WidgetScanner()
+
+
+WIDGET = "widget.example.com/widget"
+
+
+class TestEnvAndMounts:
+    async def test_same_env_and_mounts_both_ways(
+        self, kubelet: FakeKubelet, run_host: RunHost, short_dir: Path
+    ) -> None:
+        """A device with environment and a read-only mount: the same container either way."""
+        await run_host(plugins={"widget": WidgetPlugin()}, cdi_dir=short_dir / "dp-cdi")
+        await kubelet.wait_for_resource(WIDGET, healthy=1)
+        allocation = await kubelet.allocate_like_kubelet(WIDGET, 1)
+        by_plugin = ContainerDevices.from_allocate(allocation.response, short_dir / "dp-cdi")
+        work = short_dir / "dra"
+        async with FakeApiServer(nodes=[NODE]) as api, FakeDraKubelet(work / "reg") as dra:
+            client = kube_client(api.write_kubeconfig(short_dir / "kubeconfig"))
+            options = DraOptions(
+                frozenset({"widget"}), NODE, plugin_dir=work / "dra", registry_dir=work / "reg"
+            )
+            record = ScannerRecord("widget", "widget.example.com", WidgetScanner())
+            ((_, plugin),) = build_dra_plugins([record], client, options, cdi_dir=work / "cdi")
+            task = asyncio.create_task(plugin.serve())
+            try:
+                await dra.wait_for_driver("widget.example.com")
+                await api.wait_for(lambda: bool(api.resource_slices(node_name=NODE)))
+                pod, claim = await allocate_extended_resource(
+                    api, dra, WIDGET, 1, node_name=NODE, cdi_dir=work / "cdi", pod_name="w"
+                )
+                mappings = pod["status"]["extendedResourceClaimStatus"]["requestMappings"]
+                assert mappings[0]["resourceName"] == WIDGET
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await client.close()
+        by_dra = ContainerDevices.from_cdi(claim.cdi_ids, work / "cdi")
+        assert by_dra == by_plugin
+        assert by_dra.env == {"WIDGET_ID": "w0", "WIDGET_MODE": "fast"}
+        assert by_dra.mounts == {("/etc/widget", "/etc/widget", True)}
+        assert by_dra.device_nodes == {("/dev/widget", "/dev/null", "rw")}
 
 
 class TestSchedulerClaim:
