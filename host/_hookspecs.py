@@ -52,7 +52,10 @@ def devplugin_scanners(config: PluginConfig) -> Iterable[tuple[str, Scanner]]:  
     namespace must form valid resource names (``namespace/device-type``) and be used
     by no other scanner. Build scanners here; do not start scanning: the host calls
     ``scanner.scan(notifier)``. Raise :class:`~host.ConfigError` for a bad option
-    value; the host prints its message and exits with 2. Example::
+    value; the host prints its message and exits with 2. A scanner may promise to
+    notify at least every ``check_interval`` seconds
+    (:class:`~host.deviceplugin.PeriodicScanner`): served as a DRA driver, its devices
+    are then reported Unknown to kubelet when it falls silent. Example::
 
         @hookimpl
         def devplugin_scanners(config):

@@ -191,6 +191,10 @@ class DeviceListServer:
                 return
 
     def _install(self, data: bytes) -> None:
+        if self.list_ready and data == self._snapshot_bytes:
+            # Nothing kubelet sees changed (say, only a device's health message did):
+            # no stream sends the same list again.
+            return
         self._snapshot = None
         self._snapshot_bytes = data
         self._version += 1

@@ -93,6 +93,7 @@ class ScannerFeed:
         self._snapshot: Snapshot = MappingProxyType({})
         self._cdi_ids: Mapping[str, frozenset[str]] = MappingProxyType({})
         self._scan_failed = False
+        self._scan_error: str | None = None
         self._rejected_seen: set[tuple[str, str]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -118,6 +119,11 @@ class ScannerFeed:
     def scan_failed(self) -> bool:
         """Whether the scanner has failed since its last notify (its devices are Unhealthy)."""
         return self._scan_failed
+
+    @property
+    def scan_error(self) -> str | None:
+        """Why the scanner failed (``plugin 'x': scan raised ...``) while it is failed."""
+        return self._scan_error if self._scan_failed else None
 
     def subscribe(self, consumer: SnapshotConsumer) -> Callable[[], None]:
         """Call ``consumer(snapshot, scan_failed)`` on the loop after every change."""
@@ -160,6 +166,7 @@ class ScannerFeed:
                     delay,
                     exc_info=exc.__cause__,
                 )
+                self._scan_error = str(exc)
                 self._set_scan_failed(True)
                 await asyncio.sleep(delay)
                 continue

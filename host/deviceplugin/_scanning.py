@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
+import math
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from host.deviceplugin._guard import PluginError, describe, is_host_cancellation
+from host.deviceplugin._guard import PluginError, call_hook, describe, is_host_cancellation
 from host.deviceplugin._types import Notifier, Scanner
 
-__all__ = ["run_scan"]
+__all__ = ["check_interval_of", "run_scan"]
+
+log = logging.getLogger("host.deviceplugin.scanning")
 
 T = TypeVar("T")
 
@@ -35,6 +39,42 @@ async def run_scan(scanner: Scanner, notifier: Notifier, *, plugin: str = "?") -
         if is_host_cancellation(exc):
             raise
         raise PluginError(plugin, "scan", f"raised {describe(exc)}") from exc
+
+
+def check_interval_of(scanner: object, *, plugin: str = "?") -> float | None:
+    """Return the seconds ``scanner`` promises between notifies (``check_interval``), or None.
+
+    ``check_interval`` may be an attribute or a method returning the number (see
+    :class:`~host.deviceplugin.PeriodicScanner`); it is read behind the plugin wall. A
+    value that is no positive finite number, or a read that raises, is logged with the
+    plugin's name and taken as no promise: the devices are then never Unknown for lack
+    of news, rather than always.
+    """
+    try:
+        declared = call_hook(plugin, "check_interval", getattr, scanner, "check_interval", None)
+        if callable(declared):
+            declared = call_hook(plugin, "check_interval", declared)
+    except PluginError as exc:
+        log.error("%s; its devices are never Unknown for lack of news", exc)
+        return None
+    if declared is None:
+        return None
+    if inspect.iscoroutine(declared):
+        declared.close()  # never awaited: it is read once, synchronously
+    if (
+        isinstance(declared, bool)
+        or not isinstance(declared, int | float)
+        or not math.isfinite(declared)
+        or declared <= 0
+    ):
+        log.error(
+            "plugin %r: check_interval must be a positive number of seconds, got %r; "
+            "its devices are never Unknown for lack of news",
+            plugin,
+            declared,
+        )
+        return None
+    return float(declared)
 
 
 async def _run_scan(scanner: Scanner, notifier: Notifier) -> None:

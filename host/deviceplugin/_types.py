@@ -26,6 +26,7 @@ __all__ = [
     "Mount",
     "NUMANode",
     "Notifier",
+    "PeriodicScanner",
     "PostAllocator",
     "PreferredAllocator",
     "Scanner",
@@ -134,6 +135,17 @@ class TopologyInfo:
 
 _EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
 
+MAX_HEALTH_MESSAGE = 1024
+"""Characters of a health message kept; kubelet cuts longer ones the same way
+(kubernetes ``pkg/kubelet/cm/dra``: 1,021 characters and ``...``)."""
+
+
+def cut_health_message(message: str) -> str:
+    """Return ``message`` cut to :data:`MAX_HEALTH_MESSAGE` characters, ending in ``...``."""
+    if len(message) <= MAX_HEALTH_MESSAGE:
+        return message
+    return message[: MAX_HEALTH_MESSAGE - 3] + "..."
+
 
 def _frozen_map(values: Mapping[str, str] | None, what: str) -> Mapping[str, str]:
     if not values:
@@ -195,6 +207,12 @@ class DeviceInfo:
     ``attributes`` (name -> str/int/bool/:class:`SemVer`) and ``capacity`` (name ->
     quantity string) are published only by a DRA driver; names are ``[<domain>/]<C
     identifier>`` (domain <= 63, identifier <= 32), string values <= 64 characters.
+
+    ``health_message`` says in words why the device is in its state (``"ECC errors:
+    12 uncorrectable"``); a DRA driver streams it to kubelet with the device's health
+    (KEP-4680) and the host logs it when it changes. Kubelet's device-plugin API has no
+    place for it: device plugins still send only Healthy or Unhealthy. Longer messages
+    are cut to :data:`MAX_HEALTH_MESSAGE` characters, as kubelet does.
     """
 
     state: str = HEALTHY
@@ -206,6 +224,7 @@ class DeviceInfo:
     cdi_spec: Mapping[str, Any] | None = None
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
     capacity: Mapping[str, str] = field(default_factory=dict)
+    health_message: str = ""
 
     def __post_init__(self) -> None:
         if self.state not in (HEALTHY, UNHEALTHY):
@@ -213,6 +232,12 @@ class DeviceInfo:
                 f"device state must be {HEALTHY!r} or {UNHEALTHY!r}, got {self.state!r}"
             )
         set_ = object.__setattr__
+        if not isinstance(self.health_message, str):
+            raise TypeError(
+                f"health_message must be a str, got {type(self.health_message).__name__}: "
+                f"{self.health_message!r}"
+            )
+        set_(self, "health_message", cut_health_message(self.health_message))
         set_(self, "nodes", tuple(DeviceSpec.of(node) for node in self.nodes))
         set_(self, "mounts", tuple(Mount.of(mount) for mount in self.mounts))
         set_(self, "envs", _frozen_map(self.envs, "envs"))
@@ -255,6 +280,7 @@ class DeviceInfo:
                     # SemVer is a str: the type tells a version from a string.
                     frozenset((k, type(v).__name__, v) for k, v in self.attributes.items()),
                     frozenset(self.capacity.items()),
+                    self.health_message,
                 )
             ),
         )
@@ -279,6 +305,7 @@ class DeviceInfo:
             and self.cdi_spec == other.cdi_spec
             and self.attributes == other.attributes
             and self.capacity == other.capacity
+            and self.health_message == other.health_message
         )
 
     @classmethod
@@ -291,6 +318,7 @@ class DeviceInfo:
         envs: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
         cdi_spec: Mapping[str, Any] | None = None,
+        health_message: str = "",
         sysfs_root: str = "/sys",
     ) -> DeviceInfo:
         """Build a DeviceInfo whose NUMA topology is read from sysfs for its device nodes.
@@ -310,6 +338,7 @@ class DeviceInfo:
             annotations=annotations or {},
             topology=topology_for_nodes([n.host_path for n in node_list], sysfs_root=sysfs_root),
             cdi_spec=cdi_spec,
+            health_message=health_message,
         )
 
     @property
@@ -437,6 +466,22 @@ class DeviceTypeDeclarer(Protocol):
 
     def device_types(self) -> Iterable[str]:
         """Return the device types (``i915``, not ``gpu.intel.com/i915``)."""
+
+
+@runtime_checkable
+class PeriodicScanner(Protocol):
+    """Optional: a scanner declaring that it notifies at least every ``check_interval`` s.
+
+    ``check_interval`` is a number of seconds, as an attribute or a method returning
+    it, read once when the plugin is served. It is a promise about ``notify`` calls,
+    not about changes: a scanner that reports only what changed must still notify
+    (the same tree will do) at least that often. A DRA driver reports the devices of
+    a scanner that breaks its promise as Unknown to kubelet's device health stream
+    (not as healthy) until it notifies again. Without it, the devices are never
+    Unknown for lack of news.
+    """
+
+    check_interval: float
 
 
 @runtime_checkable

@@ -19,14 +19,18 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
+import grpc
+
 from host.deviceplugin._cdi import DEFAULT_CDI_DIR, CdiSpecWriter
 from host.deviceplugin._cdi_store import InUse
 from host.deviceplugin._guard import PluginCaller
+from host.deviceplugin._scanning import check_interval_of
 from host.deviceplugin._types import DeviceInfo
 from host.dra._checkpoint import CHECKPOINT_NAME, ClaimCheckpoint
 from host.dra._claimbuild import ClaimBuilder
 from host.dra._claimgc import PluginSpecCollector
 from host.dra._claimsource import ClaimNotFoundError, ClaimSource
+from host.dra._health import DeviceHealth, DeviceHealthService
 from host.dra._kubelet import UnixSocketServer, add_dra_servicers
 from host.dra._prepare import ClaimError, ClaimRef, PreparedClaim, allocated_devices
 from host.dra._registration import SUPPORTED_VERSIONS, dra_registration_servicer
@@ -108,6 +112,8 @@ class DraDriver:
     ``cdi_in_use`` (kubelet's PodResources: ``pod_resources().devices_in_use``) lets
     the driver collect the plugin's own CDI specs that nothing holds any more, every
     ``cdi_check_interval`` seconds (see :mod:`host.dra._claimgc`); without it they stay.
+    ``health`` streams the devices' health to kubelet on the DRA socket (default: one
+    honouring the scanner's ``check_interval``).
 
     Run :meth:`serve` as a task; feed it with :meth:`update`. Prepared claims and their
     CDI specs outlive the driver (a restarted host finds them in the checkpoint);
@@ -130,6 +136,7 @@ class DraDriver:
         caller: PluginCaller | None = None,
         cdi_in_use: InUse | None = None,
         cdi_check_interval: float = 60.0,
+        health: DeviceHealthService | None = None,
     ) -> None:
         self.driver_name = validate_driver_name(driver_name)
         if not node_name:
@@ -163,6 +170,13 @@ class DraDriver:
         """The plugin-watcher Registration servicer: kubelet's verdicts land here."""
         self.on_call: CallObserver | None = None
         """Told of every prepare and unprepare answered (the host's metrics)."""
+        if health is None:
+            plugin = caller.plugin if caller is not None else driver_name
+            health = DeviceHealthService(
+                driver_name, node_name, check_interval=check_interval_of(scanner, plugin=plugin)
+            )
+        self.health = health
+        """The device health service (``DRAResourceHealth``) kubelet streams from."""
 
     def __repr__(self) -> str:
         return f"DraDriver({self.driver_name!r}, node={self.node_name!r})"
@@ -180,6 +194,15 @@ class DraDriver:
         return MappingProxyType(self._devices)
 
     @property
+    def device_health(self) -> Mapping[str, DeviceHealth]:
+        """Each device's health as kubelet is told, by published name (a read-only view).
+
+        ``Healthy``, ``Unhealthy`` or ``Unknown`` (the scanner broke its
+        ``check_interval`` promise), with the plugin's message or the host's reason.
+        """
+        return self.health.health
+
+    @property
     def serving(self) -> bool:
         """Whether the DRA service and the registration socket are up."""
         return self._serving.is_set()
@@ -189,13 +212,19 @@ class DraDriver:
         await self._serving.wait()
 
     def update(
-        self, snapshot: Mapping[str, Mapping[str, DeviceInfo]], scan_failed: bool = False
+        self,
+        snapshot: Mapping[str, Mapping[str, DeviceInfo]],
+        scan_failed: bool = False,
+        *,
+        scan_error: str | None = None,
     ) -> None:
         """Take the scanner's latest devices (type → id → DeviceInfo).
 
-        ``scan_failed`` means the scanner failed and its devices are unusable for now:
-        like unhealthy devices (tainted ``<driver>/unhealthy`` in the slices) they are
-        refused to new claims that do not tolerate that taint; prepared claims stay.
+        ``scan_failed`` means the scanner failed (``scan_error`` says how) and its
+        devices are unusable for now: like unhealthy devices (tainted
+        ``<driver>/unhealthy`` in the slices) they are refused to new claims that do
+        not tolerate that taint; prepared claims stay. Kubelet's health stream reports
+        them Unhealthy with ``scan_error``.
         """
         names = self._device_names(
             (dev_type, dev_id) for dev_type, by_id in snapshot.items() for dev_id in by_id
@@ -207,6 +236,7 @@ class DraDriver:
         self._devices = devices
         self._have_snapshot = True
         self._scan_failed = scan_failed
+        self.health.update(devices, scan_failed, scan_error)
 
     # -- prepare / unprepare ---------------------------------------------------------
 
@@ -352,8 +382,9 @@ class DraDriver:
         collector = asyncio.create_task(self.cdi_collector.run(), name="DRA CDI collection")
         dra = UnixSocketServer(
             self.socket_path,
-            lambda server: add_dra_servicers(self, server),
+            self._add_services,
             stop_grace=DRAIN_GRACE,
+            end_streams=self.health.stop,  # health streams never finish by themselves
         )
         registrar = UnixSocketServer(self.registration_socket_path, self.registration.add_to_server)
         try:
@@ -379,3 +410,7 @@ class DraDriver:
             # calls to a connected instance (a rolling update's newer one).
             await dra.stop()
             await registrar.stop()
+
+    def _add_services(self, server: grpc.aio.Server) -> None:
+        add_dra_servicers(self, server)
+        server.add_generic_rpc_handlers(self.health.rpc_handlers())

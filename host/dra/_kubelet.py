@@ -189,7 +189,8 @@ class UnixSocketServer:
     :meth:`start` removes a stale file at the path first (a socket nobody listens
     on) and refuses to touch a live socket or a file that is not a socket. :meth:`stop`
     removes the socket only if it is still the one this server created, after calls in
-    flight had ``stop_grace`` seconds to finish.
+    flight had ``stop_grace`` seconds to finish; ``end_streams`` is called first, to end
+    the streams that never finish by themselves (a restart included).
     """
 
     STOP_GRACE = 0.2
@@ -200,9 +201,11 @@ class UnixSocketServer:
         add_servicers: Callable[[grpc.aio.Server], None],
         *,
         stop_grace: float = STOP_GRACE,
+        end_streams: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self.stop_grace = stop_grace
+        self._end_streams = end_streams
         self._add_servicers = add_servicers
         self._server: grpc.aio.Server | None = None
         self._identity: SocketIdentity | None = None
@@ -246,6 +249,8 @@ class UnixSocketServer:
         server, self._server = self._server, None
         if server is None:
             return
+        if self._end_streams is not None:
+            self._end_streams()
         await server.stop(self.stop_grace)
         if self._identity is not None and socket_identity(self.path) == self._identity:
             with contextlib.suppress(FileNotFoundError):

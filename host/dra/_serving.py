@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import lightkube
 
 from host.deviceplugin._cdi import DEFAULT_CDI_DIR
-from host.deviceplugin._feed import ScannerFeed
+from host.deviceplugin._feed import ScannerFeed, Snapshot
 from host.deviceplugin._guard import PluginCaller
 from host.deviceplugin._observer import LOG_FIELDS
 from host.deviceplugin._podresources import pod_resources
@@ -138,13 +138,16 @@ class DraPlugin:
         self._published_once = False
         self.feed = ScannerFeed(plugin, namespace, scanner, backoff=scan_backoff)
         self.feed.subscribe(self.publisher.update)
-        self.feed.subscribe(self.driver.update)
+        self.feed.subscribe(self._feed_driver)
 
     def __repr__(self) -> str:
         return f"DraPlugin({self.plugin!r}, {self.namespace!r})"
 
     def _published(self) -> None:
         self._published_once = True
+
+    def _feed_driver(self, snapshot: Snapshot, scan_failed: bool) -> None:
+        self.driver.update(snapshot, scan_failed, scan_error=self.feed.scan_error)
 
     @property
     def not_ready_reason(self) -> str | None:

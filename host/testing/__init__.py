@@ -5,7 +5,8 @@ directory of your choice; its observation API (:class:`ResourceState` and friend
 condition waits let a test assert what kubelet would see, without sleeping.
 :func:`build_tree` and :class:`FakeSysfs` build sysfs/devfs trees to scan.
 :class:`FakeDraKubelet` plays kubelet's DRA side (plugin-watcher registration,
-NodePrepareResources / NodeUnprepareResources) against DRA drivers, and
+NodePrepareResources / NodeUnprepareResources, the device health stream and each
+claim's resource health) against DRA drivers, and
 :class:`FakeClaims` with :func:`allocated_claim` stands in for the API server's claims.
 :class:`ExtendedResourceScheduler` and :func:`prepare_extended_resources` play the
 scheduler's and kubelet's parts of KEP-5004 (a pod's extended resources served by a
@@ -81,6 +82,12 @@ from host.testing._kubelet_dra import (
     DraPluginRegistration,
     FakeDraKubelet,
 )
+from host.testing._kubelet_dra_health import (
+    DraDeviceHealth,
+    DraHealthClient,
+    DraHealthStream,
+    DraResourceHealth,
+)
 from host.testing._kubelet_types import (
     Allocation,
     DeviceState,
@@ -118,7 +125,11 @@ __all__ = [
     "DraClaim",
     "DraClaimResult",
     "DraDevice",
+    "DraDeviceHealth",
+    "DraHealthClient",
+    "DraHealthStream",
     "DraPluginRegistration",
+    "DraResourceHealth",
     "ExtendedResourceScheduler",
     "FakeApiServer",
     "FakeClaims",

@@ -9,7 +9,9 @@ answer as the DRA handler does (type ``DRAPlugin``, a driver name, an absolute e
 a supported service, chosen in the plugin's order among the kubelet's); the watcher
 reports the outcome with ``NotifyRegistrationStatus``, and deregisters a socket that
 goes away or registers it again when it is re-created (a restarted driver). Calls go
-to the newest instance of a driver with the service chosen at registration.
+to the newest instance of a driver with the service chosen at registration. Each
+instance's device health stream runs as kubelet runs it
+(:class:`~host.testing._kubelet_dra_health.DraHealthClient`, :attr:`FakeDraKubelet.health`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ from host._api import (
     dra_v1beta1_pb2_grpc,
 )
 from host._pluginwatcher import DRA_PLUGIN_TYPE
+from host.testing._kubelet_dra_health import (
+    HEALTH_RETRY_INTERVAL,
+    KUBELET_HEALTH_SERVICES,
+    DraHealthClient,
+)
 from host.testing._kubelet_types import KubeletError
 from host.testing._plugin_watcher import PluginWatcher, RegistrationFailure
 
@@ -92,8 +99,9 @@ class DraClaimResult:
 class _DraHandler:
     """Kubelet's ``DRAPlugin`` handler (``pkg/kubelet/cm/dra/plugin``): the driver instances."""
 
-    def __init__(self, services: tuple[str, ...]) -> None:
+    def __init__(self, services: tuple[str, ...], health: DraHealthClient) -> None:
         self.services = services
+        self.health = health
         self.instances: dict[str, list[DraPluginRegistration]] = {}
         self.channels: dict[tuple[str, str], grpc.aio.Channel] = {}
 
@@ -135,7 +143,9 @@ class _DraHandler:
             socket_path=socket_path,
         )
         self.instances.setdefault(name, []).append(reg)
-        self.channels[(name, endpoint)] = grpc.aio.insecure_channel(f"unix:{endpoint}")
+        channel = grpc.aio.insecure_channel(f"unix:{endpoint}")
+        self.channels[(name, endpoint)] = channel
+        self.health.watch(name, endpoint, versions, channel)
         _LOG.info("registered DRA driver %s at %s", name, endpoint)
         return None
 
@@ -145,12 +155,14 @@ class _DraHandler:
         for reg in [r for r in regs if r.endpoint == endpoint]:
             regs.remove(reg)
             _LOG.info("deregistered DRA driver %s (socket %s gone)", name, reg.socket_path)
+        await self.health.unwatch(name, endpoint)
         channel = self.channels.pop((name, endpoint), None)
         if channel is not None:
             await channel.close()
 
     async def forget(self) -> None:
         """Close every connection and forget every instance (kubelet gone)."""
+        await self.health.stop()
         for channel in self.channels.values():
             await channel.close()
         self.channels.clear()
@@ -163,7 +175,10 @@ class FakeDraKubelet:
     ``registry_dir`` is the watched directory (kubelet: ``/var/lib/kubelet/plugins_registry``);
     ``services`` the DRA services this kubelet speaks in its order (pass
     ``("v1beta1.DRAPlugin",)`` for a 1.32-1.33 kubelet); ``rescan_interval`` how often
-    the directory is looked at (kubelet's reconciler: every second).
+    the directory is looked at (kubelet's reconciler: every second);
+    ``health_services`` the device health services it speaks, preferred first (``()``:
+    the ``ResourceHealthStatus`` gate off; ``("v1alpha1.DRAResourceHealth",)``: 1.34-1.36)
+    and ``health_retry_interval`` its pause before re-opening a health stream (5 s).
 
     With ``apiserver`` and ``node_name`` it also does what kubelet's DRA manager does to
     the API server (``pkg/kubelet/cm/dra/plugin``): Node ``node_name`` is created if
@@ -189,6 +204,8 @@ class FakeDraKubelet:
         apiserver: FakeApiServer | None = None,
         node_name: str | None = None,
         plugin_dir: str | os.PathLike[str] | None = None,
+        health_services: Sequence[str] = KUBELET_HEALTH_SERVICES,
+        health_retry_interval: float = HEALTH_RETRY_INTERVAL,
     ) -> None:
         if (apiserver is None) != (node_name is None):
             raise ValueError("FakeDraKubelet: give apiserver and node_name together, or neither")
@@ -207,7 +224,9 @@ class FakeDraKubelet:
             apiserver.add_node(node_name)
         self.services = tuple(services)
         self.rescan_interval = rescan_interval
-        self._handler = _DraHandler(self.services)
+        self.health = DraHealthClient(health_services, health_retry_interval, self._notify)
+        """Device health as kubelet sees it: streams, cache, per-claim resource health."""
+        self._handler = _DraHandler(self.services, self.health)
         self._rejections: list[tuple[str, str]] = []
         self._watcher: PluginWatcher | None = None
         self._changed = asyncio.Condition()
@@ -385,6 +404,8 @@ class FakeDraKubelet:
             results[uid] = DraClaimResult(
                 devices=devices if not entry.error else (), error=entry.error
             )
+            if not entry.error:
+                self.health.claim_prepared(uid, driver, devices)
         if len(results) < len(wanted):
             raise KubeletError(
                 f"NodePrepareResources skipped {len(wanted) - len(results)} ResourceClaims"
@@ -420,6 +441,8 @@ class FakeDraKubelet:
                     f"NodeUnprepareResources returned result for unknown claim UID {uid}"
                 )
             results[uid] = entry.error
+            if not entry.error:
+                self.health.claim_unprepared(uid)
         if len(results) < len(wanted):
             raise KubeletError(
                 f"NodeUnprepareResources skipped {len(wanted) - len(results)} ResourceClaims"

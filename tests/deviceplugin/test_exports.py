@@ -31,6 +31,7 @@ class TestPublicNames:
                 "NUMANode",
                 "Notifier",
                 "Observer",
+                "PeriodicScanner",
                 "PluginDirWatcher",
                 "PostAllocator",
                 "PreferredAllocator",

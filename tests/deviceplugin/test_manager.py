@@ -73,16 +73,17 @@ class TestNotifierDiff:
         state = await kubelet.wait_for_resource("ex.com/a", count=1)
         assert set(state.devices) == {"a1"}
 
+    @pytest.mark.parametrize("message", ["", "warm"], ids=["equal tree", "message alone"])
     async def test_unchanged_tree_sends_nothing_new(
-        self, kubelet: FakeKubelet, serve: ServeFn
+        self, kubelet: FakeKubelet, serve: ServeFn, message: str
     ) -> None:
-        """Notifying an equal tree again does not resend the list (Go DeepEqual semantics)."""
+        """An equal tree, or one whose health messages alone changed, resends no list."""
         scanner = QueueScanner(tree_of({"a": {"a0": info()}}))
         manager = await serve("ex.com", scanner)
         await kubelet.wait_for_resource("ex.com/a", count=1)
         service = manager._services["a"]
         version = service._version
-        scanner.trees.put_nowait(tree_of({"a": {"a0": info()}}))
+        scanner.trees.put_nowait(tree_of({"a": {"a0": info(health_message=message)}}))
         scanner.trees.put_nowait(tree_of({"a": {"a0": info(), "a1": info()}}))
         await kubelet.wait_for_resource("ex.com/a", count=2)
         assert service._version == version + 1

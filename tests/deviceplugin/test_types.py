@@ -99,6 +99,36 @@ class TestDeviceInfo:
         assert DeviceInfo().numa_nodes == ()
 
 
+class TestHealthMessage:
+    def test_part_of_the_value_and_its_fingerprint(self) -> None:
+        """The message counts in equality, hash and the tree's per-type fingerprint."""
+        quiet = DeviceInfo(state=UNHEALTHY)
+        loud = DeviceInfo(state=UNHEALTHY, health_message="ECC: 3 uncorrectable")
+        assert quiet != loud
+        assert loud == DeviceInfo(state=UNHEALTHY, health_message="ECC: 3 uncorrectable")
+        assert hash(loud) == hash(
+            DeviceInfo(state=UNHEALTHY, health_message="ECC: 3 uncorrectable")
+        )
+        first, second = DeviceTree(), DeviceTree()
+        first.add_device("gpu", "card0", quiet)
+        second.add_device("gpu", "card0", loud)
+        assert first._fingerprint("gpu") != second._fingerprint("gpu")
+        with pytest.raises(AttributeError):
+            loud.health_message = ""  # type: ignore[misc]
+
+    def test_cut_as_kubelet_cuts_it_and_typed(self) -> None:
+        """Over 1,024 characters: 1,021 kept and "..."; anything but a str is a TypeError."""
+        info = DeviceInfo(health_message="x" * 5000)
+        assert info.health_message == "x" * 1021 + "..."
+        assert DeviceInfo(health_message="y" * 1024).health_message == "y" * 1024
+        with pytest.raises(TypeError, match="health_message must be a str, got int: 3"):
+            DeviceInfo(health_message=3)  # type: ignore[arg-type]
+
+    def test_with_topology_carries_it(self) -> None:
+        """with_topology takes the message as the constructor does."""
+        assert DeviceInfo.with_topology(health_message="hot").health_message == "hot"
+
+
 class TestDeviceTree:
     def test_add_and_read(self) -> None:
         """add_device groups by type; tree[type][id] and device_type_count read it back."""

@@ -40,11 +40,16 @@ class TestRegistration:
     async def test_registers_as_dra_plugin(
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, dirs: Dirs
     ) -> None:
-        """GetInfo names the driver, the absolute DRA socket and v1 before v1beta1."""
+        """GetInfo names the driver, the absolute DRA socket, v1 before v1beta1, then health."""
         driver = await drivers.start()
         reg = await dra_kubelet.wait_for_driver(DRIVER)
         assert reg.endpoint == str(dirs.plugins / DRIVER / "dra.sock")
-        assert reg.supported_versions == ("v1.DRAPlugin", "v1beta1.DRAPlugin")
+        assert reg.supported_versions == (
+            "v1.DRAPlugin",
+            "v1beta1.DRAPlugin",
+            "v1.DRAResourceHealth",
+            "v1alpha1.DRAResourceHealth",
+        )
         assert reg.service == "v1.DRAPlugin"
         assert reg.socket_path == str(dirs.registry / f"{DRIVER}-reg.sock")
         assert driver.socket_path == dirs.plugins / DRIVER / "dra.sock"

@@ -203,7 +203,12 @@ class TestStatus:
         driver = document["dra"][DRIVER]
         assert (driver["plugin"], driver["node"], driver["state"]) == ("gpu", NODE, "serving")
         assert driver["registration"]["state"] == "registered"
-        assert driver["registration"]["versions"] == ["v1.DRAPlugin", "v1beta1.DRAPlugin"]
+        assert driver["registration"]["versions"] == [
+            "v1.DRAPlugin",
+            "v1beta1.DRAPlugin",
+            "v1.DRAResourceHealth",
+            "v1alpha1.DRAResourceHealth",
+        ]
         slices = [item["metadata"]["name"] for item in both.api.resource_slices(driver=DRIVER)]
         assert driver["slices"] == slices
         generation = both.api.resource_slices(driver=DRIVER)[0]["spec"]["pool"]["generation"]
