@@ -18,9 +18,9 @@ What kubelet then does (``pkg/kubelet/cm/dra/manager.go``): prepares that claim 
 the drivers like any other, and gives each container the CDI devices of the requests
 mapped to its own extended resources; the device manager leaves those resources alone.
 
-Not modelled: init containers reusing the devices of later containers (each container
-gets its own request), scoring, preemption, quota. Selectors are evaluated as
-:mod:`host.testing._selectors` says.
+Init containers reuse the requests of the containers after them as the scheduler does
+(:func:`requests_and_mappings`). Not modelled: scoring, preemption, quota. Selectors
+are evaluated as :mod:`host.testing._selectors` says.
 """
 
 from __future__ import annotations
@@ -124,39 +124,94 @@ def _all_containers(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]
 
 
+def _own_request(
+    index: int,
+    container: Mapping[str, Any],
+    resource: str,
+    class_name: str,
+    reusable: Sequence[dict[str, Any] | None] = (),
+) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    """Return the request a container needs beyond ``reusable`` ones, and its mappings.
+
+    As ``createResourceRequestAndMappings``: the reusable requests (of containers that
+    start later and live longer) are mapped first, in order, until they cover the
+    container's count; the rest, if any, is its own request.
+    """
+    count = container_requests(container).get(resource, 0)
+    if not count:
+        return None, []
+    mappings = []
+    covered = 0
+    for request in reusable:
+        if request is None:
+            continue
+        covered += request["exactly"]["count"]
+        mappings.append(_mapping(container, resource, request["name"]))
+        if covered >= count:
+            return None, mappings
+    resources = container.get("resources") or {}
+    # The index among every request (cpu and memory too), sorted, as the scheduler does.
+    names = sorted({*(resources.get("limits") or {}), *(resources.get("requests") or {})})
+    name = f"container-{index}-request-{names.index(resource)}"
+    request = {
+        "name": name,
+        "exactly": {
+            "deviceClassName": class_name,
+            "allocationMode": "ExactCount",
+            "count": count - covered,
+        },
+    }
+    return request, [*mappings, _mapping(container, resource, name)]
+
+
+def _mapping(container: Mapping[str, Any], resource: str, request: str) -> dict[str, str]:
+    return {"containerName": container["name"], "resourceName": resource, "requestName": request}
+
+
 def requests_and_mappings(
     pod: Mapping[str, Any], resources: Iterable[str], classes: Mapping[str, str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Return the claim's device requests and the pod's request mappings for ``resources``."""
+    """Return the claim's device requests and the pod's request mappings for ``resources``.
+
+    As ``createRequestsAndMappings``: regular containers and sidecars (init containers
+    with ``restartPolicy: Always``) get a request each; a plain init container first
+    reuses the requests of the long-lived containers after it, and the plain init
+    containers' own requests collapse into the largest one (they run one at a time).
+    """
+    spec = pod.get("spec") or {}
+    init_count = len(spec.get("initContainers") or ())
+    containers = _all_containers(pod)
+    short_lived = [
+        i for i, c in enumerate(containers) if i < init_count and c.get("restartPolicy") != "Always"
+    ]
     requests: list[dict[str, Any]] = []
     mappings: list[dict[str, str]] = []
     for resource in sorted(resources):
-        for index, container in enumerate(_all_containers(pod)):
-            wanted = container_requests(container)
-            count = wanted.get(resource, 0)
-            if not count:
+        class_name = classes[resource]
+        long_requests: list[dict[str, Any] | None] = [None] * len(containers)
+        long_mappings: list[dict[str, str]] = []
+        for i, container in enumerate(containers):
+            if i in short_lived:
                 continue
-            resources = container.get("resources") or {}
-            # The index among every request (cpu and memory too), sorted, as the scheduler.
-            names = sorted({*(resources.get("limits") or {}), *(resources.get("requests") or {})})
-            request = f"container-{index}-request-{names.index(resource)}"
-            requests.append(
-                {
-                    "name": request,
-                    "exactly": {
-                        "deviceClassName": classes[resource],
-                        "allocationMode": "ExactCount",
-                        "count": count,
-                    },
-                }
-            )
-            mappings.append(
-                {
-                    "containerName": container["name"],
-                    "resourceName": resource,
-                    "requestName": request,
-                }
-            )
+            long_requests[i], found = _own_request(i, container, resource, class_name)
+            long_mappings += found
+        largest: dict[str, Any] | None = None
+        short_names: set[str] = set()
+        short_mappings: list[dict[str, str]] = []
+        for i in short_lived:
+            own, found = _own_request(i, containers[i], resource, class_name, long_requests[i:])
+            if own is not None:
+                short_names.add(own["name"])
+                if largest is None or largest["exactly"]["count"] < own["exactly"]["count"]:
+                    largest = own
+            short_mappings += found
+        if largest is not None:
+            requests.append(largest)
+            for mapping in short_mappings:
+                if mapping["requestName"] in short_names:
+                    mapping["requestName"] = largest["name"]
+        requests += [request for request in long_requests if request is not None]
+        mappings += long_mappings + short_mappings
     requests.sort(key=lambda item: item["name"])
     return requests, mappings
 

@@ -278,6 +278,20 @@ class TestSchedulerClaim:
         for version in SCHEMA_VERSIONS:
             kubernetes_validate.validate(pod, version, strict=True)
 
+    async def test_init_container_gets_the_main_containers_devices(self, dra_node: DraNode) -> None:
+        """An init container reusing the main container's request gets its CDI devices."""
+        spec = workload(count=2)
+        spec["spec"]["initContainers"] = [
+            {"name": "setup", "image": "busybox", "resources": {"limits": {I915: 1}}}
+        ]
+        pod = dra_node.scheduler.schedule(spec)
+        ids = await prepare_extended_resources(dra_node.kubelet, dra_node.api, pod)
+        assert set(ids) == {"setup", "worker"}
+        assert ids["setup"] == ids["worker"]
+        assert len(ContainerDevices.from_cdi(ids["worker"], dra_node.cdi_dir).device_nodes) == 4
+        for version in SCHEMA_VERSIONS:
+            kubernetes_validate.validate(pod, version, strict=True)
+
     async def test_devices_are_not_given_twice(self, dra_node: DraNode) -> None:
         """Two pods get the two cards; a third does not fit."""
         first = dra_node.scheduler.schedule(workload("a"))
