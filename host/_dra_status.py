@@ -19,26 +19,15 @@ from host._host import _natural
 from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceInfo
 
 if TYPE_CHECKING:
-    from host.dra import ClaimConsumer, DraPlugin, PreparedClaim
+    from host.dra import ClaimConsumer, DeviceHealth, DraPlugin, PreparedClaim
 
 __all__ = [
     "DraPart",
     "dra_json",
     "dra_part",
     "dra_text",
-    "health_message",
     "healthy_count",
 ]
-
-
-def health_message(info: DeviceInfo) -> str | None:
-    """Return the device's human-readable health message, when its DeviceInfo carries one.
-
-    Read from ``DeviceInfo.health_message`` (what the scanner says about an unhealthy
-    device, e.g. ``"GPU hang, reset pending"``); None for a DeviceInfo without one.
-    """
-    message = getattr(info, "health_message", None)
-    return message if isinstance(message, str) and message else None
 
 
 def healthy_count(devices: Mapping[str, tuple[str, str, DeviceInfo]], scan_failed: bool) -> int:
@@ -80,6 +69,7 @@ class DraPart:
 
     fields: dict[str, Any]
     devices: Mapping[str, tuple[str, str, DeviceInfo]]
+    reported: Mapping[str, DeviceHealth]
     scan_failed: bool
     claims: tuple[tuple[PreparedClaim, tuple[ClaimConsumer, ...] | None], ...]
     limit: int | None
@@ -94,6 +84,7 @@ class DraPart:
         for name in sorted(self.devices, key=_natural)[: self.limit]:
             dev_type, dev_id, info = self.devices[name]
             usable = info.state == HEALTHY and not self.scan_failed
+            told = self.reported.get(name)
             devices.append(
                 {
                     "name": name,
@@ -102,7 +93,10 @@ class DraPart:
                     "health": HEALTHY if usable else UNHEALTHY,
                     "taints": [] if usable else [taint],
                     "numa": list(info.numa_nodes),
-                    "health_message": health_message(info),
+                    # What kubelet's health stream says (Unknown: the scanner fell silent).
+                    "reported_health": told.health if told else None,
+                    "health_message": (told.message if told else info.health_message) or None,
+                    "health_since": _iso(told.since) if told else None,
                 }
             )
         claims = [
@@ -143,12 +137,14 @@ def dra_part(
     ``standby`` while another instance publishes, failures in a row, ``errors_total``
     since start, last error, when it last succeeded and since when it fails); the
     scanner (failed, restarts); devices by health (``device_count``, ``healthy``,
-    ``unhealthy``) and the first ``devices_shown`` by name, each with type, ID,
-    health, taints, NUMA nodes and ``health_message``; every prepared claim with
-    namespace, name, UID, ``reserved_for`` (the claim's ``status.reservedFor`` when
-    the driver fetched it, None when unknown: prepared before a restart) and its
-    devices with their CDI device IDs; readiness and why not. ``ended``: why the
-    driver stopped before the host (then it is not ready).
+    ``unhealthy``) and the first ``devices_shown`` by name, each with type, ID, health
+    and taints as the slices publish them, NUMA nodes, and what the health stream
+    tells kubelet (``reported_health``, ``Unknown`` too; ``health_message``;
+    ``health_since``); every prepared claim with namespace, name, UID,
+    ``reserved_for`` (the claim's ``status.reservedFor`` when the driver fetched it,
+    None when unknown: prepared before a restart) and its devices with their CDI
+    device IDs; readiness and why not. ``ended``: why the driver stopped before the
+    host (then it is not ready).
     """
     publisher = plugin.publisher.status
     prepared = plugin.driver.prepared_claims
@@ -182,7 +178,10 @@ def dra_part(
         (prepared[uid], plugin.consumers.of(uid))
         for uid in sorted(prepared, key=lambda uid: str(prepared[uid].ref))
     )
-    return DraPart(fields, plugin.driver.devices, plugin.feed.scan_failed, claims, devices_shown)
+    driver = plugin.driver
+    return DraPart(
+        fields, driver.devices, driver.device_health, plugin.feed.scan_failed, claims, devices_shown
+    )
 
 
 def dra_json(plugins: Sequence[DraPlugin], ended: Mapping[int, str]) -> dict[str, Any]:
@@ -283,7 +282,13 @@ def dra_text(drivers: Mapping[str, Mapping[str, Any]], *, devices: bool = True) 
             messages = any(d["health_message"] for d in shown)
             head = ("DEVICE", "TYPE", "ID", "HEALTH", "TAINTS") + (("MESSAGE",) if messages else ())
             rows = [head] + [
-                (d["name"], d["type"], d["id"], d["health"], " ".join(d["taints"]) or "-")
+                (
+                    d["name"],
+                    d["type"],
+                    d["id"],
+                    d.get("reported_health") or d["health"],
+                    " ".join(d["taints"]) or "-",
+                )
                 + ((d["health_message"] or "-",) if messages else ())
                 for d in shown
             ]

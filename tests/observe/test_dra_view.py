@@ -55,10 +55,15 @@ POD = {"resource": "pods", "name": "train", "uid": "pod-0001"}
 __all__ = ["apiserver", "apiserver_kubeconfig", "client"]
 
 
+ECC = "ECC errors: 12 uncorrectable"
+
+
 def cards(*states: str) -> DeviceTree:
+    """i915 cards in these states; an unhealthy one says why."""
     tree = DeviceTree()
     for index, state in enumerate(states):
-        tree.add_device("i915", f"card{index}", gpu(index, state=state))
+        message = ECC if state == UNHEALTHY else ""
+        tree.add_device("i915", f"card{index}", gpu(index, state=state, health_message=message))
     return tree
 
 
@@ -220,7 +225,10 @@ class TestStatus:
         assert by_name[unhealthy]["health"] == UNHEALTHY
         assert by_name[unhealthy]["taints"] == [f"{DRIVER}/unhealthy:NoSchedule"]
         assert by_name[unhealthy]["type"] == "i915"
-        assert by_name[unhealthy]["health_message"] is None  # the scanner gave none
+        assert by_name[unhealthy]["health_message"] == ECC
+        assert by_name[unhealthy]["reported_health"] == UNHEALTHY  # kubelet's health stream
+        assert by_name[unhealthy]["health_since"] is not None
+        assert by_name[healthy]["health_message"] is None
         publisher = driver["publisher"]
         assert publisher["synced"] is True
         assert (publisher["failures"], publisher["errors_total"]) == (0, 0)
@@ -281,8 +289,9 @@ class TestStatus:
         assert "prepared claims 1" in out
         assert "publisher: last publish ok at " in out
         rows = [line.split() for line in out.splitlines()]
-        assert [healthy, "i915", "card0", HEALTHY, "-"] in rows
-        assert [unhealthy, "i915", "card1", UNHEALTHY, f"{DRIVER}/unhealthy:NoSchedule"] in rows
+        assert [healthy, "i915", "card0", HEALTHY, "-", "-"] in rows
+        taint = f"{DRIVER}/unhealthy:NoSchedule"
+        assert [unhealthy, "i915", "card1", UNHEALTHY, taint, *ECC.split()] in rows
         cdi = both.plugin.driver.prepared_claims[uid].devices[0].cdi_device_ids
         assert ["ml/train-gpu", uid, "train", healthy, *cdi] in rows
         assert out.index(RESOURCE) < out.index(f"DRA driver {DRIVER}") < out.index("ready:")
@@ -429,11 +438,10 @@ class TestText:
     async def test_health_messages_get_a_column(self, both: Both) -> None:
         """A device with a health message adds a MESSAGE column; '-' for the others."""
         entry = (await both.status())["dra"][DRIVER]
-        entry["devices"][1]["health_message"] = "ECC errors: 12 uncorrectable"
         lines = dra_text({DRIVER: entry}).splitlines()
         assert lines[3].split() == ["DEVICE", "TYPE", "ID", "HEALTH", "TAINTS", "MESSAGE"]
         assert lines[4].split()[-2:] == ["-", "-"]
-        assert lines[5].endswith(f"{DRIVER}/unhealthy:NoSchedule  ECC errors: 12 uncorrectable")
+        assert lines[5].endswith(f"{DRIVER}/unhealthy:NoSchedule  {ECC}")
 
 
 class TestRunHostDra:
