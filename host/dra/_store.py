@@ -1,9 +1,10 @@
 """The prepared claims of one driver: in memory, in CDI spec files, and in the checkpoint.
 
-Every change is one blocking step, run in one worker-thread hop: write (or remove) the
-claim's CDI specs, update the in-memory record, append the change to the checkpoint. A
-claim counts as prepared only once the checkpoint holds it, so a restarted host answers
-kubelet's repeats and unprepares what was prepared before.
+Every change is one step: write (or remove) the claim's CDI specs, update the
+in-memory record, append the change to the checkpoint; on the event loop when nothing
+in it can wait (the ``*_now`` methods), else in one worker-thread hop. A claim counts
+as prepared only once the checkpoint holds it, so a restarted host answers kubelet's
+repeats and unprepares what was prepared before.
 
 What reaches the disk when (nothing is fsynced on the prepare path): a claim's CDI
 specs are written (atomically, renamed into place) and then its checkpoint line
@@ -66,9 +67,10 @@ class ClaimStore:
     """Thread-safe record of prepared claims backed by CDI spec files and a checkpoint.
 
     The blocking methods (:meth:`add`, :meth:`remove`, :meth:`lookup`,
-    :meth:`restore`) belong in a worker thread; :meth:`get` and :attr:`claims` are
-    cheap and safe on the event loop, but in shared mode only :meth:`lookup` sees what
-    the other instance did.
+    :meth:`restore`) belong in a worker thread; try :meth:`add_now`,
+    :meth:`remove_now` and :meth:`lookup_now` on the event loop first (they do the same
+    unless they would wait). :meth:`get` and :attr:`claims` are cheap and safe on the
+    event loop, but in shared mode only the lookups see what the other instance did.
     """
 
     def __init__(
