@@ -346,7 +346,8 @@ class DraDriver:
         return dict(zip((ref.uid for ref in unique), outcomes, strict=True))
 
     async def _unprepare_one(self, ref: ClaimRef) -> ClaimError | None:
-        if await self._lookup(ref.uid) is None:
+        # Shared mode: the removal looks the claim up itself, under the same lock.
+        if not self._store.shared and self._store.get(ref.uid) is None:
             return None
         async with self._locks.hold(ref.uid):
             try:
