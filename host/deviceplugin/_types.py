@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from host._api import api_pb2 as pluginapi
 from host.deviceplugin._attributes import AttributeValue, frozen_attributes, frozen_capacity
-from host.deviceplugin._wire import length_delimited
+from host.deviceplugin._wire import device_tail
 
 __all__ = [
     "HEALTHY",
@@ -248,13 +248,8 @@ class DeviceInfo:
             topology_message = self.topology.to_message()
         # Built once: every ListAndWatch snapshot copies it in.
         set_(self, "_topology_message", topology_message)
-        set_(
-            self,
-            "_topology_field",  # Device.topology (field 3), encoded: see encode_device_list
-            b""
-            if topology_message is None
-            else length_delimited(3, topology_message.SerializeToString()),
-        )
+        # Device.health and Device.topology as sent (see encode_device_list): built once.
+        set_(self, "_wire_tail", device_tail(self.state, topology_message))
         cdi_key = None
         if self.cdi_spec is not None:
             from host.deviceplugin._cdi_spec import validate_cdi_spec
