@@ -210,8 +210,8 @@ class DeviceInfo:
 
     ``health_message`` says in words why the device is in its state (``"ECC errors:
     12 uncorrectable"``); a DRA driver streams it to kubelet with the device's health
-    (KEP-4680) and the host logs it when it changes. Kubelet's device-plugin API has no
-    place for it: device plugins still send only Healthy or Unhealthy. Longer messages
+    (KEP-4680) and logs it when it changes. Kubelet's device-plugin API has no place
+    for it: device plugins still send only Healthy or Unhealthy. Longer messages
     are cut to :data:`MAX_HEALTH_MESSAGE` characters, as kubelet does.
     """
 
