@@ -236,7 +236,11 @@ class _HostRunner:
                 "dra_kubelet (or dra_claim) to the test's arguments"
             )
         fake = self._request.getfixturevalue("dra_kubelet")
-        assert isinstance(fake, FakeDraKubelet)
+        if not isinstance(fake, FakeDraKubelet) or fake.apiserver is None:
+            raise RuntimeError(
+                f"run_host(dra=...) needs a dra_kubelet fixture with an API server and a node "
+                f"name (FakeDraKubelet(..., apiserver=, node_name=)); this test's is {fake!r}"
+            )
         return fake
 
     async def __call__(
@@ -265,7 +269,7 @@ class _HostRunner:
         dra_settings: dict[str, Any] = {}
         if dra:
             fake = self.dra_kubelet()
-            assert fake.apiserver is not None
+            assert fake.apiserver is not None  # checked by dra_kubelet()
             base.mkdir(parents=True, exist_ok=True)
             dra_settings = {
                 "dra": dra,

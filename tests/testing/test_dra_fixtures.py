@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from host import ConfigError, PluginConfig, hookimpl
 from host.deviceplugin import DeviceInfo, DeviceSpec, DeviceTree, Notifier
@@ -126,3 +129,16 @@ class TestDraModeMistakes:
         await run_host(plugins={"brush": BrushHooks()})  # as device plugins
         with pytest.raises(RuntimeError, match=r"start one with run_host\(dra=\[PLUGIN\]\)"):
             await dra_claim(f"{DRIVER}/brush")
+
+
+class TestDraKubeletOfYourOwn:
+    @pytest_asyncio.fixture
+    async def dra_kubelet(self, short_dir: Path) -> AsyncIterator[FakeDraKubelet]:
+        """A test's own DRA kubelet, without an API server."""
+        async with FakeDraKubelet(short_dir / "reg") as fake:
+            yield fake
+
+    async def test_without_api_server(self, run_host: RunHost, dra_kubelet: FakeDraKubelet) -> None:
+        """An overriding dra_kubelet must name its API server and node: said, not asserted."""
+        with pytest.raises(RuntimeError, match="with an API server and a node name"):
+            await run_host(plugins={"brush": BrushHooks()}, dra=["brush"])
