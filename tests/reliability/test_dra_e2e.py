@@ -145,6 +145,7 @@ class TestApiServerOutage:
             assert "i915-card3" in names
         history.assert_clean()
         await assert_claims_kept(apiserver, dra_kubelet, claims)
+        assert host.dra_plugins[DRIVER].not_ready_reason is None
 
     async def test_hung_requests_cut_when_it_answers_again(
         self,
