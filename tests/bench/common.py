@@ -23,6 +23,18 @@ from typing import Any, Self, TypeVar
 
 _T = TypeVar("_T")
 
+
+class TreeScanner:
+    """Notifies one tree, then idles; the benchmark notifies through the manager's notifier."""
+
+    def __init__(self, tree: Any) -> None:
+        self.tree = tree
+
+    async def scan(self, notifier: Any) -> None:
+        notifier.notify(self.tree)
+        await asyncio.Future()
+
+
 BENCH_DIR = Path(__file__).resolve().parent
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

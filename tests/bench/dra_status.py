@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common import TreeScanner
+
 from host._health import STATUS_DEVICES, readiness, status_parts
 from host._metrics import HostMetrics
 from host.deviceplugin import HEALTHY, UNHEALTHY, DeviceInfo, DeviceSpec, DeviceTree
@@ -35,15 +37,6 @@ from host.testing import FakeApiServer, FakeDraKubelet
 
 DRIVER = "gpu.example.com"
 NODE = "bench-node"
-
-
-class _TreeScanner:
-    def __init__(self, tree: DeviceTree) -> None:
-        self.tree = tree
-
-    async def scan(self, notifier: Any) -> None:
-        notifier.notify(self.tree)
-        await asyncio.Future()
 
 
 def _tree(devices: int) -> DeviceTree:
@@ -75,7 +68,7 @@ async def main(devices: int, claims: int, rounds: int) -> dict[str, Any]:
     plugin = DraPlugin(
         "gpu",
         DRIVER,
-        _TreeScanner(_tree(devices)),
+        TreeScanner(_tree(devices)),
         client,
         node_name=NODE,
         plugin_dir=root / "plugins",

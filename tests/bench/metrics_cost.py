@@ -16,24 +16,14 @@ import asyncio
 import contextlib
 import json
 from pathlib import Path
-from typing import Any
 
-from common import BENCH_DIR, Child, Kubelet, percentile
+from common import BENCH_DIR, Child, Kubelet, TreeScanner, percentile
 from report import Row, us
 
 from host._metrics import HostMetrics
 from host.deviceplugin import DeviceInfo, DeviceSpec, DeviceTree, Manager
 
 SCRAPE_EVERY = 1.0
-
-
-class _TreeScanner:
-    def __init__(self, tree: DeviceTree) -> None:
-        self.tree = tree
-
-    async def scan(self, notifier: Any) -> None:
-        notifier.notify(self.tree)
-        await asyncio.Future()
 
 
 async def _scrape(metrics: HostMetrics) -> None:
@@ -57,7 +47,7 @@ async def metrics_cost(work: Path, calls: int) -> list[Row]:
     managers = {
         label: Manager(
             f"{label}.bench.example.com",
-            _TreeScanner(tree),
+            TreeScanner(tree),
             plugin_dir=plugin_dir,
             cdi_dir=work / "cdi-metrics",
             plugin_name="bench",

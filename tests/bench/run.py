@@ -30,6 +30,7 @@ from common import (
     BENCH_DIR,
     Child,
     Kubelet,
+    TreeScanner,
     cpu_ns_between,
     cpu_seconds,
     machine_description,
@@ -66,17 +67,6 @@ QUICK = Sizes(1000, 40, 100, 100, 10, 5, 10.0)
 
 def node(path: str) -> DeviceSpec:
     return DeviceSpec(host_path=path, container_path=path, permissions="rw")
-
-
-class TreeScanner:
-    """Notifies one tree, then idles; the benchmark notifies through the manager's notifier."""
-
-    def __init__(self, tree: DeviceTree) -> None:
-        self.tree = tree
-
-    async def scan(self, notifier: object) -> None:
-        notifier.notify(self.tree)  # type: ignore[attr-defined]
-        await asyncio.Future()
 
 
 class PlainAllocateScanner(TreeScanner):
