@@ -123,6 +123,7 @@ class CdiSpecStore:
         self._by_name: dict[str, str] = {}  # qualified CDI name -> file name
         self._ledger_pending: dict[str, LedgerEntry] = {}
         self._ledger_lock = threading.Lock()
+        self._flush_queued = False  # a flush job is queued for the pending entries
         self._suspects: set[str] = set()
         # One worker: writes reach the disk in the order they were asked for.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cdi-writer")
@@ -314,10 +315,34 @@ class CdiSpecStore:
         return entry.waiter
 
     def _note_ledger(self, file_name: str, cdi_name: str, key: DeviceKey) -> None:
+        """Add a ledger entry and make sure a flush on the worker will persist it.
+
+        A write already queued may have flushed before this entry was noted (the worker
+        runs beside the loop), so the entry queues a flush of its own unless one is
+        queued already: a noted entry never waits for some later write to reach disk.
+        """
         with self._ledger_lock:  # the worker takes the pending entries in _flush
             old = self._ledger_pending.get(file_name)
             devices = frozenset({key}) | (old.devices if old is not None else frozenset())
             self._ledger_pending[file_name] = LedgerEntry(cdi_name, devices)
+            if self._flush_queued or self._closed:
+                return
+            self._flush_queued = True
+        with self._queued_lock:
+            self._queued += 1
+        self._executor.submit(self._flush_job)
+
+    def _flush_job(self) -> None:
+        """Worker: flush the ledger once the jobs queued before it are done."""
+        with self._queued_lock:
+            self._queued -= 1
+            last = self._queued == 0
+        if last:
+            with contextlib.suppress(OSError):
+                self._flush()
+        else:  # a write queued after us flushes when it ends (the last one always does)
+            with self._ledger_lock:
+                self._flush_queued = False
 
     def _schedule(self, file_name: str) -> None:
         """Queue a write of the file's current content on the worker."""
@@ -372,6 +397,7 @@ class CdiSpecStore:
         """Worker: persist renames and the ledger additions noted so far."""
         with self._ledger_lock:
             pending, self._ledger_pending = self._ledger_pending, {}
+            self._flush_queued = False
         self.writer.sync_dir()
         try:
             self.writer.ledger_add(pending)

@@ -131,9 +131,7 @@ class TestCdiFiles:
         assert await collect_twice(manager) == []
         scanner.trees.put_nowait(tree_of({"a": {"d0": info(), "d1": info()}}))
         await kubelet.wait_for(lambda: kubelet.resources["ex.com/a"].healthy == {"d0", "d1"})
-        # The release reaches the ledger through the writer thread, then two passes.
-        removed = [path for _ in range(4) for path in await manager.collect_cdi_garbage()]
-        assert removed == [cdi_dir / name]
+        assert await collect_twice(manager) == [cdi_dir / name]
 
     async def test_specs_survive_a_clean_stop_and_are_adopted(
         self, kubelet: FakeKubelet, short_dir: Path

@@ -128,6 +128,20 @@ class TestOwnership:
         await other.close()
         await holder.close()
 
+    async def test_a_device_joining_a_written_file_reaches_the_ledger(self, tmp_path: Path) -> None:
+        """A second device naming a file already on disk queues no write, yet its ledger
+        entry is flushed; the file is collected once both devices are gone."""
+        store = CdiSpecStore(tmp_path, "ex.com", in_use=nothing_in_use)
+        store.hold("ex.com/a", "card0-0", spec("card0"))
+        await store.ensure(["example.com/dev=card0"])
+        store.hold("ex.com/a", "card0-1", spec("card0"))
+        store.release("ex.com/a", "card0-0")
+        store.release("ex.com/a", "card0-1")
+        # The worker runs jobs in order: the ledger is read after the flush just queued.
+        assert await store.collect_garbage() == []
+        assert await store.collect_garbage() == [tmp_path / spec_file_name(spec("card0"))]
+        await store.close()
+
     async def test_ledger_records_every_device_that_named_a_file(self, tmp_path: Path) -> None:
         """The ledger keeps all (resource, device) pairs, so a container holding any keeps it."""
         store = CdiSpecStore(tmp_path, "ex.com")
