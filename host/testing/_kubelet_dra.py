@@ -8,9 +8,12 @@ hidden) in its registry directory and calls ``GetInfo``; its handler validates t
 answer as the DRA handler does (type ``DRAPlugin``, a driver name, an absolute endpoint,
 a supported service, chosen in the plugin's order among the kubelet's); the watcher
 reports the outcome with ``NotifyRegistrationStatus``, and deregisters a socket that
-goes away or registers it again when it is re-created (a restarted driver). Calls go
-to the newest instance of a driver with the service chosen at registration. Each
-instance's device health stream runs as kubelet runs it
+goes away or registers it again when it is re-created (a restarted driver). Its plugin
+manager (:class:`~host.testing._kubelet_dra_plugins.DraPluginManager`) keeps every
+instance of a driver (a rolling update), follows their connections and sends each call
+to the newest connected instance with the service chosen at registration; given an
+API server it wipes the slices of a driver left without a connected instance, as
+kubelet does. Each instance's device health stream runs as kubelet runs it
 (:class:`~host.testing._kubelet_dra_health.DraHealthClient`, :attr:`FakeDraKubelet.health`).
 """
 
@@ -20,10 +23,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
-import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -42,6 +44,7 @@ from host.testing._kubelet_dra_health import (
     KUBELET_HEALTH_SERVICES,
     DraHealthClient,
 )
+from host.testing._kubelet_dra_plugins import DraPluginManager, DraPluginRegistration
 from host.testing._kubelet_types import KubeletError
 from host.testing._plugin_watcher import PluginWatcher, RegistrationFailure
 
@@ -56,25 +59,9 @@ KUBELET_DRA_SERVICES = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
 """What kubelet 1.34-1.36 speaks, in its order."""
 CALL_TIMEOUT = 45.0
 """kubelet's ``defaultClientCallTimeout`` for Prepare / Unprepare."""
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_SUN_PATH_MAX = 107
 
 ClaimTriple = tuple[str, str, str]
 """A claim as the tests give it: ``(namespace, name, uid)``."""
-
-
-@dataclass(frozen=True)
-class DraPluginRegistration:
-    """A DRA plugin instance kubelet accepted."""
-
-    driver: str
-    endpoint: str
-    service: str
-    """The chosen service, e.g. ``"v1.DRAPlugin"``."""
-    supported_versions: tuple[str, ...]
-    socket_path: str
-    """The registration socket it was found through."""
-    registered_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -96,79 +83,6 @@ class DraClaimResult:
     error: str = ""
 
 
-class _DraHandler:
-    """Kubelet's ``DRAPlugin`` handler (``pkg/kubelet/cm/dra/plugin``): the driver instances."""
-
-    def __init__(self, services: tuple[str, ...], health: DraHealthClient) -> None:
-        self.services = services
-        self.health = health
-        self.instances: dict[str, list[DraPluginRegistration]] = {}
-        self.channels: dict[tuple[str, str], grpc.aio.Channel] = {}
-
-    def choose(self, versions: Iterable[str]) -> str | None:
-        """Return the first of the plugin's services that this kubelet speaks."""
-        for version in versions:
-            if version in self.services:
-                return version
-        return None
-
-    def validate_plugin(self, name: str, endpoint: str, versions: Sequence[str]) -> str | None:
-        """``ValidatePlugin``: services, driver name, endpoint."""
-        if not versions:
-            return "empty list of supported gRPC services (aka supported versions)"
-        if self.choose(versions) is None:
-            return (
-                f"none of services supported by the plugin ({list(versions)!r}) "
-                f"are supported by the kubelet ({list(self.services)!r})"
-            )
-        if len(name) > 63 or not _DNS_SUBDOMAIN.fullmatch(name):
-            return f"invalid driver name {name!r}: must be a DNS subdomain of <= 63"
-        if not os.path.isabs(endpoint):
-            return f"endpoint {endpoint!r} is not an absolute path"
-        if len(endpoint.encode()) > _SUN_PATH_MAX:
-            return f"endpoint {endpoint!r} is longer than {_SUN_PATH_MAX} bytes"
-        if any(reg.endpoint == endpoint for reg in self.instances.get(name, [])):
-            return f"endpoint {endpoint} already registered for DRA driver plugin {name}"
-        return None
-
-    async def register_plugin(
-        self, name: str, endpoint: str, versions: Sequence[str], socket_path: str
-    ) -> str | None:
-        """``RegisterPlugin``: a new instance of the driver, called from now on."""
-        reg = DraPluginRegistration(
-            driver=name,
-            endpoint=endpoint,
-            service=self.choose(versions) or "",
-            supported_versions=tuple(versions),
-            socket_path=socket_path,
-        )
-        self.instances.setdefault(name, []).append(reg)
-        channel = grpc.aio.insecure_channel(f"unix:{endpoint}")
-        self.channels[(name, endpoint)] = channel
-        self.health.watch(name, endpoint, versions, channel)
-        _LOG.info("registered DRA driver %s at %s", name, endpoint)
-        return None
-
-    async def deregister_plugin(self, name: str, endpoint: str) -> None:
-        """``DeRegisterPlugin``: forget the instance at ``endpoint``."""
-        regs = self.instances.get(name, [])
-        for reg in [r for r in regs if r.endpoint == endpoint]:
-            regs.remove(reg)
-            _LOG.info("deregistered DRA driver %s (socket %s gone)", name, reg.socket_path)
-        await self.health.unwatch(name, endpoint)
-        channel = self.channels.pop((name, endpoint), None)
-        if channel is not None:
-            await channel.close()
-
-    async def forget(self) -> None:
-        """Close every connection and forget every instance (kubelet gone)."""
-        await self.health.stop()
-        for channel in self.channels.values():
-            await channel.close()
-        self.channels.clear()
-        self.instances.clear()
-
-
 class FakeDraKubelet:
     """Kubelet's DRA side in-process, speaking real gRPC to drivers over Unix sockets.
 
@@ -182,9 +96,11 @@ class FakeDraKubelet:
 
     With ``apiserver`` and ``node_name`` it also does what kubelet's DRA manager does to
     the API server (``pkg/kubelet/cm/dra/plugin``): Node ``node_name`` is created if
-    missing (kubelet registers its Node), and every :meth:`start` deletes the node's
+    missing (kubelet registers its Node), every :meth:`start` deletes the node's
     ResourceSlices of all drivers, as kubelet does at startup (in process, without an
-    outage in the way), so drivers must publish again. ``plugin_dir`` is kubelet's DRA
+    outage in the way), so drivers must publish again, and a driver's slices are
+    deleted once it has had no connected instance for ``wiping_delay`` seconds
+    (kubelet: 30; see :attr:`wipes`). ``plugin_dir`` is kubelet's DRA
     plugin directory (drivers' ``<driver>/dra.sock``; default: ``plugins`` beside the
     registry directory); the fake only tells drivers where it is.
 
@@ -206,6 +122,7 @@ class FakeDraKubelet:
         plugin_dir: str | os.PathLike[str] | None = None,
         health_services: Sequence[str] = KUBELET_HEALTH_SERVICES,
         health_retry_interval: float = HEALTH_RETRY_INTERVAL,
+        wiping_delay: float = 30.0,
     ) -> None:
         if (apiserver is None) != (node_name is None):
             raise ValueError("FakeDraKubelet: give apiserver and node_name together, or neither")
@@ -226,7 +143,16 @@ class FakeDraKubelet:
         self.rescan_interval = rescan_interval
         self.health = DraHealthClient(health_services, health_retry_interval, self._notify)
         """Device health as kubelet sees it: streams, cache, per-claim resource health."""
-        self._handler = _DraHandler(self.services, self.health)
+        self._handler = DraPluginManager(
+            self.services,
+            notify=self._notify,
+            health=self.health,
+            wiper=apiserver,
+            node_name=node_name,
+            wiping_delay=wiping_delay,
+        )
+        self.calls: Counter[str] = Counter()
+        """Prepare and Unprepare calls sent to each endpoint."""
         self._rejections: list[tuple[str, str]] = []
         self._watcher: PluginWatcher | None = None
         self._changed = asyncio.Condition()
@@ -240,10 +166,9 @@ class FakeDraKubelet:
         """Create the registry directory and start watching it (a kubelet start)."""
         if self._watcher is not None:
             raise KubeletError("FakeDraKubelet is already running")
-        if self.apiserver is not None:
-            # kubelet: "When kubelet starts up, no DRA driver has registered yet [...]
-            # better to not advertise any local resources" (NewDRAPluginManager).
-            self.wiped += self.apiserver.wipe_resource_slices(f"spec.nodeName={self.node_name}")
+        # kubelet: "When kubelet starts up, no DRA driver has registered yet [...]
+        # better to not advertise any local resources" (NewDRAPluginManager).
+        self.wiped += self._handler.wipe()
         self._watcher = PluginWatcher(
             self.registry_dir,
             {DRA_PLUGIN_TYPE: self._handler},
@@ -283,7 +208,26 @@ class FakeDraKubelet:
     @property
     def drivers(self) -> Mapping[str, Sequence[DraPluginRegistration]]:
         """The registered instances of each driver, oldest first."""
-        return {name: tuple(regs) for name, regs in self._handler.instances.items() if regs}
+        return {name: self._handler.registrations(name) for name in self._handler.drivers()}
+
+    def connected(self, driver: str) -> tuple[str, ...]:
+        """Return the endpoints of ``driver``'s instances kubelet is connected to, oldest first."""
+        return self._handler.connected(driver)
+
+    def chosen(self, driver: str) -> DraPluginRegistration | None:
+        """Return the instance of ``driver`` a call goes to now: the newest connected one."""
+        found = self._handler.get(driver)
+        return None if found is None else found[0]
+
+    @property
+    def pending_wipes(self) -> frozenset[str]:
+        """The drivers without a connected instance, their slices to be wiped soon."""
+        return self._handler.pending_wipes()
+
+    @property
+    def wipes(self) -> Sequence[tuple[str, int]]:
+        """Every wipe of slices: ``(driver, slices deleted)``; driver '' = all, at start."""
+        return tuple(self._handler.wipes)
 
     @property
     def rejections(self) -> Sequence[tuple[str, str]]:
@@ -327,7 +271,7 @@ class FakeDraKubelet:
         """Wait until ``driver`` is registered (newer than monotonic time ``after``)."""
 
         def newest() -> DraPluginRegistration | None:
-            regs = self._handler.instances.get(driver)
+            regs = self._handler.registrations(driver)
             if not regs:
                 return None
             if after is not None and regs[-1].registered_at <= after:
@@ -346,17 +290,19 @@ class FakeDraKubelet:
     ) -> None:
         """Wait until no instance of ``driver`` is registered."""
         await self.wait_for(
-            lambda: not self._handler.instances.get(driver), timeout, what=f"driver {driver!r} gone"
+            lambda: not self._handler.registrations(driver),
+            timeout,
+            what=f"driver {driver!r} gone",
         )
 
     # -- calls -----------------------------------------------------------------------
 
     def _client(self, driver: str) -> tuple[DraPluginRegistration, grpc.aio.Channel]:
-        regs = self._handler.instances.get(driver)
-        if not regs:
+        found = self._handler.get(driver)
+        if found is None:
             raise KubeletError(f"DRA driver {driver} is not registered")
-        reg = regs[-1]
-        return reg, self._handler.channels[(driver, reg.endpoint)]
+        self.calls[found[0].endpoint] += 1
+        return found
 
     async def prepare(
         self,
@@ -365,7 +311,7 @@ class FakeDraKubelet:
         *,
         timeout: float = CALL_TIMEOUT,  # noqa: ASYNC109 - kubelet's per-call timeout
     ) -> dict[str, DraClaimResult]:
-        """Call NodePrepareResources on the newest instance of ``driver``; results by UID.
+        """Call NodePrepareResources on ``driver`` (:meth:`chosen`); results by UID.
 
         Raises :class:`KubeletError` where kubelet fails the call itself (driver not
         registered, a result for an unknown claim UID, skipped claims); gRPC errors of

@@ -23,7 +23,7 @@ class TestTwoInstances:
     async def test_both_registered_newest_called(
         self, drivers: DriverRunner, claims: FakeClaims, dirs: Dirs
     ) -> None:
-        """Kubelet keeps both instances and calls the newest; both sockets differ."""
+        """Kubelet keeps both instances and calls the newest connected; both sockets differ."""
         old = await drivers.start(instance_id="pod-old")
         async with FakeDraKubelet(dirs.registry) as kubelet:
             first = await kubelet.wait_for_driver(DRIVER)
@@ -34,6 +34,7 @@ class TestTwoInstances:
                 str(new.socket_path),
             }
             assert second.endpoint == str(new.socket_path)
+            await kubelet.wait_for(lambda: str(new.socket_path) in kubelet.connected(DRIVER))
             claim = add_claim(claims, "c1", "uid-1", result("i915-card0"))
             assert (await kubelet.prepare(DRIVER, [claim]))["uid-1"].error == ""
             assert "uid-1" in new.prepared_claims

@@ -12,9 +12,14 @@ import pytest
 import pytest_asyncio
 
 from host._pluginwatcher import RegistrationServicer
-from host.testing import FakeDraKubelet, KubeletError
+from host.dra import build_slices
+from host.testing import FakeApiServer, FakeClaims, FakeDraKubelet, KubeletError
+from host.testing._apiserver_fixtures import apiserver
+from tests.dra.helpers import DRIVER, NODE, Dirs, DriverRunner, snapshot
 
 pytestmark = pytest.mark.asyncio
+
+__all__ = ["apiserver"]
 
 
 @pytest_asyncio.fixture
@@ -117,3 +122,84 @@ class TestValidation:
                 KubeletError, match=r"DRA driver gpu\.example\.com is not registered"
             ):
                 await kubelet.prepare("gpu.example.com", [("ns", "c", "uid")])
+
+
+@pytest_asyncio.fixture
+async def runner(registry: Path) -> AsyncIterator[DriverRunner]:
+    drivers = DriverRunner(Dirs(registry), FakeClaims())
+    try:
+        yield drivers
+    finally:
+        for driver in list(drivers.tasks):
+            await drivers.stop(driver)
+
+
+def one_slice(api: FakeApiServer) -> None:
+    node_uid = api.add_node(NODE)["metadata"]["uid"]
+    built = build_slices(driver=DRIVER, node_name=NODE, node_uid=node_uid, snapshot=snapshot(1))
+    for item in built.slices:
+        api.put_resource_slice(item)
+
+
+class TestSeveralInstances:
+    async def test_calls_go_to_the_newest_connected_instance(self, runner: DriverRunner) -> None:
+        """Both instances connected: the newer one is called; one whose DRA socket is gone
+        (still registered) is passed over for a connected older one."""
+        dirs = runner.dirs
+        old = await runner.start(instance_id="old")
+        new = await runner.start(instance_id="new")
+        async with FakeDraKubelet(dirs.registry) as kubelet:
+            await kubelet.wait_for(
+                lambda: len(kubelet.connected(DRIVER)) == 2, what="both connected"
+            )
+            chosen = kubelet.chosen(DRIVER)
+            assert chosen is not None
+            assert chosen.endpoint == str(new.socket_path)
+            assert await kubelet.unprepare(DRIVER, [("default", "c", "uid-x")]) == {"uid-x": ""}
+            assert kubelet.calls == {str(new.socket_path): 1}
+
+            # a third instance whose DRA socket nobody serves: registered, never connected
+            ghost = dirs.plugins / DRIVER / "dra-ghost.sock"
+            server, _ = await serve_registration(
+                dirs.registry / f"{DRIVER}-ghost-reg.sock", name=DRIVER, endpoint=str(ghost)
+            )
+            try:
+                await kubelet.wait_for(lambda: len(kubelet.drivers[DRIVER]) == 3)
+                assert kubelet.drivers[DRIVER][-1].endpoint == str(ghost)
+                assert kubelet.connected(DRIVER) == (str(old.socket_path), str(new.socket_path))
+                chosen = kubelet.chosen(DRIVER)
+                assert chosen is not None
+                assert chosen.endpoint == str(new.socket_path)
+                await runner.stop(new)  # its registration goes: deregistered
+                await kubelet.wait_for(lambda: len(kubelet.drivers[DRIVER]) == 2)
+                chosen = kubelet.chosen(DRIVER)
+                assert chosen is not None
+                assert chosen.endpoint == str(old.socket_path)
+            finally:
+                await server.stop(None)
+
+    async def test_a_driver_without_connected_instance_is_wiped(
+        self, runner: DriverRunner, apiserver: FakeApiServer
+    ) -> None:
+        """Kubelet start wipes the node's slices; the last instance gone, the driver's
+        slices are wiped after the delay; none is queued while another is connected."""
+        dirs = runner.dirs
+        one_slice(apiserver)
+        kubelet = FakeDraKubelet(
+            dirs.registry, apiserver=apiserver, node_name=NODE, wiping_delay=0.05
+        )
+        async with kubelet:
+            assert kubelet.wipes == (("", 1),)
+            one_slice(apiserver)  # the driver publishes again
+            first = await runner.start(instance_id="a")
+            second = await runner.start(instance_id="b")
+            await kubelet.wait_for(lambda: len(kubelet.connected(DRIVER)) == 2)
+            assert kubelet.pending_wipes == frozenset()
+            await runner.stop(first)
+            await kubelet.wait_for(lambda: len(kubelet.drivers[DRIVER]) == 1)
+            assert kubelet.pending_wipes == frozenset()
+            assert len(apiserver.resource_slices(driver=DRIVER)) == 1
+            await runner.stop(second)
+            await kubelet.wait_for(lambda: len(kubelet.wipes) == 2, what="the wipe")
+            assert kubelet.wipes[-1] == (DRIVER, 1)
+            assert apiserver.resource_slices(driver=DRIVER) == []
