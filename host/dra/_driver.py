@@ -59,6 +59,12 @@ CallObserver = Callable[[str, float, int], None]
 
 DRAIN_GRACE = 5.0
 """Seconds the calls in flight get to finish when the driver stops."""
+HANDOVER_QUIET = 0.25
+"""With an instance id: at stop, the DRA service keeps serving until no call has come
+for this long (kubelet sends new calls to the newer instance by then; a call it sent
+here just before is still on its way)."""
+HANDOVER_MAX = 2.0
+"""... but no longer than this."""
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -162,6 +168,8 @@ class DraDriver:
         self._have_snapshot = False
         self._scan_failed = False
         self._locks = _KeyedLocks()
+        self._rolling = bool(instance_id)
+        self._last_call = 0.0
         # Shared mode: one worker thread at a time waits for the file lock; the other
         # claims wait here, on the loop, instead of each holding a worker thread.
         self._shared_gate = asyncio.Lock()
@@ -247,6 +255,7 @@ class DraDriver:
         server. A claim is answered as prepared once the checkpoint holds it.
         """
         started = time.perf_counter()
+        self._last_call = time.monotonic()
         unique = list({ref.uid: ref for ref in claims}.values())
         outcomes = await _each(self._prepare_one, unique)
         self._observe("NodePrepareResources", started, outcomes)
@@ -340,6 +349,7 @@ class DraDriver:
         longer holds it.
         """
         started = time.perf_counter()
+        self._last_call = time.monotonic()
         unique = list({ref.uid: ref for ref in claims}.values())
         outcomes = await _each(self._unprepare_one, unique)
         self._observe("NodeUnprepareResources", started, outcomes)
@@ -362,6 +372,25 @@ class DraDriver:
             return None
 
     # -- serving ---------------------------------------------------------------------
+
+    async def _quiet_down(self) -> None:
+        """Serve on until no call came for :data:`HANDOVER_QUIET` (rolling update).
+
+        Kubelet picked this instance for a call just before it took the newer one: the
+        request may still be on its way, and a server that stops meanwhile refuses it
+        (kubelet would retry it only at its next pod sync).
+        """
+        deadline = time.monotonic() + HANDOVER_MAX
+        while (now := time.monotonic()) < deadline:
+            quiet_at = self._last_call + HANDOVER_QUIET
+            if now >= quiet_at:
+                return
+            await asyncio.sleep(min(quiet_at, deadline) - now)  # a pause, not a wait on state
+        log.info(
+            "DRA driver %s: still called %.1f s after the stop began; stopping anyway",
+            self.driver_name,
+            HANDOVER_MAX,
+        )
 
     async def serve(self) -> None:
         """Serve the DRA service, then register with kubelet; run until cancelled.
@@ -401,6 +430,8 @@ class DraDriver:
             )
             await keep_sockets(self.driver_name, dra, registrar)  # until cancelled
         finally:
+            if self._rolling:
+                await self._quiet_down()
             self._serving.clear()
             collector.cancel()
             with contextlib.suppress(asyncio.CancelledError):

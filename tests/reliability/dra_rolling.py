@@ -116,10 +116,11 @@ class DraLoad:
 
     async def _prepare(self, triple: ClaimTriple) -> tuple[DraDevice, ...] | None:
         began = time.monotonic()
+        where = self._chosen()
         try:
             outcome = (await self.kubelet.prepare(self.driver, [triple]))[triple[2]]
         except Exception as err:
-            self.failed.append(f"prepare {triple[1]}: {type(err).__name__}: {err}")
+            self.failed.append(f"prepare {triple[1]} at {where}: {type(err).__name__}: {err}")
             return None
         self.latencies.append(time.monotonic() - began)
         if outcome.error:
@@ -127,12 +128,17 @@ class DraLoad:
             return None
         return outcome.devices
 
+    def _chosen(self) -> str:
+        chosen = self.kubelet.chosen(self.driver)
+        return Path(chosen.endpoint).name if chosen is not None else "no instance"
+
     async def unprepare(self, triple: ClaimTriple) -> None:
         """Unprepare one claim as kubelet does; record a failure."""
+        where = self._chosen()
         try:
             error = (await self.kubelet.unprepare(self.driver, [triple]))[triple[2]]
         except Exception as err:
-            self.failed.append(f"unprepare {triple[1]}: {type(err).__name__}: {err}")
+            self.failed.append(f"unprepare {triple[1]} at {where}: {type(err).__name__}: {err}")
             return
         if error:
             self.failed.append(f"unprepare {triple[1]}: {error}")
@@ -236,7 +242,7 @@ async def roll_instances(
     api: FakeApiServer,
     driver: str,
     node: str,
-    devices: list[str],
+    devices: list[str] | None = None,
     data_dir: Path,
     cdi_dir: Path,
     rolls: int,
@@ -247,10 +253,11 @@ async def roll_instances(
     """Start an instance, then replace it ``rolls`` times under load; return the figures.
 
     ``start(instance_id)`` starts an instance; ``ready(instance)`` adds a readiness
-    condition of its own (e.g. the in-process driver's ``not_ready_reason``).
+    condition of its own (e.g. the in-process driver's ``not_ready_reason``); claims are
+    allocated ``devices`` in turn (default: every device of the first slices).
     """
     watch = SliceWatch(api, driver, node)
-    load = DraLoad(kubelet, api, driver, node, devices)
+    load = DraLoad(kubelet, api, driver, node, devices or [])
     running: list[Instance] = []
     exit_codes: list[int] = []
     ready_times: list[float] = []
@@ -261,6 +268,11 @@ async def roll_instances(
         running.append(old)
         await _wait_ready(kubelet, driver, old, data_dir, lambda: ready(old), timeout)
         await api.wait_for(lambda: watch.published, timeout, what="the first slices")
+        load.devices = load.devices or sorted(
+            device["name"]
+            for item in api.resource_slices(driver=driver, node_name=node)
+            for device in item["spec"].get("devices", ())
+        )
         tasks = [asyncio.create_task(load.worker(), name=f"load {i}") for i in range(workers)]
         since = len(api.requests)
         for index in range(1, rolls + 1):

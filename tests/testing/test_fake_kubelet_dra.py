@@ -146,9 +146,12 @@ class TestSeveralInstances:
         """Both instances connected: the newer one is called; one whose DRA socket is gone
         (still registered) is passed over for a connected older one."""
         dirs = runner.dirs
-        old = await runner.start(instance_id="old")
-        new = await runner.start(instance_id="new")
         async with FakeDraKubelet(dirs.registry) as kubelet:
+            # registered in this order (a restarted kubelet finds them in any order)
+            old = await runner.start(instance_id="old")
+            first = await kubelet.wait_for_driver(DRIVER)
+            new = await runner.start(instance_id="new")
+            await kubelet.wait_for_driver(DRIVER, after=first.registered_at)
             await kubelet.wait_for(
                 lambda: len(kubelet.connected(DRIVER)) == 2, what="both connected"
             )
