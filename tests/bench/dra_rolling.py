@@ -135,7 +135,7 @@ async def main(rolls: int) -> None:
     started = time.monotonic()
     figures, kubelet = await measure(rolls)
     elapsed = time.monotonic() - started
-    for text in figures.load.failed[:3] + figures.load.lost[:3]:
+    for text in figures.load.failed[:3] + figures.load.lost[:3] + figures.leftovers[:3]:
         print(f"failed: {text}")
     print(format_table(rows(figures), f"DRA rolling updates, {rolls} rolls ({elapsed:.0f} s)"))
     print(f"calls per instance: {sorted(kubelet.calls.values())}")

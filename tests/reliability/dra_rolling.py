@@ -93,6 +93,8 @@ class DraLoad:
     """Repeated prepares whose answer differed from the first (the record was lost)."""
     latencies: list[float] = field(default_factory=list)
     held: deque[tuple[ClaimTriple, tuple[DraDevice, ...]]] = field(default_factory=deque)
+    stopping: bool = False
+    """Set to let every worker finish its round and return."""
     _count: int = 0
     _done: set[str] = field(default_factory=set)
     _prepared: set[str] = field(default_factory=set)
@@ -148,7 +150,7 @@ class DraLoad:
 
     async def worker(self) -> None:
         """One worker: prepare a new claim, repeat an old one's prepare, unprepare the oldest."""
-        while True:
+        while not self.stopping:
             triple = self._new_claim()
             try:
                 devices = await self._prepare(triple)
@@ -292,9 +294,9 @@ async def roll_instances(
             settle.append(time.monotonic() - stopped)
             old = new
         writes = _slice_writes(api, since)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        load.stopping = True  # each worker ends its round: no call is left half done
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*tasks)
         tasks = []
         await load.drain()
         leftovers = [
