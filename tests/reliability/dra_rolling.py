@@ -164,8 +164,10 @@ class DraLoad:
             self._prepared.add(triple[2])
             self.held.append((triple, devices))
             if self._count % 3 == 0:
-                again, first = self.held[0]
+                # taken out meanwhile: kubelet never unprepares a claim it is preparing
+                again, first = self.held.popleft()
                 repeated = await self._prepare(again)
+                self.held.append((again, first))
                 self.repeated += 1
                 if repeated is not None and repeated != first:
                     self.lost.append(f"{again[1]}: first {first}, then {repeated}")
