@@ -20,7 +20,6 @@ Reproduces kubernetes/kubernetes ``pkg/kubelet/cm/dra/plugin/dra_plugin_manager.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ _LOG = logging.getLogger("host.testing.kubelet.dra")
 
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _SUN_PATH_MAX = 107
+_MONITOR_STOP = 1.0
 
 
 class SliceWiper(Protocol):
@@ -203,17 +203,23 @@ class DraPluginManager:
     # -- connections and wiping ------------------------------------------------------
 
     async def _close(self, instance: _Instance) -> None:
-        if instance.monitor is not None:
-            instance.monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await instance.monitor
+        monitor = instance.monitor
+        if monitor is not None:
+            monitor.cancel()
         await instance.channel.close()  # cancels the calls in flight, as grpc-go's Close
+        if monitor is not None:
+            # A wait for a state change may end only once the channel is closed.
+            await asyncio.wait({monitor}, timeout=_MONITOR_STOP)
+            if monitor.done() and not monitor.cancelled():
+                monitor.exception()  # retrieved: a closed channel may refuse get_state
+            elif not monitor.done():
+                _LOG.warning("connection monitor of %s did not stop", instance.reg.endpoint)
 
     async def _monitor(self, instance: _Instance) -> None:
         """Follow the connection's state; ask for a new connection whenever one ends."""
         channel = instance.channel
         state = channel.get_state(try_to_connect=True)
-        while True:
+        while state != grpc.ChannelConnectivity.SHUTDOWN:
             connected = state == grpc.ChannelConnectivity.READY
             if connected != instance.connected:
                 instance.connected = connected
