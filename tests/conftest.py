@@ -8,6 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests check what is built, not how fast: on a loaded CI machine one example can
+# take longer than hypothesis' default 200 ms deadline, which would fail a correct build.
+settings.register_profile("devplugin", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("devplugin")
 
 
 @pytest.fixture
