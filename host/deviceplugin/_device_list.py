@@ -108,6 +108,8 @@ class DeviceListServer:
         self._encoder: asyncio.Task[None] | None = None
         self._encode_spent: collections.deque[tuple[float, float]] = collections.deque()
         self._streams: dict[asyncio.Event, int] = {}
+        self._no_streams = asyncio.Event()
+        self._no_streams.set()
         self._stream_seq = 0
         self._closed = False
 
@@ -131,6 +133,10 @@ class DeviceListServer:
     def oldest_stream_seq(self) -> int:
         """Return the sequence number of the oldest open stream (the next one's if none)."""
         return min(self._streams.values(), default=self._stream_seq)
+
+    async def streams_ended(self) -> None:
+        """Return once no ListAndWatch stream is open (at once when none is)."""
+        await self._no_streams.wait()
 
     def has_stream_since(self, seq: int) -> bool:
         """Whether a stream opened at or after sequence number ``seq`` is still open."""
@@ -262,6 +268,7 @@ class DeviceListServer:
         seq = self._stream_seq
         self._stream_seq += 1
         self._streams[wake] = seq
+        self._no_streams.clear()
         try:
             sent = -1
             while not self._closed:
@@ -280,5 +287,7 @@ class DeviceListServer:
                     wake.clear()
         finally:
             del self._streams[wake]
+            if not self._streams:
+                self._no_streams.set()
             if self.on_stream_closed is not None and not self._closed:
                 self.on_stream_closed(seq)

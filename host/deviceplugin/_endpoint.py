@@ -245,12 +245,11 @@ class ResourceEndpoint:
     async def _end_streams(self) -> None:
         """End every device list stream and let them finish (at most STREAMS_END_LIMIT)."""
         self.service.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STREAMS_END_LIMIT
         # Each stream ends on its next turn of the loop; one that is stuck sending to a
         # reader that does not read ends only when the server stops.
-        while self.service.stream_count and loop.time() < deadline:  # noqa: ASYNC110 - the service signals no stream's end once closed
-            await asyncio.sleep(0.001)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STREAMS_END_LIMIT):
+                await self.service.streams_ended()
         # The handlers send each stream's status right after it ends.
         for _ in range(2):
             await asyncio.sleep(0)
