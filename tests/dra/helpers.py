@@ -44,6 +44,23 @@ def gpu(index: int, state: str = HEALTHY, **kwargs: Any) -> DeviceInfo:
     )
 
 
+def gpu_tree(*cards: int) -> DeviceTree:
+    """A DeviceTree of i915 ``card<N>`` for each index in ``cards``."""
+    devices = DeviceTree()
+    for index in cards:
+        devices.add_device("i915", f"card{index}", gpu(index))
+    return devices
+
+
+def published_devices(api: FakeApiServer) -> list[str]:
+    """The device names in the driver's slices on the node, sorted."""
+    return sorted(
+        device["name"]
+        for item in api.resource_slices(driver=DRIVER, node_name=NODE)
+        for device in item["spec"].get("devices", ())
+    )
+
+
 def snapshot(count: int = 4, **kwargs: Any) -> dict[str, dict[str, DeviceInfo]]:
     return {"i915": {f"card{i}": gpu(i, **kwargs) for i in range(count)}}
 

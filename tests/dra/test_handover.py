@@ -12,30 +12,16 @@ import lightkube
 import pytest
 import pytest_asyncio
 
-from host.deviceplugin import DeviceTree
 from host.dra import DraPlugin
 from host.dra._handover import PUBLISHER_FILE, PublisherHandover
 from host.testing import FakeApiServer
 from tests.dra.helpers import DRIVER, NODE, Dirs, QueueScanner, gpu
+from tests.dra.helpers import gpu_tree as tree
+from tests.dra.helpers import published_devices as device_names
 
 pytestmark = pytest.mark.asyncio
 
 MUTATIONS = ("POST", "PUT", "PATCH", "DELETE")
-
-
-def tree(*cards: int) -> DeviceTree:
-    devices = DeviceTree()
-    for index in cards:
-        devices.add_device("i915", f"card{index}", gpu(index))
-    return devices
-
-
-def device_names(api: FakeApiServer) -> list[str]:
-    return sorted(
-        device["name"]
-        for item in api.resource_slices(driver=DRIVER, node_name=NODE)
-        for device in item["spec"].get("devices", ())
-    )
 
 
 def slice_writes(api: FakeApiServer, since: int = 0) -> list[str]:

@@ -8,28 +8,14 @@ import contextlib
 import lightkube
 import pytest
 
-from host.deviceplugin import DeviceTree
 from host.dra import DraOptions, DraPlugin, build_dra_plugins
 from host.testing import FakeApiServer, FakeDraKubelet
-from tests.dra.helpers import DRIVER, NODE, Dirs, QueueScanner, gpu, resolve_cdi, result
+from tests.dra.helpers import DRIVER, NODE, Dirs, QueueScanner, resolve_cdi, result
+from tests.dra.helpers import gpu_tree as tree
+from tests.dra.helpers import published_devices as device_names
 from tests.dra.schema import assert_schema_valid
 
 pytestmark = pytest.mark.asyncio
-
-
-def tree(*cards: int) -> DeviceTree:
-    devices = DeviceTree()
-    for index in cards:
-        devices.add_device("i915", f"card{index}", gpu(index))
-    return devices
-
-
-def device_names(api: FakeApiServer) -> list[str]:
-    return sorted(
-        device["name"]
-        for item in api.resource_slices(driver=DRIVER, node_name=NODE)
-        for device in item["spec"]["devices"]
-    )
 
 
 async def stop(task: asyncio.Task[None]) -> None:

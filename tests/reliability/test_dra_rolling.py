@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import lightkube
 import pytest
-import pytest_asyncio
 
-from host.dra import DraPlugin, kube_client
+from host.dra import DraPlugin
 from host.testing import FakeApiServer, FakeDraKubelet
 from host.testing._apiserver_fixtures import apiserver, apiserver_kubeconfig
-from tests.dra.helpers import DRIVER, NODE, Dirs, QueueScanner, gpu
+from tests.dra.helpers import DRIVER, NODE, Dirs, QueueScanner, client, gpu
 from tests.reliability.dra_rolling import describe, roll_instances
 
 pytestmark = pytest.mark.asyncio
 
-__all__ = ["apiserver", "apiserver_kubeconfig"]
+__all__ = ["apiserver", "apiserver_kubeconfig", "client"]
 
 ROLLS = 20
 CARDS = 4
@@ -45,18 +43,6 @@ class InProcessInstance:
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         return 0
-
-
-@pytest_asyncio.fixture
-async def client(
-    apiserver: FakeApiServer, apiserver_kubeconfig: Path
-) -> AsyncIterator[lightkube.AsyncClient]:
-    apiserver.add_node(NODE)
-    kube = kube_client(apiserver_kubeconfig)
-    try:
-        yield kube
-    finally:
-        await kube.close()
 
 
 class TestDraRollingUpdate:
