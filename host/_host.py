@@ -224,6 +224,8 @@ def device_json(dev_id: str, info: DeviceInfo) -> dict[str, Any]:
         "nodes": [node.host_path for node in info.nodes],
         "topology": list(info.numa_nodes),
     }
+    if info.health_message:
+        device["health_message"] = info.health_message
     if info.mounts:
         device["mounts"] = [
             {

@@ -46,8 +46,11 @@ _REJECTED_REMEMBERED = 10_000
 _SCAN_STOP_GRACE = 2.0
 """Seconds a cancelled coroutine scan gets to end before the host stops waiting for it."""
 
-_Frozen = dict[str, tuple[tuple[int, int], Mapping[str, DeviceInfo], frozenset[str]]]
-"""Per device type: its fingerprint, its frozen devices, the IDs carrying a CDI spec."""
+_Frozen = dict[
+    str, tuple[tuple[int, int], Mapping[str, DeviceInfo], frozenset[str], frozenset[str]]
+]
+"""Per device type: its fingerprint, its frozen devices, the IDs carrying a CDI spec, the
+IDs not Healthy or with a health message."""
 
 
 class _Pending(NamedTuple):
@@ -55,6 +58,7 @@ class _Pending(NamedTuple):
 
     snapshot: Snapshot
     cdi_ids: Mapping[str, frozenset[str]]
+    noted_ids: Mapping[str, frozenset[str]]
     rejected: list[tuple[str, str, str]]
 
 
@@ -92,6 +96,7 @@ class ScannerFeed:
         self._pending: _Pending | None = None
         self._snapshot: Snapshot = MappingProxyType({})
         self._cdi_ids: Mapping[str, frozenset[str]] = MappingProxyType({})
+        self._noted_ids: Mapping[str, frozenset[str]] = MappingProxyType({})
         self._scan_failed = False
         self._scan_error: str | None = None
         self._rejected_seen: set[tuple[str, str]] = set()
@@ -114,6 +119,14 @@ class ScannerFeed:
         callback, to visit only the devices with spec files, not every device.
         """
         return self._cdi_ids
+
+    @property
+    def noted_ids(self) -> Mapping[str, frozenset[str]]:
+        """Device type -> IDs of its devices that are not Healthy or carry a message.
+
+        Types without any are absent; set with the snapshot, like :attr:`cdi_ids`.
+        """
+        return self._noted_ids
 
     @property
     def scan_failed(self) -> bool:
@@ -192,11 +205,13 @@ class ScannerFeed:
                         fingerprint,
                         MappingProxyType(devices.copy()),
                         tree._cdi_ids(dev_type),
+                        tree._noted_ids(dev_type),
                     )
             self._frozen = frozen
-            snapshot = MappingProxyType({t: devices for t, (_, devices, _) in frozen.items()})
-            cdi_ids = MappingProxyType({t: ids for t, (_, _, ids) in frozen.items() if ids})
-            self._submit(_Pending(snapshot, cdi_ids, list(tree._rejected)))
+            snapshot = MappingProxyType({t: parts[1] for t, parts in frozen.items()})
+            cdi_ids = MappingProxyType({t: parts[2] for t, parts in frozen.items() if parts[2]})
+            noted = MappingProxyType({t: parts[3] for t, parts in frozen.items() if parts[3]})
+            self._submit(_Pending(snapshot, cdi_ids, noted, list(tree._rejected)))
 
     def _submit(self, pending: _Pending) -> None:
         loop, loop_thread = self._loop, self._loop_thread
@@ -224,6 +239,7 @@ class ScannerFeed:
         self._log_rejected(pending.rejected)
         self._snapshot = pending.snapshot
         self._cdi_ids = pending.cdi_ids
+        self._noted_ids = pending.noted_ids
         self._scan_failed = False
         self._publish()
 

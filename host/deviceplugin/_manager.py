@@ -21,6 +21,7 @@ from host.deviceplugin._cdi_store import CdiSpecStore, CdiSpecUnavailableError, 
 from host.deviceplugin._endpoint import Backoff, ResourceEndpoint
 from host.deviceplugin._feed import ScannerFeed, Snapshot
 from host.deviceplugin._guard import DEFAULT_CALL_TIMEOUT, PluginCaller
+from host.deviceplugin._healthlog import HealthChange, HealthLog
 from host.deviceplugin._names import instance_id_error, resource_name_error, socket_name
 from host.deviceplugin._observer import LOG_FIELDS, NULL_OBSERVER, Observer, log_context
 from host.deviceplugin._registry import PluginsRegistryEndpoint
@@ -158,6 +159,8 @@ class Manager:
         self._caller = PluginCaller(self.plugin_name, timeout=call_timeout)
         self._tree: Snapshot = {}
         self._tree_cdi: Mapping[str, frozenset[str]] = {}
+        self._tree_noted: Mapping[str, frozenset[str]] = {}
+        self._health_logs: dict[str, HealthLog] = {}
         self._services: dict[str, DevicePluginService] = {}
         self._endpoints: dict[str, ResourceEndpoint] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -248,10 +251,11 @@ class Manager:
             self._scan_failed = scan_failed
             for service in self._services.values():
                 service.update(all_unhealthy=scan_failed)
-        old, old_cdi = self._tree, self._tree_cdi
+        old, old_cdi, old_noted = self._tree, self._tree_cdi, self._tree_noted
         if tree is old:
             return
         self._tree, self._tree_cdi = tree, self._feed.cdi_ids
+        self._tree_noted = self._feed.noted_ids
         for dev_type, devices in tree.items():
             before = old.get(dev_type)
             if before is devices:
@@ -262,6 +266,7 @@ class Manager:
                 self._add_type(dev_type, devices)
             else:
                 self._update_type(dev_type, devices, before, old_cdi.get(dev_type, _NO_IDS))
+            self._log_health(dev_type, devices, before, old_noted.get(dev_type, _NO_IDS))
         for dev_type in old.keys() - tree.keys():
             self._remove_type(dev_type, old[dev_type], old_cdi.get(dev_type, _NO_IDS))
 
@@ -339,6 +344,44 @@ class Manager:
                 "plugin %r: %s/%s is gone; stopping it", self.plugin_name, self.namespace, dev_type
             )
         self._sync_cdi(dev_type, {}, old, old_cdi)
+
+    def _log_health(
+        self,
+        dev_type: str,
+        devices: Mapping[str, DeviceInfo],
+        old: Mapping[str, DeviceInfo] | None,
+        old_noted: frozenset[str],
+    ) -> None:
+        """Log the devices whose health or health message changed.
+
+        Kubelet hears only Healthy/Unhealthy; the message is for the operator.
+
+        Visits only the devices that are not Healthy or carry a message, now or before
+        (the feed tells which), like :meth:`_sync_cdi`.
+        """
+        now_noted = self._tree_noted.get(dev_type, _NO_IDS)
+        if (not now_noted and not old_noted) or dev_type not in self._services:
+            return
+        changed: list[tuple[HealthChange | None, HealthChange]] = []
+        for dev_id in sorted(now_noted | old_noted):
+            new_info = devices.get(dev_id)
+            old_info = old.get(dev_id) if old is not None else None
+            if new_info is None or new_info is old_info:
+                continue
+            after = HealthChange(dev_id, new_info.state, new_info.health_message)
+            before = None
+            if old_info is not None:
+                before = HealthChange(dev_id, old_info.state, old_info.health_message)
+                if before == after:
+                    continue
+            changed.append((before, after))
+        if changed:
+            resource_name = f"{self.namespace}/{dev_type}"
+            health_log = self._health_logs.get(resource_name)
+            if health_log is None:
+                health_log = HealthLog(f"resource {resource_name}", log)
+                self._health_logs[resource_name] = health_log
+            health_log.changes(changed)
 
     def _sync_cdi(
         self,

@@ -354,6 +354,11 @@ _FINGERPRINT_MASK = (1 << 64) - 1
 _NO_IDS: frozenset[str] = frozenset()
 
 
+def _noteworthy(info: DeviceInfo) -> bool:
+    """Whether a device's health is news on its own: not Healthy, or explained."""
+    return info.state != HEALTHY or bool(info.health_message)
+
+
 class DeviceTree(Mapping[str, Mapping[str, DeviceInfo]]):
     """Devices found by one scan, grouped by device type: ``tree[dev_type][dev_id]``.
 
@@ -370,6 +375,8 @@ class DeviceTree(Mapping[str, Mapping[str, DeviceInfo]]):
         # Per type, the IDs of devices carrying a CDI spec (most types have none): the
         # host writes spec files for these only, without visiting every device.
         self._cdi: dict[str, set[str]] = {}
+        # Likewise the IDs of devices worth a log line: not Healthy, or with a message.
+        self._noted: dict[str, set[str]] = {}
         self._rejected: list[tuple[str, str, str]] = []
 
     def add_device(self, dev_type: str, dev_id: str, info: DeviceInfo) -> None:
@@ -399,8 +406,12 @@ class DeviceTree(Mapping[str, Mapping[str, DeviceInfo]]):
             total -= hash((dev_id, old))
             if old.cdi_spec is not None and info.cdi_spec is None:
                 self._cdi[dev_type].discard(dev_id)
+            if _noteworthy(old) and not _noteworthy(info):
+                self._noted[dev_type].discard(dev_id)
         if info.cdi_spec is not None:
             self._cdi.setdefault(dev_type, set()).add(dev_id)
+        if _noteworthy(info):
+            self._noted.setdefault(dev_type, set()).add(dev_id)
         devices[dev_id] = info
         self._sums[dev_type] = (total + hash((dev_id, info))) & _FINGERPRINT_MASK
 
@@ -411,6 +422,11 @@ class DeviceTree(Mapping[str, Mapping[str, DeviceInfo]]):
     def _cdi_ids(self, dev_type: str) -> frozenset[str]:
         """IDs of the devices of ``dev_type`` that carry a CDI spec."""
         ids = self._cdi.get(dev_type)
+        return frozenset(ids) if ids else _NO_IDS
+
+    def _noted_ids(self, dev_type: str) -> frozenset[str]:
+        """IDs of the devices of ``dev_type`` that are not Healthy or carry a message."""
+        ids = self._noted.get(dev_type)
         return frozenset(ids) if ids else _NO_IDS
 
     def device_type_count(self, dev_type: str) -> int:

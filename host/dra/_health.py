@@ -42,8 +42,8 @@ from typing import Any
 import grpc
 
 from host._api import dra_health_v1_pb2 as health_pb2
+from host.deviceplugin._healthlog import HealthLog
 from host.deviceplugin._types import HEALTHY, UNHEALTHY, DeviceInfo, cut_health_message
-from host.dra._healthlog import HealthLog
 
 __all__ = [
     "HEALTH_CHECK_TIMEOUT",
@@ -143,7 +143,7 @@ class DeviceHealthService:
         self._health: dict[str, DeviceHealth] = {}
         self._infos: Mapping[str, DeviceInfo] = {}
         self._mode = (False, False)
-        self._log = HealthLog(driver_name, log)
+        self._log = HealthLog(f"DRA driver {driver_name}", log)
         self._encoded = b""
         self._parts: Mapping[str, tuple[DeviceHealth, bytes]] = {}
         self._ready = False

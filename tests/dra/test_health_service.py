@@ -9,10 +9,10 @@ import pytest
 
 from host._api import dra_health_v1_pb2
 from host.deviceplugin import UNHEALTHY, DeviceInfo
+from host.deviceplugin._healthlog import LINES_PER_MINUTE
 from host.deviceplugin._scanning import check_interval_of
 from host.dra import DeviceHealthService
 from host.dra._health import encode_health
-from host.dra._healthlog import LINES_PER_MINUTE
 from tests.dra.helpers import DRIVER, NODE, gpu
 
 

@@ -8,7 +8,7 @@ every notify (a temperature in the text) must not flood the log. So:
   a message is no news);
 * devices that changed to the same health and message share a line (5 names shown),
   at most :data:`GROUPS_PER_UPDATE` lines per update, the rest counted;
-* at most :data:`LINES_PER_MINUTE` lines a minute per driver (token bucket); the
+* at most :data:`LINES_PER_MINUTE` lines a minute per source (token bucket); the
   lines dropped are counted in the next line that gets through;
 * the plugin's message is data: it is logged quoted and escaped (``repr``), never as
   text that could fake another line.
@@ -19,14 +19,39 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import NamedTuple, Protocol
 
 from host.deviceplugin._types import HEALTHY
 
-if TYPE_CHECKING:
-    from host.dra._health import DeviceHealth
+__all__ = ["GROUPS_PER_UPDATE", "LINES_PER_MINUTE", "HealthChange", "HealthLog", "HealthState"]
 
-__all__ = ["GROUPS_PER_UPDATE", "LINES_PER_MINUTE", "HealthLog"]
+
+class HealthState(Protocol):
+    """A device's health as logged: its name, ``Healthy``/``Unhealthy``/..., the message."""
+
+    @property
+    def device(self) -> str:
+        """The device's name as the reader knows it."""
+        ...
+
+    @property
+    def health(self) -> str:
+        """The device's health."""
+        ...
+
+    @property
+    def message(self) -> str:
+        """Why the device is in that state (may be empty)."""
+        ...
+
+
+class HealthChange(NamedTuple):
+    """A :class:`HealthState` of a device-plugin device (its ID, state and message)."""
+
+    device: str
+    health: str
+    message: str
+
 
 GROUPS_PER_UPDATE = 10
 """Lines one update may log; the remaining changes are summed up in one more."""
@@ -38,16 +63,20 @@ _NAMES_SHOWN = 5
 
 
 class HealthLog:
-    """Logs the health changes of one driver's devices on ``logger``."""
+    """Logs the health changes of one source's devices on ``logger``.
 
-    def __init__(self, driver_name: str, logger: logging.Logger) -> None:
-        self.driver_name = driver_name
+    ``source`` starts every line: ``"DRA driver gpu.intel.com"``, ``"resource
+    gpu.intel.com/i915"``.
+    """
+
+    def __init__(self, source: str, logger: logging.Logger) -> None:
+        self.source = source
         self._log = logger
         self._tokens = float(LINES_PER_MINUTE)
         self._refilled = time.monotonic()
         self._dropped = 0
 
-    def changes(self, changed: Sequence[tuple[DeviceHealth | None, DeviceHealth]]) -> None:
+    def changes(self, changed: Sequence[tuple[HealthState | None, HealthState]]) -> None:
         """Log ``(before, after)`` pairs of one update (``before`` None: a new device)."""
         groups: dict[tuple[str, str], list[str]] = {}
         for before, after in changed:
@@ -64,7 +93,7 @@ class HealthLog:
             count = sum(len(devices) for _, devices in rest)
             self._emit(
                 logging.WARNING,
-                "DRA driver %s: %d more device(s) changed health (see /status)",
+                "%s: %d more device(s) changed health (see /status)",
                 count,
             )
 
@@ -75,7 +104,7 @@ class HealthLog:
         noun = "device" if len(devices) == 1 else f"{len(devices)} devices"
         reason = repr(message) if message else "no message"
         level = logging.INFO if health == HEALTHY else logging.WARNING
-        self._emit(level, "DRA driver %s: %s %s now %s: %s", noun, shown, health, reason)
+        self._emit(level, "%s: %s %s now %s: %s", noun, shown, health, reason)
 
     def _emit(self, level: int, fmt: str, *args: object) -> None:
         if not self._log.isEnabledFor(level):
@@ -94,4 +123,4 @@ class HealthLog:
         if dropped:
             fmt += " (%d health line(s) before this one not logged: over %d a minute)"
             args = (*args, dropped, LINES_PER_MINUTE)
-        self._log.log(level, fmt, self.driver_name, *args)
+        self._log.log(level, fmt, self.source, *args)
