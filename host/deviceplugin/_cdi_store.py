@@ -46,7 +46,13 @@ from host.deviceplugin._cdi import CdiSpecWriter, DeviceKey, FileStamp, LedgerEn
 from host.deviceplugin._cdi_spec import qualified_name, spec_file_name
 from host.deviceplugin._endpoint import Backoff
 
-__all__ = ["CdiSpecStore", "CdiSpecUnavailableError", "DevicesInUse", "InUse"]
+__all__ = [
+    "CdiSpecStore",
+    "CdiSpecUnavailableError",
+    "DevicesInUse",
+    "InUse",
+    "devices_in_use_now",
+]
 
 log = logging.getLogger("host.deviceplugin.cdi")
 
@@ -93,6 +99,20 @@ class _File:
     retry: asyncio.TimerHandle | None = None
     backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 60.0))
     holders: set[DeviceKey] = field(default_factory=set)
+
+
+async def devices_in_use_now(in_use: InUse | None) -> DevicesInUse | None:
+    """Ask ``in_use`` which devices running containers hold; None when it cannot tell.
+
+    A failure is logged and answers None: garbage collection then removes nothing.
+    """
+    if in_use is None:
+        return None
+    try:
+        return await in_use()
+    except Exception:
+        log.exception("cannot tell which devices running containers hold; collecting nothing")
+        return None
 
 
 class CdiSpecStore:
@@ -280,13 +300,7 @@ class CdiSpecStore:
 
         Does nothing without ``in_use``, or when it answers None or fails.
         """
-        if self.in_use is None:
-            return []
-        try:
-            used = await self.in_use()
-        except Exception:
-            log.exception("cannot tell which devices running containers hold; collecting nothing")
-            return []
+        used = await devices_in_use_now(self.in_use)
         if used is None:
             return []
         loop = asyncio.get_running_loop()
@@ -334,15 +348,20 @@ class CdiSpecStore:
 
     def _flush_job(self) -> None:
         """Worker: flush the ledger once the jobs queued before it are done."""
+        if not self._job_done():
+            # A job queued after this one flushes when it ends (the last one always does).
+            with self._ledger_lock:
+                self._flush_queued = False
+
+    def _job_done(self) -> bool:
+        """Worker: count a queued job as done; the last one flushes. Return whether it was."""
         with self._queued_lock:
             self._queued -= 1
             last = self._queued == 0
         if last:
             with contextlib.suppress(OSError):
                 self._flush()
-        else:  # a write queued after us flushes when it ends (the last one always does)
-            with self._ledger_lock:
-                self._flush_queued = False
+        return last
 
     def _schedule(self, file_name: str) -> None:
         """Queue a write of the file's current content on the worker."""
@@ -377,12 +396,7 @@ class CdiSpecStore:
         try:
             return self._write_file(file_name, generation, spec, False)
         finally:
-            with self._queued_lock:
-                self._queued -= 1
-                last = self._queued == 0
-            if last:
-                with contextlib.suppress(OSError):
-                    self._flush()
+            self._job_done()
 
     def _write_file(
         self, file_name: str, generation: int, spec: Mapping[str, Any], sync_dir: bool

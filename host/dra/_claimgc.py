@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from host.deviceplugin._cdi import CdiSpecWriter
-from host.deviceplugin._cdi_store import InUse
+from host.deviceplugin._cdi_store import InUse, devices_in_use_now
 from host.dra._prepare import CDI_CLASS
 
 if TYPE_CHECKING:
@@ -91,13 +91,7 @@ class PluginSpecCollector:
 
     async def collect(self) -> list[Path]:
         """One pass: remove the ledger files found unused now and at the pass before."""
-        if self.in_use is None:
-            return []
-        try:
-            used = await self.in_use()
-        except Exception:
-            log.exception("cannot tell which devices running containers hold; collecting nothing")
-            return []
+        used = await devices_in_use_now(self.in_use)
         if used is None:
             return []
         store = self.store
