@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("host.deviceplugin.cdi")
+
+_TMP_SERIAL = itertools.count()
+"""Numbers the temporary files of this process (with its pid: a unique name)."""
 
 DEFAULT_CDI_DIR = "/var/run/cdi"
 """Where container runtimes look for dynamically generated CDI specs."""
@@ -133,6 +137,14 @@ class CdiSpecWriter:
         DRA driver, before kubelet prepares its claims again). Still atomic: a crash of
         the process leaves the old file or the new one. Raises OSError naming the path.
         """
+        stamp = self._write(spec, sync_dir=sync_dir, durable=durable, stamp=True)
+        assert stamp is not None  # asked for
+        return stamp
+
+    def _write(
+        self, spec: Mapping[str, Any], *, sync_dir: bool, durable: bool, stamp: bool
+    ) -> FileStamp | None:
+        """As :meth:`write`; the stamp of a file written anew only with ``stamp`` (an lstat)."""
         path = self.path_for(spec)
         data = spec_file_bytes(spec)
         try:
@@ -150,34 +162,46 @@ class CdiSpecWriter:
             if stat.S_IMODE(current.st_mode) == 0o644 and _read_bytes(path) == data:
                 return _stamp(current)
         try:
-            self._ensure_dir()
-            _write_atomically(path, data, fsync=durable)
+            try:
+                _write_atomically(path, data, fsync=durable)
+            except FileNotFoundError:  # the directory is not there (yet, or any more)
+                self._ensure_dir()
+                _write_atomically(path, data, fsync=durable)
             if sync_dir and durable:
                 _fsync_dir(path.parent)
-            written = os.lstat(path)
+            written = os.lstat(path) if stamp else None
         except OSError as err:
             raise OSError(
                 err.errno, f"cannot write CDI spec {path}: {err.strerror or err}"
             ) from err
         log.debug("wrote CDI spec %s", path)
-        return _stamp(written)
+        return None if written is None else _stamp(written)
 
-    def acquire(self, owner: Hashable, spec: Mapping[str, Any], *, durable: bool = True) -> Path:
+    def acquire(
+        self,
+        owner: Hashable,
+        spec: Mapping[str, Any],
+        *,
+        durable: bool = True,
+        validated: bool = False,
+    ) -> Path:
         """Write ``spec`` (validated) and record ``owner`` as one of the file's holders.
 
         Reference counting for callers whose holders end for good (a DRA claim that
         kubelet unprepared): :meth:`release` of the last holder removes the file. An
         owner acquiring a spec of another name releases its previous one first.
-        ``durable`` as for :meth:`write`.
+        ``durable`` as for :meth:`write`; ``validated``: the caller checked ``spec``
+        already (the JSON it encodes to is that of a valid spec), skip the check.
         """
-        spec = validate_cdi_spec(spec)
+        if not validated:
+            spec = validate_cdi_spec(spec)
         path = self.path_for(spec)
         with self._locks_lock:
             previous = self._held.get(owner)
         if previous is not None and previous != path:
             self.release(owner)
         with self.file_lock(path.name):
-            self.write(spec, durable=durable)
+            self._write(spec, sync_dir=True, durable=durable, stamp=False)
             with self._locks_lock:
                 self._holders.setdefault(path, set()).add(owner)
                 self._held[owner] = path
@@ -337,15 +361,24 @@ def _write_ledger(path: Path, ledger: Mapping[str, LedgerEntry]) -> None:
 
 def _write_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
     # The temporary name ends in ".tmp", so a runtime scanning the directory for
-    # *.json and *.yaml never reads a half-written spec.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # *.json and *.yaml never reads a half-written spec. Named by pid and a serial
+    # number (mkstemp's random names and buffered file object cost more than the write
+    # itself, on every DRA prepare); O_EXCL still refuses a crashed process's leftover.
+    tmp = f"{path.parent}/.{path.name}.{os.getpid()}-{next(_TMP_SERIAL)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, 0o644)
             if fsync:
-                os.fsync(f.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

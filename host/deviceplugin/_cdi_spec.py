@@ -29,6 +29,7 @@ from typing import Any, Final
 
 __all__ = [
     "CDI_VERSIONS",
+    "is_cdi_device_name",
     "minimum_cdi_version",
     "qualified_name",
     "spec_file_name",
@@ -178,6 +179,11 @@ def validate_cdi_spec(spec: Mapping[str, Any]) -> Mapping[str, Any]:
         _check_edits(result["containerEdits"], f"{where}containerEdits")
     _check_version(result, where)
     return result
+
+
+def is_cdi_device_name(name: object) -> bool:
+    """Whether ``name`` is a valid CDI device name (the part after ``=``), as validated."""
+    return isinstance(name, str) and _DEVICE_NAME.fullmatch(name) is not None
 
 
 def minimum_cdi_version(spec: Mapping[str, Any]) -> str:

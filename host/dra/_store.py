@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
+import json
 import logging
 import os
 import threading
@@ -44,9 +45,10 @@ from host.deviceplugin._cdi import (
     spec_file_name,
     validate_cdi_spec,
 )
+from host.deviceplugin._cdi_spec import is_cdi_device_name
 from host.dra._checkpoint import CheckpointError, ClaimCheckpoint
 from host.dra._claimgc import stale_claim_specs
-from host.dra._prepare import CDI_CLASS, PreparedClaim
+from host.dra._prepare import CDI_CLASS, CDI_VERSION, PreparedClaim
 
 __all__ = ["NOT_NOW", "ClaimStore", "NotNow"]
 
@@ -61,6 +63,9 @@ class NotNow(enum.Enum):
 
 NOT_NOW: Final = NotNow.NOT_NOW
 """Run the blocking method in a worker thread instead."""
+
+_VALID_EDITS_KEPT = 1024
+"""At most this many validated ``containerEdits`` are remembered (then forgotten at once)."""
 
 
 class ClaimStore:
@@ -91,6 +96,8 @@ class ClaimStore:
         self._save_lock = threading.RLock()
         self._snapshot_due = False  # a failed write left the file behind the record
         self._plugin_specs: dict[str, Mapping[str, Any]] = {}  # written: name -> spec
+        # The JSON of per-claim containerEdits found valid: see _checked_before.
+        self._valid_edits: set[str] = set()
 
     @property
     def claims(self) -> Mapping[str, PreparedClaim]:
@@ -255,7 +262,14 @@ class ClaimStore:
         try:
             for spec in claim.cdi_specs:
                 if self._owns(claim, spec):
-                    self.writer.acquire(self._owner(claim, spec), spec, durable=False)
+                    edits = self._checked_before(spec)
+                    self.writer.acquire(
+                        self._owner(claim, spec), spec, durable=False, validated=edits is None
+                    )
+                    if edits:  # valid now (acquire raised ValueError otherwise)
+                        if len(self._valid_edits) >= _VALID_EDITS_KEPT:
+                            self._valid_edits.clear()
+                        self._valid_edits.add(edits)
                     done.append(spec)
                 else:
                     # Durable: the device-plugin side may hand out the same file.
@@ -270,6 +284,32 @@ class ClaimStore:
             for spec in done:
                 self.writer.release(self._owner(claim, spec))
             raise
+
+    def _checked_before(self, spec: Mapping[str, Any]) -> str | None:
+        """None when ``spec`` needs no validation; else the key to remember it valid by.
+
+        A claim's specs differ from one claim to the next only in the device name
+        (``claim-<uid>-<device>``): the same few ``containerEdits`` (a device's nodes,
+        mounts and envs) come back with every claim of that device. Validating a spec
+        costs more than writing it, so the JSON of the edits found valid is remembered,
+        and a spec of exactly the driver's shape (version, kind, one device with a
+        valid name and remembered edits) is written without validating it again: it
+        encodes to the JSON of a valid spec.
+        """
+        try:
+            (device,) = spec["devices"]
+            edits = json.dumps(device["containerEdits"], sort_keys=True)
+            known = (
+                edits in self._valid_edits
+                and len(spec) == 3
+                and spec["cdiVersion"] == CDI_VERSION
+                and spec["kind"] == f"{self.driver}/{CDI_CLASS}"
+                and len(device) == 2
+                and is_cdi_device_name(device["name"])
+            )
+        except (KeyError, TypeError, ValueError):
+            return ""  # never remembered: not the driver's shape
+        return None if known else edits
 
     def _release_specs(self, claim: PreparedClaim) -> None:
         for spec in claim.cdi_specs:
