@@ -20,15 +20,20 @@ serves as one instance of a rolling update (every change under ``flock``).
 a fake API server in a third process instead of the in-memory claim source: the
 fetch as it is in a cluster, minus the network. The driver serves in this process;
 the caller is a separate Python process speaking gRPC on the Unix socket, as kubelet
-does. Not collected by pytest; never run in CI.
+does. ``--profile FILE`` runs cProfile in the driver's process during the single-claim
+calls, saves the statistics to FILE (``python -m pstats FILE``) and prints the
+functions with the most time of their own (profiling inflates them, about threefold).
+Not collected by pytest; never run in CI.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
+import pstats
 import shutil
 import subprocess
 import sys
@@ -130,7 +135,9 @@ class ApiClaims:
         return await self.source.get_claim(namespace, name)
 
 
-async def main(calls: int, base: str, instance_id: str | None, use_api: bool) -> None:
+async def main(
+    calls: int, base: str, instance_id: str | None, use_api: bool, profile: str | None = None
+) -> None:
     root = Path(tempfile.mkdtemp(prefix="drab", dir=base))
     # /var/run/cdi is a tmpfs on a node; the checkpoint lives on disk under /var/lib.
     cdi_root = Path(tempfile.mkdtemp(prefix="drab", dir="/dev/shm"))
@@ -196,8 +203,13 @@ async def main(calls: int, base: str, instance_id: str | None, use_api: bool) ->
         )
         assert child.stdout is not None
         assert child.stdin is not None
+        profiler = cProfile.Profile() if profile else None
         cpu_start = time.process_time()
+        if profiler is not None:
+            profiler.enable()
         one = json.loads(await child.stdout.readline())["one"]
+        if profiler is not None:
+            profiler.disable()
         cpu = (time.process_time() - cpu_start) / (len(one) + 50)
         cpu_start = time.process_time()
         child.stdin.write(b"go\n")
@@ -220,6 +232,10 @@ async def main(calls: int, base: str, instance_id: str | None, use_api: bool) ->
             await api_proc.wait()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(cdi_root, ignore_errors=True)
+    if profiler is not None and profile:
+        profiler.dump_stats(profile)
+        print(f"profile of the driver's process during the single-claim calls: {profile}")
+        pstats.Stats(profile).sort_stats("tottime").print_stats(20)
     p50, p99 = percentile(one, 50) * 1e3, percentile(one, 99) * 1e3
     mode = "API server via lightkube" if use_api else "in-memory claims"
     mode += f", instance {instance_id} (flock)" if instance_id else ""
@@ -269,10 +285,15 @@ if __name__ == "__main__":
         "--instance-id",
         help="serve as this instance (rolling update): every change under flock(serialize.lock)",
     )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="cProfile the driver's process during the single-claim calls, save to FILE",
+    )
     args = parser.parse_args()
     if args.client:
         asyncio.run(client(args.client, args.calls))
     elif args.apiserver:
         asyncio.run(apiserver(args.apiserver))
     else:
-        asyncio.run(main(args.calls, args.dir, args.instance_id, args.api))
+        asyncio.run(main(args.calls, args.dir, args.instance_id, args.api, args.profile))
