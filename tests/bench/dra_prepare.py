@@ -6,7 +6,9 @@ Two figures, each with its target:
   claim source: the driver's own cost), the CDI spec write and the checkpoint write:
   p50 / p99 latency as the caller sees it (target p99 <= 3 ms);
 * the driver's CPU time per prepare + unprepare pair (all threads of this process; a
-  figure the machine's load hardly moves);
+  figure the machine's load hardly moves), with the two gRPC calls and in-process
+  without them (``DraDriver.prepare`` / ``unprepare`` called directly: the driver's
+  own work);
 * the floor: NodeUnprepareResources of a claim the driver does not know (one gRPC
   round trip, no I/O), p50 / p99, for what the machine allows;
 * 20 claims in one call with 100 ms of injected API latency per claim fetch: the
@@ -47,13 +49,27 @@ import grpc
 
 from host._api import dra_v1_pb2, dra_v1_pb2_grpc
 from host.deviceplugin import DeviceInfo, DeviceSpec
-from host.dra import DraDriver, KubeClaimSource, kube_client
+from host.dra import ClaimRef, DraDriver, KubeClaimSource, kube_client
 from host.testing import FakeApiServer, FakeClaims, allocated_claim, write_kubeconfig
 
 DRIVER = "gpu.example.com"
 NODE = "bench-node"
 BATCH = 20
 LATENCY = 0.1
+
+
+async def in_process(driver: DraDriver, calls: int) -> float:
+    """Return the driver's CPU seconds per prepare + unprepare called without gRPC."""
+    refs = [ClaimRef("bench", f"c{i}", f"uid-{i}") for i in range(8)]
+    cpu_start = 0.0
+    for i in range(calls + 50):
+        if i == 50:  # warm-up
+            cpu_start = time.process_time()
+        ref = refs[i % 8]
+        outcome = (await driver.prepare([ref]))[ref.uid]
+        assert not isinstance(outcome, Exception), outcome
+        await driver.unprepare([ref])
+    return (time.process_time() - cpu_start) / calls
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -190,6 +206,7 @@ async def main(
     task = asyncio.create_task(driver.serve())
     try:
         await driver.wait_serving()
+        alone = await in_process(driver, calls)
         child = await asyncio.create_subprocess_exec(
             sys.executable,
             __file__,
@@ -258,6 +275,7 @@ async def main(
         f"{'driver CPU per prepare + unprepare (this process, all threads)':<58} "
         f"{cpu * 1e3:>8.2f}ms"
     )
+    print(f"{'  the same in-process, without the gRPC calls':<58} {alone * 1e3:>8.2f}ms")
     print(f"{'  the same for one floor call':<58} {floor_cpu * 1e3:>8.2f}ms")
     print(
         f"{f'NodePrepareResources, {BATCH} claims, {LATENCY * 1e3:.0f} ms API latency each':<58} "
