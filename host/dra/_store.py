@@ -296,20 +296,24 @@ class ClaimStore:
         valid name and remembered edits) is written without validating it again: it
         encodes to the JSON of a valid spec.
         """
+        # Only edits validated in a spec of this very shape are remembered: the version
+        # a spec needs depends on its edits, the name aside.
         try:
             (device,) = spec["devices"]
-            edits = json.dumps(device["containerEdits"], sort_keys=True)
-            known = (
-                edits in self._valid_edits
-                and len(spec) == 3
+            if not (
+                len(spec) == 3
                 and spec["cdiVersion"] == CDI_VERSION
                 and spec["kind"] == f"{self.driver}/{CDI_CLASS}"
                 and len(device) == 2
-                and is_cdi_device_name(device["name"])
-            )
+                and "name" in device
+            ):
+                return ""  # never remembered
+            edits = json.dumps(device["containerEdits"], sort_keys=True)
         except (KeyError, TypeError, ValueError):
-            return ""  # never remembered: not the driver's shape
-        return None if known else edits
+            return ""
+        if edits in self._valid_edits and is_cdi_device_name(device["name"]):
+            return None
+        return edits
 
     def _release_specs(self, claim: PreparedClaim) -> None:
         for spec in claim.cdi_specs:

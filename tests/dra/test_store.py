@@ -98,3 +98,16 @@ class TestClaimSpecValidation:
         assert not is_cdi_device_name("-a")
         assert not is_cdi_device_name("")
         assert not is_cdi_device_name(None)
+
+    def test_edits_remembered_only_from_the_drivers_shape(
+        self, dirs: Dirs, validations: list[Mapping[str, Any]]
+    ) -> None:
+        """Edits found valid in a spec of another version still get checked in ours."""
+        claims = store(dirs)
+        rdt = {"intelRdt": {"closID": "gold"}}  # needs cdiVersion 0.7.0
+        newer = claim("uid-1", rdt)
+        spec = {**newer.cdi_specs[0], "cdiVersion": "0.7.0"}
+        claims.add(PreparedClaim(newer.ref, newer.devices, (spec,)))
+        with pytest.raises(ValueError, match="too low"):
+            claims.add(claim("uid-2", rdt))
+        assert len(validations) == 2
