@@ -69,6 +69,12 @@ class FakeClaims:
     ``latency`` seconds pass before every answer (an API server round trip);
     ``failure``, when set, is raised by every ``get_claim``. ``gets`` counts the calls
     and ``in_flight_max`` records how many ran at once.
+
+    ``together``, when set to N, holds every ``get_claim`` until N are in flight at once
+    (a barrier): the proof that the callers fetch concurrently, whatever the machine's
+    scheduling. Should fewer ever arrive, the barrier breaks after ``together_timeout``
+    seconds and lets every fetch through (``in_flight_max`` then tells how many came).
+    Once met, the barrier stays open: later fetches pass at once.
     """
 
     def __init__(self, latency: float = 0.0) -> None:
@@ -76,7 +82,10 @@ class FakeClaims:
         self.failure: BaseException | None = None
         self.gets = 0
         self.in_flight_max = 0
+        self.together = 0
+        self.together_timeout = 10.0
         self._in_flight = 0
+        self._all_in = asyncio.Event()
         self._claims: dict[tuple[str, str], dict[str, Any]] = {}
 
     def put(self, claim: Mapping[str, Any]) -> None:
@@ -94,6 +103,7 @@ class FakeClaims:
         self._in_flight += 1
         self.in_flight_max = max(self.in_flight_max, self._in_flight)
         try:
+            await self._barrier()
             if self.latency:
                 await asyncio.sleep(self.latency)
             if self.failure is not None:
@@ -106,6 +116,17 @@ class FakeClaims:
             return copy.deepcopy(claim)
         finally:
             self._in_flight -= 1
+
+    async def _barrier(self) -> None:
+        if not self.together or self._all_in.is_set():
+            return
+        if self._in_flight >= self.together:
+            self._all_in.set()
+            return
+        try:
+            await asyncio.wait_for(self._all_in.wait(), self.together_timeout)
+        except TimeoutError:
+            self._all_in.set()  # broken: fewer came; let every fetch through
 
 
 def _edits(cdi_dir: str | Path, cdi_id: str) -> dict[str, list[Any]]:

@@ -269,7 +269,7 @@ class TestPrepare:
         """Every claim of one call is fetched at the same time as the others."""
         await drivers.start(devices=snapshot(8))
         await dra_kubelet.wait_for_driver(DRIVER)
-        claims.latency = 0.05
+        claims.together = 8  # no fetch answered before all 8 are in flight
         batch = [add_claim(claims, f"c{i}", f"uid-{i}", result(f"i915-card{i}")) for i in range(8)]
         results = await dra_kubelet.prepare(DRIVER, batch)
         assert all(r.error == "" for r in results.values())

@@ -123,7 +123,7 @@ class TestSharedCheckpoint:
         self, drivers: DriverRunner, claims: FakeClaims, dirs: Dirs
     ) -> None:
         """Both instances preparing and unprepareing at once lose none of each other's claims."""
-        claims.latency = 0.01
+        claims.together = 20  # no fetch answered before all 20 are in flight
         a = await drivers.start(instance_id="a")
         b = await drivers.start(instance_id="b")
         refs = [
@@ -132,7 +132,7 @@ class TestSharedCheckpoint:
         ]
         outcomes = await asyncio.gather(a.prepare(refs[:10]), b.prepare(refs[10:]))
         assert all(isinstance(o, PreparedClaim) for done in outcomes for o in done.values())
-        assert claims.in_flight_max == 20  # the fetches of both instances ran at once
+        assert claims.in_flight_max == 20  # the fetches of both instances met at the barrier
         recorded = ClaimCheckpoint(dirs.checkpoint, DRIVER).load()
         assert sorted(recorded) == sorted(ref.uid for ref in refs)
         # each unprepares half of what the other prepared, at once
