@@ -10,7 +10,8 @@ Reproduces kubernetes/kubernetes ``pkg/kubelet/cm/dra/plugin/dra_plugin_manager.
   to connect again).
 * A call goes to the newest **connected** instance, else to the newest one.
 * When an instance's registration socket goes, it is deregistered and its connection
-  closed: calls still in flight on it are cancelled.
+  closed: calls still in flight on it are cancelled (after a grace for an answer on the
+  wire, as kubelet deregisters on its reconciler's next pass).
 * A driver with no connected instance is unusable: its node's ResourceSlices are wiped
   (``DeleteCollection``, ``spec.nodeName=<node>,spec.driver=<driver>``) once it has
   been so for ``wiping_delay`` (kubelet: 30 s), unless an instance connects before. At
@@ -40,6 +41,12 @@ _LOG = logging.getLogger("host.testing.kubelet.dra")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _SUN_PATH_MAX = 107
 _MONITOR_STOP = 1.0
+# Kubelet deregisters a removed socket on its plugin manager's next reconciler pass
+# (pkg/kubelet/pluginmanager/plugin_manager.go: loopSleepDuration, 1 s), so an answer
+# the instance sent before its socket went reaches kubelet first. The fake deregisters
+# at once: its close lets calls in flight take an answer already on the wire for that
+# long, then cancels them.
+_DEREGISTER_GRACE = 1.0
 
 
 class SliceWiper(Protocol):
@@ -184,7 +191,7 @@ class DraPluginManager:
             await self._health.unwatch(name, endpoint)
         for instance in [i for i in instances if i.reg.endpoint == endpoint]:
             instances.remove(instance)
-            await self._close(instance)
+            await self._close(instance, _DEREGISTER_GRACE)
             _LOG.info("deregistered DRA driver %s (socket %s gone)", name, instance.reg.socket_path)
         self._sync(name)
 
@@ -202,11 +209,12 @@ class DraPluginManager:
 
     # -- connections and wiping ------------------------------------------------------
 
-    async def _close(self, instance: _Instance) -> None:
+    async def _close(self, instance: _Instance, grace: float | None = None) -> None:
         monitor = instance.monitor
         if monitor is not None:
             monitor.cancel()
-        await instance.channel.close()  # cancels the calls in flight, as grpc-go's Close
+        # Cancels the calls in flight (after ``grace``), as grpc-go's Close.
+        await instance.channel.close(grace)
         if monitor is not None:
             # A wait for a state change may end only once the channel is closed.
             await asyncio.wait({monitor}, timeout=_MONITOR_STOP)
