@@ -293,6 +293,13 @@ class DeviceManager:
         await self._stream_ended(endpoint)
 
     async def _stream_ended(self, endpoint: PluginEndpoint) -> None:
+        await self._drop_ended(endpoint)
+        book = self.books.get(endpoint.resource)
+        if book is not None:
+            book.streams_ended += 1  # counted once handled: tests wait on it
+        await self._notify()
+
+    async def _drop_ended(self, endpoint: PluginEndpoint) -> None:
         name = endpoint.resource
         if self._mode == "1.24":
             # runEndpoint: stop this endpoint; unhealthy only if it is still the current one.
@@ -314,7 +321,6 @@ class DeviceManager:
             self._deregister_client(key, client)
             await client.close()
             self._plugin_disconnected(name, client)
-        await self._notify()
 
     def _plugin_disconnected(self, name: str, client: PluginEndpoint) -> None:
         """``PluginDisconnected``: allocatable to 0, stop time set, grace timer started."""

@@ -36,6 +36,7 @@ class ResourceBook:
         """Mode 1.36: connected endpoints by socket path (``m.endpointStore[name]``)."""
         self.removed = False
         self.updates = 0
+        self.streams_ended = 0
         self.history: list[tuple[float, int]] = []
         """(monotonic time, allocatable) at every change of allocatable."""
 
@@ -113,4 +114,5 @@ class ResourceBook:
             options=options,
             registrations=registrations,
             updates=self.updates,
+            streams_ended=self.streams_ended,
         )

@@ -100,6 +100,9 @@ class ResourceState:
     """How many registrations of this resource kubelet accepted so far."""
     updates: int
     """How many ListAndWatch messages this kubelet process applied to the resource."""
+    streams_ended: int = 0
+    """How many ListAndWatch streams of the resource ended and were handled (the client
+    dropped, up to 1.35 by name), as this kubelet process saw them."""
 
     @property
     def capacity(self) -> int:

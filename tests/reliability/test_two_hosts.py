@@ -160,15 +160,20 @@ class TestSecondHost:
         )
 
         assert await first.stop() == 0
+        # Kubelet (up to 1.35) may handle the end of the first host's stream after the
+        # second host registered, and drop the second's connection by name: the second
+        # then registers again. Served means: that end handled, the second connected.
         await kubelet.wait_for(
             lambda: (
-                kubelet.resources[RESOURCE].registrations == 2
+                kubelet.resources[RESOURCE].streams_ended >= 1
+                and kubelet.resources[RESOURCE].registrations >= 2
                 and kubelet.resources[RESOURCE].connected
                 and kubelet.resources[RESOURCE].allocatable == 2
             ),
             timeout=30,
             what="the second host's registration",
         )
+        assert kubelet.registrations[-1].socket_path == str(socket)
         assert listens_on(second, socket)
         await kubelet.allocate(RESOURCE, ["twin0"])
         assert await second.stop() == 0
