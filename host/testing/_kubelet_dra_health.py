@@ -21,7 +21,6 @@ What kubelet does (kubernetes ``pkg/kubelet/cm/dra/plugin/dra_plugin_manager.go`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -209,9 +208,15 @@ class DraHealthClient:
         """Stop the health stream of a deregistered instance."""
         entry = self._streams.pop((driver, endpoint), None)
         if entry is not None:
-            entry[1].cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await entry[1]
+            task = entry[1]
+            task.cancel()
+            # Waited for, not awaited: the stream's CancelledError is not this caller's,
+            # and a caller cancelled meanwhile (the plugin watcher stopping during a
+            # deregistration) must stay cancelled, or the watcher's loop runs on and
+            # its stop waits for ever.
+            await asyncio.wait({task})
+            if not task.cancelled():
+                task.result()
 
     async def stop(self) -> None:
         """Stop every stream and forget everything (kubelet gone)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -13,7 +14,13 @@ import pytest_asyncio
 
 from host._pluginwatcher import RegistrationServicer
 from host.dra import build_slices
-from host.testing import FakeApiServer, FakeClaims, FakeDraKubelet, KubeletError
+from host.testing import (
+    DraHealthClient,
+    FakeApiServer,
+    FakeClaims,
+    FakeDraKubelet,
+    KubeletError,
+)
 from host.testing._apiserver_fixtures import apiserver
 from tests.dra.helpers import DRIVER, NODE, Dirs, DriverRunner, snapshot
 
@@ -206,3 +213,26 @@ class TestSeveralInstances:
             await kubelet.wait_for(lambda: len(kubelet.wipes) == 2, what="the wipe")
             assert kubelet.wipes[-1] == (DRIVER, 1)
             assert apiserver.resource_slices(driver=DRIVER) == []
+
+
+async def test_a_deregistration_cancelled_while_it_ends_a_health_stream_stays_cancelled() -> None:
+    """The plugin watcher stopping during a deregistration ends it: the health stream's
+    cancellation does not swallow the caller's (the watcher's loop ran on, its stop hung)."""
+
+    async def changed() -> None:
+        pass
+
+    health = DraHealthClient(("v1.DRAResourceHealth",), retry_interval=5.0, changed=changed)
+    channel = grpc.aio.insecure_channel("unix:/tmp/no-such-dra-plugin.sock")
+    try:
+        health.watch(DRIVER, "/tmp/x.sock", ("v1.DRAResourceHealth",), channel)
+        assert len(health.streams(DRIVER)) == 1
+        deregistering = asyncio.create_task(health.unwatch(DRIVER, "/tmp/x.sock"))
+        await asyncio.sleep(0)  # one loop pass: the task starts, ends the stream, waits
+        assert health.streams(DRIVER) == ()
+        assert not deregistering.done()
+        deregistering.cancel()  # as the watcher's stop does
+        await asyncio.wait({deregistering})
+        assert deregistering.cancelled()
+    finally:
+        await channel.close()
