@@ -110,8 +110,10 @@ class TestAllocation:
         await kubelet.wait_for_registrations(1, YELLOW)
         await kubelet.wait_for_registrations(1, GREEN)
         await kubelet.restart()
-        await kubelet.wait_for_registrations(2, YELLOW)
-        await kubelet.wait_for_registrations(2, GREEN)
+        # A Register the old kubelet accepted just before it stopped opens no device list
+        # stream: the host registers again once its stream wait (5 s) finds none.
+        await kubelet.wait_for_registrations(2, YELLOW, timeout=30)
+        await kubelet.wait_for_registrations(2, GREEN, timeout=30)
         await kubelet.wait_for_resource(GREEN, healthy=2)
         allocation = await kubelet.allocate_like_kubelet(GREEN, 1)
         assert allocation.response.annotations["color.example.com/painted"] == "green"
