@@ -411,10 +411,16 @@ class ResourceEndpoint:
         self._registered_with = None  # not registered until this call succeeds
         self._registering_with = kubelet_id
         self._stream_floor = self.service.next_stream_seq
-        call = asyncio.ensure_future(self._call_register(request))
         try:
+            await self._serve_once_connected()
+            call = asyncio.ensure_future(self._call_register(request))
             await self._serve_while(call)
             await call
+        except (SocketInUseError, SocketBindError, OSError) as exc:
+            self._need_register = True
+            self._registering_with = None
+            self._problem(str(exc))
+            return False
         except grpc.aio.AioRpcError as err:
             if previous[0] == kubelet_id and self.service.has_stream_since(previous[1]):
                 # Kubelet 1.36+ refuses a second Register for a socket it still serves
@@ -468,6 +474,19 @@ class ResourceEndpoint:
                 self.socket_path.name,
             )
         return True
+
+    async def _serve_once_connected(self) -> None:
+        """Connect to kubelet, then check our socket (re-created if it went).
+
+        Kubelet unlinks every socket of its directory before it serves ``kubelet.sock``
+        (devicemanager ``manager.go``) and dials back inside Register, where a failed
+        connect is retried only after grpc-go's 1 s backoff (``dial`` in devicemanager
+        ``plugin/v1beta1/client.go``). Checked before connecting, our socket may be one
+        a starting kubelet has just unlinked; once connected, its cleanup is behind us.
+        """
+        await KubeletChannel.of(self.watcher).connect()
+        if not self._socket_ok():
+            await self._serve_socket()
 
     async def _call_register(self, request: pluginapi.RegisterRequest) -> None:
         shared = KubeletChannel.of(self.watcher)

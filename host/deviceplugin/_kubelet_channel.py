@@ -95,6 +95,47 @@ class KubeletChannel:
         assert self._channel is not None
         return self._channel
 
+    async def connect(self) -> grpc.aio.Channel:
+        """Return the channel once it is connected to kubelet (connecting if need be).
+
+        Fails as a call would: :class:`grpc.aio.AioRpcError` UNAVAILABLE when no kubelet
+        answers (the next call gets a fresh channel), DEADLINE_EXCEEDED after
+        :data:`REGISTER_TIMEOUT`. A failed attempt gets one more on a fresh channel: the
+        one made as ``kubelet.sock`` appears can fail while kubelet is still starting
+        its server. A channel replaced meanwhile (a new ``kubelet.sock``) is followed to
+        its successor.
+        """
+        channel = self.channel()
+        retried = False
+        try:
+            async with asyncio.timeout(REGISTER_TIMEOUT):
+                state = channel.get_state(try_to_connect=True)
+                while state is not grpc.ChannelConnectivity.READY:
+                    successor = self._channel
+                    shut = state is grpc.ChannelConnectivity.SHUTDOWN
+                    if shut and successor is not None and successor is not channel:
+                        channel = successor
+                    elif shut or state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                        self.failed(channel)
+                        if retried:
+                            raise grpc.aio.AioRpcError(
+                                grpc.StatusCode.UNAVAILABLE,
+                                details=f"cannot connect to {self._watcher.kubelet_socket}",
+                            )
+                        retried = True
+                        channel = self.channel()
+                    else:
+                        await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
+        except TimeoutError:
+            self.failed(channel)
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                details=f"no connection to {self._watcher.kubelet_socket} "
+                f"within {REGISTER_TIMEOUT:.0f} s",
+            ) from None
+        return channel
+
     def failed(self, channel: grpc.aio.Channel) -> None:
         """Say a call on ``channel`` failed: the next call gets a fresh channel."""
         if self._channel is channel:

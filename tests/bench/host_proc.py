@@ -11,7 +11,8 @@ tree exists), ``serving``, and after each ``touch`` command a ``touched`` event.
 
 With ``BENCH_TRACE=1`` in the environment it also reports the steps of a kubelet
 restart: ``watch`` (``kind``, ``name``: what the directory watch told the endpoints),
-``served`` (``res``: a resource's socket (re-)created and served) and ``rsend`` (``res``:
+``bind`` / ``served`` (``res``: a resource's socket about to be (re-)created; created
+and served) and ``rsend`` (``res``:
 a Register call about to be sent).
 
 Stdin commands:
@@ -167,6 +168,7 @@ class Host:
         call_register = ResourceEndpoint._call_register
 
         async def traced_serve(endpoint: ResourceEndpoint) -> None:
+            emit("bind", res=endpoint.service.resource_name)
             await serve_socket(endpoint)
             emit("served", res=endpoint.service.resource_name)
 

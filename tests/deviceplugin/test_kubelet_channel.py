@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import shutil
+import tempfile
 from pathlib import Path
 
 import grpc
 import pytest
 
+from host._api import api_pb2
 from host.deviceplugin import DeviceTree
 from host.deviceplugin._kubelet_channel import KubeletChannel
 from host.deviceplugin._watcher import PluginDirWatcher, WatchEvent, WatchEventKind
@@ -61,3 +66,92 @@ class TestKubeletChannel:
         assert sorted(r.request.resource_name for r in kubelet.registrations) == sorted(
             ["ex.com/a", "ex.com/b", "ex.com/c"] * 2
         )
+
+
+class _DeafWatcher(PluginDirWatcher):
+    """A directory watch that reports nothing (as with every inotify event late)."""
+
+    async def _run(self) -> None:
+        await asyncio.Future()
+
+
+class TestRegisterAfterKubeletCleanup:
+    async def test_socket_unlinked_while_connecting_is_served_before_register(
+        self, serve: ServeFn, short_dir: Path
+    ) -> None:
+        """Kubelet's cleanup while we connect to kubelet.sock: Register finds our socket.
+
+        Kubelet dials back inside Register; a socket it cannot find costs grpc-go's 1 s
+        reconnect backoff. The connection is held until the plugin socket has been
+        unlinked, with the watch deaf to it: only a check made once connected sees it.
+        """
+        registry = Path(tempfile.mkdtemp(prefix="rg", dir="/tmp"))
+        found: list[bool] = []
+        arrived = asyncio.Event()
+
+        async def register(request: api_pb2.RegisterRequest, context: object) -> api_pb2.Empty:
+            found.append((short_dir / request.endpoint).exists())
+            arrived.set()
+            return api_pb2.Empty()
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "v1beta1.Registration",
+                    {
+                        "Register": grpc.unary_unary_rpc_method_handler(
+                            register,
+                            request_deserializer=api_pb2.RegisterRequest.FromString,
+                            response_serializer=api_pb2.Empty.SerializeToString,
+                        )
+                    },
+                )
+            ]
+        )
+        server.add_insecure_port(f"unix:{registry / 'k.sock'}")
+        await server.start()
+        accepted, release = asyncio.Event(), asyncio.Event()
+        pipes: list[asyncio.Task[None]] = []
+        writers: list[asyncio.StreamWriter] = []
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            accepted.set()
+            await release.wait()
+            upstream = await asyncio.open_unix_connection(str(registry / "k.sock"))
+            writers.append(upstream[1])
+            pipes.append(asyncio.create_task(pipe(reader, upstream[1])))
+            pipes.append(asyncio.create_task(pipe(upstream[0], writer)))
+
+        proxy = await asyncio.start_unix_server(hold, path=str(short_dir / "kubelet.sock"))
+        try:
+            tree = DeviceTree()
+            tree.add_device("a", "a0", info())
+            await serve("ex.com", QueueScanner(tree), watcher=_DeafWatcher(short_dir))
+            async with asyncio.timeout(10):
+                await accepted.wait()
+            sockets = [p for p in short_dir.iterdir() if p.name != "kubelet.sock"]
+            assert [p.name for p in sockets] == ["ex.com-a.sock"]
+            sockets[0].unlink()  # kubelet's cleanup, just before it serves
+            release.set()
+            async with asyncio.timeout(10):
+                await arrived.wait()
+            assert found == [True]
+        finally:
+            proxy.close()
+            for writer in writers:
+                writer.close()
+            for task in pipes:
+                task.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
+            await proxy.wait_closed()
+            await server.stop(None)
+            shutil.rmtree(registry, ignore_errors=True)
