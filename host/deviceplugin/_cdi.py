@@ -142,10 +142,20 @@ class CdiSpecWriter:
         return stamp
 
     def _write(
-        self, spec: Mapping[str, Any], *, sync_dir: bool, durable: bool, stamp: bool
+        self,
+        spec: Mapping[str, Any],
+        *,
+        sync_dir: bool,
+        durable: bool,
+        stamp: bool,
+        path: Path | None = None,
     ) -> FileStamp | None:
-        """As :meth:`write`; the stamp of a file written anew only with ``stamp`` (an lstat)."""
-        path = self.path_for(spec)
+        """As :meth:`write`; the stamp of a file written anew only with ``stamp`` (an lstat).
+
+        ``path``: :meth:`path_for` of ``spec``, when the caller has it already.
+        """
+        if path is None:
+            path = self.path_for(spec)
         data = spec_file_bytes(spec)
         try:
             current = os.lstat(path)
@@ -201,7 +211,7 @@ class CdiSpecWriter:
         if previous is not None and previous != path:
             self.release(owner)
         with self.file_lock(path.name):
-            self._write(spec, sync_dir=True, durable=durable, stamp=False)
+            self._write(spec, sync_dir=True, durable=durable, stamp=False, path=path)
             with self._locks_lock:
                 self._holders.setdefault(path, set()).add(owner)
                 self._held[owner] = path
