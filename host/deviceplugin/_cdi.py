@@ -30,7 +30,7 @@ import os
 import stat
 import tempfile
 import threading
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ class CdiSpecWriter:
     ) -> None:
         self.cdi_dir = Path(cdi_dir)
         self.namespace = namespace
-        self._file_locks: dict[str, threading.Lock] = {}
+        self._file_locks: dict[str, tuple[threading.Lock, int]] = {}
         self._locks_lock = threading.Lock()
         self._holders: dict[Path, set[Hashable]] = {}
         self._held: dict[Hashable, Path] = {}
@@ -121,10 +121,30 @@ class CdiSpecWriter:
         """Return where ``spec`` is (or would be) written."""
         return self.cdi_dir / spec_file_name(spec)
 
-    def file_lock(self, file_name: str) -> threading.Lock:
-        """Return the lock serialising writes of one file (taken by :meth:`write`'s callers)."""
+    @contextlib.contextmanager
+    def file_lock(self, file_name: str) -> Iterator[None]:
+        """Hold the lock serialising the work on one file (taken by :meth:`write`'s callers).
+
+        A file's lock lives while some thread holds or waits for it and goes with the
+        last of them, so the table is as large as the number of files being worked on
+        at that moment: a DRA driver names a file per claim, and one lock kept per name
+        would grow by one for every claim ever prepared. Reference counting rather than
+        a fixed pool of striped locks: exclusion stays per file, so two files never wait
+        for each other, and holding one file's lock while taking another's cannot
+        deadlock on two names that happen to share a stripe.
+        """
         with self._locks_lock:
-            return self._file_locks.setdefault(file_name, threading.Lock())
+            lock, users = self._file_locks.get(file_name) or (threading.Lock(), 0)
+            self._file_locks[file_name] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._locks_lock:
+                if users := self._file_locks[file_name][1] - 1:
+                    self._file_locks[file_name] = (lock, users)
+                else:
+                    del self._file_locks[file_name]
 
     def write(
         self, spec: Mapping[str, Any], *, sync_dir: bool = True, durable: bool = True

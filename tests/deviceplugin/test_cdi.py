@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +247,72 @@ class TestRefcount:
         path.mkdir()
         assert writer.release("a") is False
         assert path.is_dir()
+
+
+class TestFileLocks:
+    def test_table_empties_when_nobody_holds(self, tmp_path: Path) -> None:
+        """Writing and removing many files leaves no lock behind."""
+        writer = CdiSpecWriter(tmp_path)
+        for index in range(50):
+            writer.acquire(("claim", index), make_spec(name=f"card{index}"))
+        for index in range(50):
+            assert writer.release(("claim", index)) is True
+        assert writer._file_locks == {}
+
+    def test_one_file_excludes_another_waiter(self, tmp_path: Path) -> None:
+        """A waiter keeps the lock alive: a newcomer after the first holder still waits."""
+        writer = CdiSpecWriter(tmp_path)
+        holders = [_Holder(writer, "x.json") for _ in range(3)]
+        first, second, third = holders
+        first.start()
+        assert first.entered.wait(5)
+        second.start()
+        _wait_for_users(writer, "x.json", 2)
+        assert not second.entered.is_set()
+        first.leave.set()
+        assert second.entered.wait(5)
+        third.start()
+        _wait_for_users(writer, "x.json", 2)
+        assert not third.entered.is_set()
+        second.leave.set()
+        assert third.entered.wait(5)
+        third.leave.set()
+        for holder in holders:
+            holder.join(5)
+        assert writer._file_locks == {}
+
+    def test_other_files_do_not_wait(self, tmp_path: Path) -> None:
+        """A held lock of one file leaves another file's lock free."""
+        writer = CdiSpecWriter(tmp_path)
+        holder = _Holder(writer, "x.json")
+        holder.start()
+        assert holder.entered.wait(5)
+        with writer.file_lock("y.json"):
+            assert set(writer._file_locks) == {"x.json", "y.json"}
+        holder.leave.set()
+        holder.join(5)
+        assert writer._file_locks == {}
+
+
+class _Holder(threading.Thread):
+    """Takes one file's lock, says so, and holds it until told to leave."""
+
+    def __init__(self, writer: CdiSpecWriter, file_name: str) -> None:
+        super().__init__(daemon=True)
+        self.writer = writer
+        self.file_name = file_name
+        self.entered = threading.Event()
+        self.leave = threading.Event()
+
+    def run(self) -> None:
+        with self.writer.file_lock(self.file_name):
+            self.entered.set()
+            self.leave.wait(5)
+
+
+def _wait_for_users(writer: CdiSpecWriter, file_name: str, users: int) -> None:
+    """Wait (at most 5 s) until ``users`` threads hold or wait for the lock of ``file_name``."""
+    deadline = time.monotonic() + 5
+    while writer._file_locks.get(file_name, (None, 0))[1] != users:
+        assert time.monotonic() < deadline, f"{file_name}: never {users} users"
+        time.sleep(0.001)  # a thread blocked in Lock.acquire signals nothing: poll

@@ -12,7 +12,7 @@ import pytest
 
 from host._api import api_pb2 as pluginapi
 from host.deviceplugin import UseDefaultMethodError
-from host.deviceplugin._cdi import qualified_name
+from host.deviceplugin._cdi import CdiSpecWriter, qualified_name
 from host.deviceplugin._endpoint import SocketInUseError
 from host.dra import DraDriver, build_slices
 from host.dra._checkpoint import ClaimCheckpoint
@@ -274,6 +274,25 @@ class TestPrepare:
         results = await dra_kubelet.prepare(DRIVER, batch)
         assert all(r.error == "" for r in results.values())
         assert claims.in_flight_max == 8
+
+    async def test_many_claims_leave_no_file_locks(
+        self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims, dirs: Dirs
+    ) -> None:
+        """Every claim has its own spec file; none keeps a lock once unprepared."""
+        writer = CdiSpecWriter(dirs.cdi, DRIVER)
+        await drivers.start(devices=snapshot(8), cdi_writer=writer)
+        await dra_kubelet.wait_for_driver(DRIVER)
+        for round_ in range(5):
+            batch = [
+                add_claim(claims, f"c{round_}-{i}", f"uid-{round_}-{i}", result(f"i915-card{i}"))
+                for i in range(8)
+            ]
+            results = await dra_kubelet.prepare(DRIVER, batch)
+            assert all(r.error == "" for r in results.values())
+            assert len(cdi_files(dirs.cdi)) == 8
+            assert set((await dra_kubelet.unprepare(DRIVER, batch)).values()) == {""}
+        assert cdi_files(dirs.cdi) == []
+        assert writer._file_locks == {}
 
 
 class TestClaimErrors:
