@@ -35,6 +35,7 @@ import lightkube
 from lightkube.resources.core_v1 import Node
 from lightkube.resources.resource_v1 import ResourceSlice
 
+from host.deviceplugin._tasks import cancel_and_wait
 from host.dra._client import api_error_code, kube_client
 from host.dra._slices import DEFAULT_DEVICES_PER_SLICE, BuildResult, Snapshot, build_slices
 
@@ -196,16 +197,27 @@ class ResourceSlicePublisher:
             self._task = asyncio.create_task(self._run(), name=f"dra publisher {self.driver}")
 
     async def stop(self, *, cleanup: bool = False) -> None:
-        """Stop publishing; the slices stay unless ``cleanup`` (then they are deleted)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop publishing; the slices stay unless ``cleanup`` (then they are deleted).
+
+        A cancellation of the caller while the task ends propagates (no clean-up then);
+        an owned client is closed either way.
+        """
         try:
-            if cleanup and await self._allowed():
+            if self._task is not None:
+                await cancel_and_wait(self._task)
+                self._task = None
+            if cleanup:
+                await self._clean_up()
+        finally:
+            if self._own_client:
+                await self._client.close()
+
+    async def _clean_up(self) -> None:
+        """Delete the slices unless another instance publishes; log a failure, never raise."""
+        try:
+            if await self._allowed():
                 await self._delete_all()
-            elif cleanup:
+            else:
                 log.info(
                     "DRA driver %s on node %s: another instance publishes the "
                     "ResourceSlices; leaving them in place",
@@ -221,9 +233,6 @@ class ResourceSlicePublisher:
                 type(exc).__name__,
                 exc,
             )
-        finally:
-            if self._own_client:
-                await self._client.close()
 
     async def __aenter__(self) -> ResourceSlicePublisher:
         await self.start()
@@ -286,8 +295,6 @@ class ResourceSlicePublisher:
             version = self._version
             try:
                 await self._sync()
-            except asyncio.CancelledError:
-                raise
             except _Stale as exc:
                 self._stale = True
                 quick += 1

@@ -124,7 +124,10 @@ class FakeClaims:
             self._all_in.set()
             return
         try:
-            await asyncio.wait_for(self._all_in.wait(), self.together_timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation
+            # that arrives together with the result (bpo-42130).
+            async with asyncio.timeout(self.together_timeout):
+                await self._all_in.wait()
         except TimeoutError:
             self._all_in.set()  # broken: fewer came; let every fetch through
 
