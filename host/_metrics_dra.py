@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from host._dra_status import healthy_count
 from host.deviceplugin import HEALTHY, UNHEALTHY
 
 if TYPE_CHECKING:
@@ -81,7 +80,8 @@ def _families(plugins: Sequence[DraPlugin], ended: Mapping[int, str]) -> Iterato
     driver, pool = ["plugin", "driver"], ["plugin", "driver", "pool"]
     devices = GaugeMetricFamily(
         "devplugin_dra_devices",
-        "Devices a DRA driver publishes in its pool, by health (Unhealthy ones are tainted).",
+        "Devices a DRA driver publishes in its pool, by the health kubelet is told: Healthy, "
+        "Unhealthy (tainted) or Unknown (the scanner fell silent).",
         labels=[*pool, "health"],
     )
     slices = GaugeMetricFamily(
@@ -120,10 +120,8 @@ def _families(plugins: Sequence[DraPlugin], ended: Mapping[int, str]) -> Iterato
         status = plugin.publisher.status
         names = [plugin.plugin, plugin.namespace]
         pooled = [*names, plugin.driver.node_name]
-        known = plugin.driver.devices
-        healthy = healthy_count(known, plugin.feed.scan_failed)
-        devices.add_metric([*pooled, HEALTHY], healthy)
-        devices.add_metric([*pooled, UNHEALTHY], len(known) - healthy)
+        for state, count in _by_health(plugin).items():
+            devices.add_metric([*pooled, state], count)
         slices.add_metric(pooled, len(status.slices))
         generation.add_metric(pooled, status.generation)
         claims.add_metric(names, len(plugin.driver.prepared_claims))
@@ -134,6 +132,22 @@ def _families(plugins: Sequence[DraPlugin], ended: Mapping[int, str]) -> Iterato
         since = status.failing_since
         failing.add_metric(names, 0.0 if since is None else max(now - since, 0.0))
     yield from (devices, slices, generation, claims, registered, ready, publish_errors, failing)
+
+
+def _by_health(plugin: DraPlugin) -> dict[str, int]:
+    """Count the driver's devices by the health kubelet is told; every state, 0 included.
+
+    Healthy, Unhealthy (the device's state, or every device while the scanner is
+    failed: all tainted in the slices), Unknown (the scanner broke its
+    ``check_interval`` promise): one series each, so a state's count reads 0 rather
+    than missing, and the series add up to the pool's devices.
+    """
+    from host.dra._health import UNKNOWN  # host.dra is loaded: a DRA plugin exists
+
+    counts = dict.fromkeys((HEALTHY, UNHEALTHY, UNKNOWN), 0)
+    for entry in plugin.driver.device_health.values():
+        counts[entry.health] += 1
+    return counts
 
 
 class _DraCollector(Collector):

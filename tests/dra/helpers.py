@@ -153,9 +153,13 @@ class DriverRunner:
 
 
 class QueueScanner:
-    """A scanner driven by the test: each tree put on ``trees`` is notified, an exception raised."""
+    """A scanner driven by the test: each tree put on ``trees`` is notified, an exception raised.
 
-    def __init__(self, *trees: DeviceTree) -> None:
+    ``check_interval``: the seconds between notifies it promises (None: no promise).
+    """
+
+    def __init__(self, *trees: DeviceTree, check_interval: float | None = None) -> None:
+        self.check_interval = check_interval
         self.trees: asyncio.Queue[DeviceTree | BaseException] = asyncio.Queue()
         for tree in trees:
             self.trees.put_nowait(tree)

@@ -21,7 +21,7 @@ import pytest_asyncio
 from host._dra_status import dra_part, dra_text
 from host._status_client import fetch_status, status_text
 from host.deviceplugin import DeviceTree
-from host.dra import DraPlugin
+from host.dra import UNKNOWN, DraPlugin
 from host.testing import (
     ClaimMaker,
     FakeApiServer,
@@ -162,14 +162,18 @@ def fakes(
 
 
 async def serve_both(
-    fakes: Fakes, dra_kubelet: FakeDraKubelet, *states: str, publish_grace: float = 60.0
+    fakes: Fakes,
+    dra_kubelet: FakeDraKubelet,
+    *states: str,
+    publish_grace: float = 60.0,
+    check_interval: float | None = None,
 ) -> AsyncIterator[Both]:
     host = await fakes.run_host(
         plugins={"obs": ControlledPlugin(ControlledScanner())}, metrics_address="127.0.0.1:0"
     )
     await fakes.kubelet.wait_for_resource(RESOURCE, count=2)
     await fakes.kubelet.wait_for(lambda: host.resources[RESOURCE].ready, what="the stream open")
-    scanner = QueueScanner(cards(*(states or (HEALTHY, HEALTHY))))
+    scanner = QueueScanner(cards(*(states or (HEALTHY, HEALTHY))), check_interval=check_interval)
     plugin = fakes.dra_plugin(dra_kubelet.registry_dir, scanner, publish_grace=publish_grace)
     assert host.metrics is not None
     host.metrics.add_dra_plugin(plugin)
@@ -314,6 +318,7 @@ class TestMetrics:
         text = await both.metrics()
         assert value(text, "devplugin_dra_devices", **POOL, health=HEALTHY) == 1
         assert value(text, "devplugin_dra_devices", **POOL, health=UNHEALTHY) == 1
+        assert value(text, "devplugin_dra_devices", **POOL, health=UNKNOWN) == 0
         assert value(text, "devplugin_dra_resource_slices", **POOL) == 1
         assert value(text, "devplugin_dra_pool_generation", **POOL) == 1
         assert value(text, "devplugin_dra_prepared_claims", **GPU) == 1
@@ -325,6 +330,24 @@ class TestMetrics:
         # the device plugin beside it
         obs = {"plugin": "obs", "resource": RESOURCE}
         assert value(text, "devplugin_devices", **obs, health=HEALTHY) == 2
+
+    async def test_devices_of_a_silent_scanner_are_unknown(
+        self, fakes: Fakes, driver_kubelet: FakeDraKubelet
+    ) -> None:
+        """A scanner silent past its check_interval: every device counts as Unknown."""
+        async for both in serve_both(
+            fakes, driver_kubelet, HEALTHY, UNHEALTHY, check_interval=0.05
+        ):
+            await both.registered()
+            health = both.plugin.driver.health
+            await both.dra_kubelet.wait_for(
+                lambda health=health: health.stale,
+                what="the scanner silent",
+            )
+            text = await both.metrics()
+            assert value(text, "devplugin_dra_devices", **POOL, health=UNKNOWN) == 2
+            assert value(text, "devplugin_dra_devices", **POOL, health=HEALTHY) == 0
+            assert value(text, "devplugin_dra_devices", **POOL, health=UNHEALTHY) == 0
 
     async def test_prepare_and_unprepare_latency_and_errors(self, both: Both) -> None:
         """Each call is timed by method; a claim that fails counts, by method."""
