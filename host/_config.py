@@ -7,6 +7,7 @@ person can make here raises :class:`ConfigError` with one line saying what to fi
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -37,6 +38,7 @@ __all__ = [
     "check_instance_id",
     "check_node_name",
     "check_plugin_dir",
+    "check_seconds",
     "parse_set_item",
     "read_config_file",
     "resolve_plugin_options",
@@ -420,6 +422,7 @@ _FILE_SETTINGS: dict[str, tuple[str, str]] = {
     "kubeconfig": ("kubeconfig", "path"),
     "dra-plugin-dir": ("dra_plugin_dir", "path"),
     "dra-cleanup-on-exit": ("dra_cleanup_on_exit", "bool"),
+    "dra-publish-grace": ("dra_publish_grace", "seconds"),
 }
 
 
@@ -515,6 +518,11 @@ def _file_value(path: Path, key: str, kind: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"config file {path}: {key} must be true or false, got {value!r}")
         return value
+    if kind == "seconds":
+        problem = "it is no number" if isinstance(value, bool | str) else check_seconds(value)
+        if problem is not None:
+            raise ConfigError(f"config file {path}: {key} {value!r} cannot be used: {problem}")
+        return float(value)
     if not isinstance(value, str):
         raise ConfigError(f"config file {path}: {key} must be a string, got {value!r}")
     if kind == "path":
@@ -545,6 +553,15 @@ def check_instance_id(value: str) -> str | None:
     from host.deviceplugin._names import instance_id_error
 
     return instance_id_error(value)
+
+
+def check_seconds(value: Any) -> str | None:
+    """Return why ``value`` cannot be a duration in seconds (a finite number >= 0), or None."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "it is no number"
+    if not math.isfinite(value) or value < 0:
+        return "a duration is a finite number of seconds, 0 or more"
+    return None
 
 
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -598,6 +615,8 @@ class HostSettings:
     dra_plugin_dir: Path = DEFAULT_DRA_PLUGIN_DIR
     dra_cleanup_on_exit: bool = False
     """Delete the node's ResourceSlices when the host stops."""
+    dra_publish_grace: float | None = None
+    """Seconds publishing may keep failing before a DRA driver is not ready; None: 60."""
     sources: Mapping[str, str] = field(default_factory=dict)
     """Where each setting not left at its default came from, for error messages:
     ``{"enable": "config file host.toml (enable)"}``, ``{"enable": "DEVPLUGIN_ENABLE"}``."""

@@ -84,8 +84,10 @@ def dra_options(
     if not settings.dra:
         return None
     from host.dra import DraOptions
+    from host.dra._serving import PUBLISH_GRACE
 
     assert settings.node_name is not None, "check_dra_settings first"
+    grace = settings.dra_publish_grace
     return DraOptions(
         plugins=frozenset(settings.dra),
         node_name=settings.node_name,
@@ -93,4 +95,5 @@ def dra_options(
         plugin_dir=settings.dra_plugin_dir,
         registry_dir=settings.plugins_registry_dir,
         cleanup_on_exit=settings.dra_cleanup_on_exit,
+        publish_grace=PUBLISH_GRACE if grace is None else grace,
     )

@@ -35,6 +35,7 @@ from host._config import (
     check_instance_id,
     check_node_name,
     check_plugin_dir,
+    check_seconds,
     parse_set_item,
     read_config_file,
     resolve_settings,
@@ -301,6 +302,16 @@ def _dra_options(command: F) -> F:
             help="Delete this node's ResourceSlices on stop. Default: they stay for the "
             "next instance to adopt.",
         ),
+        _option(
+            "--dra-publish-grace",
+            envvar="DEVPLUGIN_DRA_PUBLISH_GRACE",
+            type=float,
+            metavar="SECONDS",
+            show_default="60",
+            help="How long publishing the ResourceSlices may keep failing (after a first "
+            "success) before /readyz reports the DRA driver not ready; 0: at the first "
+            "failed attempt.",
+        ),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -332,6 +343,13 @@ def _settings(params: dict[str, Any], **defaults: Any) -> HostSettings:
             raise ConfigError(
                 f"{sources.get('node_name', '--node-name')} {given['node_name']!r} "
                 f"cannot be used: {problem}"
+            )
+    if given.get("dra_publish_grace") is not None:
+        problem = check_seconds(given["dra_publish_grace"])
+        if problem is not None:
+            raise ConfigError(
+                f"{sources.get('dra_publish_grace', '--dra-publish-grace')} "
+                f"{given['dra_publish_grace']!r} cannot be used: {problem}"
             )
     return resolve_settings(
         given,

@@ -16,6 +16,7 @@ from host._dra_config import dra_options
 from host._loader import PluginRecord, ScannerRecord
 from host.cli import main
 from host.dra import DraOptions
+from host.dra._serving import PUBLISH_GRACE
 from host.testing import write_kubeconfig
 
 LONG_NAMESPACE = "a" * 40 + "." + "b" * 30 + ".example.com"  # a resource prefix, no driver name
@@ -122,6 +123,28 @@ class TestMistakes:
             f"'{LONG_NAMESPACE}'"
         )
 
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            ("-1", "--dra-publish-grace -1.0 cannot be used: a duration is a finite number"),
+            ("nan", "--dra-publish-grace nan cannot be used: a duration is a finite number"),
+            ("inf", "--dra-publish-grace inf cannot be used: a duration is a finite number"),
+            ("soon", "Invalid value for '--dra-publish-grace'"),
+        ],
+    )
+    def test_bad_publish_grace(self, dirs: list[str], value: str, message: str) -> None:
+        """A publish grace that is no finite number of seconds >= 0: one line, exit 2."""
+        result = invoke(
+            "run", "--dra", "generic", "--node-name", "n1", *dirs, "--dra-publish-grace", value
+        )
+        assert one_line_error(result).startswith(message)
+
+    def test_bad_publish_grace_from_the_environment(self, dirs: list[str]) -> None:
+        """The message names the variable the value came from."""
+        env = {"DEVPLUGIN_DRA_PUBLISH_GRACE": "-5"}
+        result = invoke("run", "--dra", "generic", "--node-name", "n1", *dirs, env=env)
+        assert one_line_error(result).startswith("DEVPLUGIN_DRA_PUBLISH_GRACE -5.0 cannot be used")
+
 
 class TestSources:
     def test_config_file(self, tmp_path: Path) -> None:
@@ -130,7 +153,7 @@ class TestSources:
         config.write_text(
             'dra = ["gpu"]\nnode-name = "node-a"\nkubeconfig = "/etc/kc"\n'
             'dra-plugin-dir = "/k/plugins"\nplugins-registry-dir = "/k/reg"\n'
-            "dra-cleanup-on-exit = true\n"
+            "dra-cleanup-on-exit = true\ndra-publish-grace = 15\n"
         )
         settings = resolve_settings({}, read_config_file(config))
         plugins = [PluginRecord(name="gpu")]
@@ -144,6 +167,16 @@ class TestSources:
             Path("/k/reg"),
         )
         assert options.cleanup_on_exit is True
+        assert options.publish_grace == 15.0
+
+    def test_publish_grace_defaults_to_the_drivers(self) -> None:
+        """Without a publish grace anywhere the driver's own default (60 s) holds."""
+        settings = resolve_settings({"dra": ("gpu",), "node_name": "node-a"})
+        plugins = [PluginRecord(name="gpu")]
+        scanners = [ScannerRecord("gpu", "gpu.intel.com", object())]  # type: ignore[arg-type]
+        options = dra_options(settings, plugins, scanners)
+        assert options is not None
+        assert options.publish_grace == PUBLISH_GRACE == 60.0
 
     def test_command_line_wins_over_the_file(self, tmp_path: Path) -> None:
         """Given values (flag or environment) win; a flag left out keeps the file's value."""
@@ -160,6 +193,10 @@ class TestSources:
             ('dra-cleanup-on-exit = "yes"', "dra-cleanup-on-exit must be true or false, got 'yes'"),
             ('node-name = "A B"', "node-name 'A B' cannot be used: a node name is a lower-case"),
             ("dra = 3", "dra must be a list of strings, got 3"),
+            ('dra-publish-grace = "60"', "dra-publish-grace '60' cannot be used: it is no number"),
+            ("dra-publish-grace = true", "dra-publish-grace True cannot be used: it is no number"),
+            ("dra-publish-grace = -0.5", "dra-publish-grace -0.5 cannot be used: a duration is"),
+            ("dra-publish-grace = nan", "dra-publish-grace nan cannot be used: a duration is"),
         ],
     )
     def test_config_file_mistakes(self, tmp_path: Path, line: str, message: str) -> None:
@@ -182,6 +219,7 @@ class TestCommandLine:
             ("--dra-plugin-dir", "DEVPLUGIN_DRA_PLUGIN_DIR"),
             ("--plugins-registry-dir", "DEVPLUGIN_PLUGINS_REGISTRY_DIR"),
             ("--dra-cleanup-on-exit", "DEVPLUGIN_DRA_CLEANUP_ON_EXIT"),
+            ("--dra-publish-grace", "DEVPLUGIN_DRA_PUBLISH_GRACE"),
         ]:
             assert option in out
             assert f"env var: {variable}" in out
@@ -189,7 +227,7 @@ class TestCommandLine:
     def test_environment_reaches_the_host(
         self, dirs: list[str], short_dir: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """DEVPLUGIN_DRA, NODE_NAME, DEVPLUGIN_DRA_CLEANUP_ON_EXIT reach run_host as DraOptions."""
+        """DEVPLUGIN_DRA, NODE_NAME and the DRA options' variables reach run_host as DraOptions."""
         given: dict[str, object] = {}
 
         def fake_run_host(*args: object, **kwargs: object) -> int:
@@ -199,6 +237,7 @@ class TestCommandLine:
         monkeypatch.setattr(_host, "run_host", fake_run_host)
         env = {"DEVPLUGIN_DRA": "generic", "NODE_NAME": "node-a"}
         env["DEVPLUGIN_DRA_CLEANUP_ON_EXIT"] = "1"
+        env["DEVPLUGIN_DRA_PUBLISH_GRACE"] = "7.5"
         result = invoke("run", "--enable", "generic,gpu", *dirs, env=env)
         assert result.exit_code == 0, result.output
         options = given["dra"]
@@ -209,4 +248,5 @@ class TestCommandLine:
             plugin_dir=short_dir / "plugins",
             registry_dir=short_dir / "reg",
             cleanup_on_exit=True,
+            publish_grace=7.5,
         )

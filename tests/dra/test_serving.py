@@ -98,7 +98,11 @@ class TestDraPlugin:
         from host._loader import ScannerRecord
 
         options = DraOptions(
-            frozenset({"gpu"}), NODE, plugin_dir=dirs.plugins, registry_dir=dirs.registry
+            frozenset({"gpu"}),
+            NODE,
+            plugin_dir=dirs.plugins,
+            registry_dir=dirs.registry,
+            publish_grace=12.5,
         )
         records = [
             ScannerRecord("gpu", "Not_A.Driver", QueueScanner()),  # type: ignore[arg-type]
@@ -106,6 +110,7 @@ class TestDraPlugin:
         ]
         built = build_dra_plugins(records, client, options, cdi_dir=dirs.cdi)
         assert [label for label, _ in built] == [f"plugin 'gpu' DRA driver {DRIVER}"]
+        assert built[0][1].publish_grace == 12.5
         assert "DRA driver Not_A.Driver cannot be served: invalid DRA driver name" in caplog.text
 
 
