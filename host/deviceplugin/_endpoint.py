@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-import os
 import random
-import socket
-import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
@@ -27,12 +23,17 @@ from host._api import api_pb2 as pluginapi
 from host._api import api_pb2_grpc
 from host.deviceplugin._kubelet_channel import REGISTER_TIMEOUT, KubeletChannel
 from host.deviceplugin._service import KUBELET_MAX_MESSAGE, DevicePluginService
+from host.deviceplugin._socketfile import (
+    MAX_SOCKET_PATH,
+    SocketBindError,
+    SocketInUseError,
+    UnixSocketServer,
+)
 from host.deviceplugin._watcher import (
     PluginDirWatcher,
     SocketIdentity,
     WatchEvent,
     WatchEventKind,
-    socket_identity,
 )
 
 __all__ = [
@@ -50,8 +51,6 @@ API_VERSION = "v1beta1"
 SERVER_STOP_GRACE = 0.2
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 """Largest request a resource's server accepts (gRPC answers RESOURCE_EXHAUSTED above)."""
-MAX_SOCKET_PATH = 107
-"""The longest Unix socket path in bytes: ``sun_path`` holds 108 with the final NUL."""
 SHUTDOWN_GRACE = 2.0
 """Seconds calls in flight (an Allocate) get to finish when the host stops for good.
 
@@ -80,14 +79,6 @@ then register again. Generous, so that a busy event loop is not taken for that.
 """
 
 
-class SocketInUseError(RuntimeError):
-    """The socket path is served by another live process (or is not a socket at all)."""
-
-
-class SocketBindError(RuntimeError):
-    """The socket cannot be created: path too long, no permission, no directory, ..."""
-
-
 class Backoff:
     """Capped exponential backoff with +-20 % jitter."""
 
@@ -107,28 +98,14 @@ class Backoff:
         self._next = self.initial
 
 
-async def _socket_is_live(path: Path) -> bool:
-    """Whether something accepts connections on the Unix socket at ``path``."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        async with asyncio.timeout(1.0):
-            await loop.sock_connect(sock, str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except TimeoutError:
-        return True  # a listener with a full backlog is still somebody's listener
-    except OSError as exc:
-        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
-    else:
-        return True
-    finally:
-        sock.close()
-
-
 class ResourceEndpoint:
     """Serves one :class:`DevicePluginService` on its socket and keeps it registered."""
+
+    link_sockets: ClassVar[bool] = True
+    """Listen on a private path with our socket a hard link to it (:class:`UnixSocketServer`).
+
+    Kubelet's start-up cleanup then costs one ``link`` to undo, not a new gRPC server.
+    """
 
     def __init__(
         self,
@@ -142,8 +119,16 @@ class ResourceEndpoint:
         self.socket_path = socket_path
         self.watcher = watcher
         self._backoff = backoff or Backoff()
-        self._server: grpc.aio.Server | None = None
-        self._socket_id: SocketIdentity | None = None
+        self._socket = UnixSocketServer(
+            socket_path,
+            lambda server: self._add_services(server),
+            stop_grace=SERVER_STOP_GRACE,
+            # GetPreferredAllocation carries every available ID, and kubelet only knows
+            # IDs that fit in its 4 MiB ListAndWatch limit: twice that covers any real
+            # request and bounds what a request can make us decode.
+            options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
+            link=self.link_sockets,
+        )
         self._registered_with: SocketIdentity | None = None
         self._registering_with: SocketIdentity | None = None
         self._restarted_as: SocketIdentity | None = None
@@ -184,7 +169,7 @@ class ResourceEndpoint:
             return None
         if self._serve_problem is not None:
             return f"cannot serve its socket: {self._serve_problem}"
-        if self._server is None:
+        if not self._socket.running:
             return "not serving its socket yet"
         if self.service.oversize is not None:
             return (
@@ -240,7 +225,7 @@ class ResourceEndpoint:
             if self._stream_check is not None:
                 self._stream_check.cancel()
             await self._end_streams()
-            await self._stop_server(SHUTDOWN_GRACE)
+            await self._socket.stop(SHUTDOWN_GRACE)
 
     async def _end_streams(self) -> None:
         """End every device list stream and let them finish (at most STREAMS_END_LIMIT)."""
@@ -317,7 +302,7 @@ class ResourceEndpoint:
         return self.service.list_ready and self.service.oversize is None
 
     def _socket_ok(self) -> bool:
-        return self._server is not None and socket_identity(self.socket_path) == self._socket_id
+        return self._socket.serving
 
     def _problem(self, message: str) -> None:
         # Log once per state change, not once per retry.
@@ -326,73 +311,17 @@ class ResourceEndpoint:
             self._last_problem = message
 
     async def _start_server(self) -> None:
-        await self._serve_socket()
+        await self._ensure_socket()
         self._registered_with = self._registering_with = None
         self._need_register = True
 
-    async def _serve_socket(self) -> None:
-        """(Re-)create our socket and serve on it; registration state is the caller's."""
-        await self._stop_server()
-        path = self.socket_path
-        length = len(os.fsencode(path))
-        if length > MAX_SOCKET_PATH:
-            raise SocketBindError(
-                f"socket path {path} is {length} bytes long; Unix sockets allow at most "
-                f"{MAX_SOCKET_PATH}: shorten the plugin directory, namespace or device type"
-            )
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise SocketInUseError(
-                    f"{path} exists and is not a socket; refusing to replace it "
-                    "(remove it or choose another plugin directory)"
-                )
-            if await _socket_is_live(path):
-                raise SocketInUseError(
-                    f"socket {path} is already in use by another process; "
-                    "not taking it over (will retry)"
-                )
-            path.unlink(missing_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        server = grpc.aio.server(
-            options=[
-                # GetPreferredAllocation carries every available ID, and kubelet only
-                # knows IDs that fit in its 4 MiB ListAndWatch limit: twice that covers
-                # any real request and bounds what a request can make us decode.
-                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        server.add_generic_rpc_handlers((self.service.rpc_handler(),))
-        self._add_services(server)
-        try:
-            if server.add_insecure_port(f"unix:{path}") == 0:  # older grpcio: 0, no raise
-                raise RuntimeError(f"Failed to bind to address unix:{path}")
-        except RuntimeError as exc:
-            await server.stop(None)
-            raise SocketBindError(f"cannot create socket {path} (will retry): {exc}") from None
-        await server.start()
-        self._server = server
-        self._socket_id = socket_identity(path)
-        log.debug("%s: serving on %s", self.service.resource_name, path)
+    async def _ensure_socket(self) -> None:
+        """Give our socket its name back, or serve it anew; registration is the caller's."""
+        await self._socket.restore()
 
     def _add_services(self, server: grpc.aio.Server) -> None:
-        """Add services beside DevicePlugin on a new server (a registration strategy's hook)."""
-
-    async def _stop_server(self, grace: float = SERVER_STOP_GRACE) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        await server.stop(grace)
-        # Only ever unlink the socket we created: kubelet or another instance may
-        # have put a new file at the path since.
-        if self._socket_id is not None and socket_identity(self.socket_path) == self._socket_id:
-            with contextlib.suppress(FileNotFoundError):
-                self.socket_path.unlink()
-        self._socket_id = None
+        """Add DevicePlugin, and services beside it (a registration strategy's hook)."""
+        server.add_generic_rpc_handlers((self.service.rpc_handler(),))
 
     async def _register(self) -> bool:
         kubelet_socket = self.watcher.kubelet_socket
@@ -486,7 +415,7 @@ class ResourceEndpoint:
         """
         await KubeletChannel.of(self.watcher).connect()
         if not self._socket_ok():
-            await self._serve_socket()
+            await self._ensure_socket()
 
     async def _call_register(self, request: pluginapi.RegisterRequest) -> None:
         shared = KubeletChannel.of(self.watcher)
@@ -517,7 +446,7 @@ class ResourceEndpoint:
                 if call.done() or self._socket_ok():
                     continue
                 try:
-                    await self._serve_socket()
+                    await self._ensure_socket()
                 except (SocketInUseError, SocketBindError, OSError) as exc:
                     self._problem(str(exc))
         except BaseException:

@@ -41,6 +41,9 @@ class PluginsRegistryEndpoint(ResourceEndpoint):
     to do): kubelet comes to the socket.
     """
 
+    link_sockets = False
+    # Kubelet's plugin watcher walks the registry directory and its sub-directories,
+    # and registers a socket only when it is created: never linked, always new.
     _registration: RegistrationServicer | None = None
     """The Registration servicer of the current socket (a new one per socket)."""
     _recreate = False
@@ -58,7 +61,7 @@ class PluginsRegistryEndpoint(ResourceEndpoint):
         """Why this resource is not ready (kubelet's reason when it refused), None when it is."""
         if self.ready:
             return None
-        if self._serve_problem is not None or self._server is None:
+        if self._serve_problem is not None or not self._socket.running:
             return super().not_ready_reason
         registration = self._registration
         if registration is not None and registration.registered is False:
@@ -68,6 +71,7 @@ class PluginsRegistryEndpoint(ResourceEndpoint):
         return "registered; kubelet has not opened its device list stream (ListAndWatch)"
 
     def _add_services(self, server: grpc.aio.Server) -> None:
+        super()._add_services(server)
         # A new servicer per socket: a verdict on an earlier socket says nothing of this one.
         self._registration = RegistrationServicer(
             plugin_type=DEVICE_PLUGIN_TYPE,
@@ -100,7 +104,7 @@ class PluginsRegistryEndpoint(ResourceEndpoint):
     async def _start_server(self) -> None:
         self._recreate = self._register_by_call = False
         self._stream_floor = self.service.next_stream_seq
-        await self._serve_socket()
+        await self._socket.start()
         log.info(
             "%s: serving on %s for kubelet's plugin watcher",
             self.service.resource_name,

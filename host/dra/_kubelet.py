@@ -16,19 +16,14 @@ whole: a claim without UID (the response is keyed by UID) is INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import stat
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
 
 from host._api import dra_v1_pb2, dra_v1_pb2_grpc, dra_v1beta1_pb2, dra_v1beta1_pb2_grpc
-from host.deviceplugin._endpoint import SocketInUseError, _socket_is_live
-from host.deviceplugin._watcher import SocketIdentity, socket_identity
+from host.deviceplugin._socketfile import UnixSocketServer
 from host.dra._prepare import ClaimError, ClaimRef, PreparedClaim
 
 __all__ = [
@@ -181,78 +176,3 @@ def add_dra_servicers(preparer: ClaimPreparer, server: grpc.aio.Server) -> None:
     """Serve both DRA versions from ``preparer`` on ``server``."""
     dra_v1_pb2_grpc.add_DRAPluginServicer_to_server(DraV1Servicer(preparer), server)
     dra_v1beta1_pb2_grpc.add_DRAPluginServicer_to_server(DraV1beta1Servicer(preparer), server)
-
-
-class UnixSocketServer:
-    """A grpc.aio server on one Unix socket that it creates and, at stop, removes.
-
-    :meth:`start` removes a stale file at the path first (a socket nobody listens
-    on) and refuses to touch a live socket or a file that is not a socket. :meth:`stop`
-    removes the socket only if it is still the one this server created, after calls in
-    flight had ``stop_grace`` seconds to finish; ``end_streams`` is called first, to end
-    the streams that never finish by themselves (a restart included).
-    """
-
-    STOP_GRACE = 0.2
-
-    def __init__(
-        self,
-        path: Path,
-        add_servicers: Callable[[grpc.aio.Server], None],
-        *,
-        stop_grace: float = STOP_GRACE,
-        end_streams: Callable[[], None] | None = None,
-    ) -> None:
-        self.path = path
-        self.stop_grace = stop_grace
-        self._end_streams = end_streams
-        self._add_servicers = add_servicers
-        self._server: grpc.aio.Server | None = None
-        self._identity: SocketIdentity | None = None
-
-    @property
-    def serving(self) -> bool:
-        """Whether the server runs and its socket file is still in place."""
-        return self._server is not None and socket_identity(self.path) == self._identity
-
-    async def start(self) -> None:
-        """Listen on the socket; SocketInUseError when another process serves it."""
-        await self.stop()
-        path = self.path
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise SocketInUseError(f"{path} exists and is not a socket; refusing to replace it")
-            if await _socket_is_live(path):
-                raise SocketInUseError(
-                    f"socket {path} is served by another process; not taking it over"
-                )
-            path.unlink(missing_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        self._add_servicers(server)
-        server.add_insecure_port(f"unix:{path}")
-        try:
-            await server.start()
-        except BaseException:
-            await server.stop(None)  # cancelled while starting: never leave it running
-            raise
-        self._server = server
-        self._identity = socket_identity(path)
-        log.debug("serving on %s", path)
-
-    async def stop(self) -> None:
-        """Stop serving and remove the socket if it is still ours."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        if self._end_streams is not None:
-            self._end_streams()
-        await server.stop(self.stop_grace)
-        if self._identity is not None and socket_identity(self.path) == self._identity:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-        self._identity = None

@@ -164,19 +164,19 @@ class Host:
             emit("watch", kind=event.kind.value, name=event.name)
 
         self.manager._watcher.subscribe(on_event)
-        serve_socket = ResourceEndpoint._serve_socket
+        ensure_socket = ResourceEndpoint._ensure_socket
         call_register = ResourceEndpoint._call_register
 
         async def traced_serve(endpoint: ResourceEndpoint) -> None:
             emit("bind", res=endpoint.service.resource_name)
-            await serve_socket(endpoint)
+            await ensure_socket(endpoint)
             emit("served", res=endpoint.service.resource_name)
 
         async def traced_register(endpoint: ResourceEndpoint, request: Any) -> None:
             emit("rsend", res=endpoint.service.resource_name)
             await call_register(endpoint, request)
 
-        ResourceEndpoint._serve_socket = traced_serve  # type: ignore[method-assign]
+        ResourceEndpoint._ensure_socket = traced_serve  # type: ignore[method-assign]
         ResourceEndpoint._call_register = traced_register  # type: ignore[method-assign]
 
     async def run(self) -> None:

@@ -138,7 +138,7 @@ class TestRegisterAfterKubeletCleanup:
             await serve("ex.com", QueueScanner(tree), watcher=_DeafWatcher(short_dir))
             async with asyncio.timeout(10):
                 await accepted.wait()
-            sockets = [p for p in short_dir.iterdir() if p.name != "kubelet.sock"]
+            sockets = [p for p in short_dir.iterdir() if p.is_socket() and p.name != "kubelet.sock"]
             assert [p.name for p in sockets] == ["ex.com-a.sock"]
             sockets[0].unlink()  # kubelet's cleanup, just before it serves
             release.set()

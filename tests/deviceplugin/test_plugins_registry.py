@@ -69,6 +69,8 @@ class TestRegistration:
         assert [r.socket_path for r in registry_kubelet.registrations] == [str(socket)]
         assert registry_kubelet.registrations[0].request.endpoint == str(socket)
         assert not (short_dir / "dp" / "ex.com-a.sock").exists()
+        # Kubelet's plugin watcher walks sub-directories too: nothing is hidden there.
+        assert [p.name for p in (short_dir / "reg").iterdir()] == ["ex.com-a.sock"]
         await registry_kubelet.wait_for(lambda: manager.resources["ex.com/a"].ready)
         assert manager.resources["ex.com/a"].registrations == 1
         response = await registry_kubelet.allocate("ex.com/a", ["a1"])

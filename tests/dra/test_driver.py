@@ -121,7 +121,7 @@ class TestRegistration:
             registry_dir=dirs.registry,
             cdi_dir=dirs.cdi,
         )
-        with pytest.raises(SocketInUseError, match="served by another process"):
+        with pytest.raises(SocketInUseError, match="in use by another process"):
             await second.serve()
         assert first.serving
         assert stat.S_ISSOCK(os.stat(first.socket_path).st_mode)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from host.deviceplugin._socketfile import private_socket_path
 from host.testing import FakeKubelet
 
 pytestmark = pytest.mark.asyncio
@@ -97,8 +98,15 @@ def listens_on(process: HostProcess, path: Path) -> bool:
     """Whether ``process`` holds a socket listening on ``path`` (by /proc, not by file name).
 
     A socket file's inode number can be reused after an unlink, so an unchanged inode
-    alone does not prove nobody replaced the socket.
+    alone does not prove nobody replaced the socket. The host listens on the private
+    path of which ``path`` is a hard link: /proc names the socket by the path it was
+    bound to, so that path, and the same inode at both names, is what proves it.
     """
+    private = private_socket_path(path)
+    assert private is not None
+    if not private.exists() or inode(private) != inode(path):
+        return False
+    path = private
     owned = set()
     for fd in os.listdir(f"/proc/{process.process.pid}/fd"):
         with contextlib.suppress(OSError):
