@@ -214,7 +214,7 @@ class ResourceEndpoint:
 
     async def run(self) -> None:
         """Serve and stay registered until cancelled; then stop and remove the socket."""
-        unsubscribe = self.watcher.subscribe(self._on_watch_event)
+        unsubscribe = self.watcher.subscribe(self._on_watch_event, name=self.socket_path.name)
         kubelet_channel = KubeletChannel.of(self.watcher)
         kubelet_channel.acquire()
         try:

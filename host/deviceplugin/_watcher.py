@@ -84,15 +84,24 @@ class PluginDirWatcher:
         )
         self.safety_interval = safety_interval
         self._subscribers: dict[int, Subscriber] = {}
+        self._by_name: dict[str, dict[int, Subscriber]] = {}
         self._next_key = 0
         self._task: asyncio.Task[None] | None = None
         self._kubelet_identity: SocketIdentity | None = None
 
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call ``callback`` for every event from now on; returns the unsubscribe function."""
+    def subscribe(self, callback: Subscriber, *, name: str | None = None) -> Callable[[], None]:
+        """Call ``callback`` for every event from now on; returns the unsubscribe function.
+
+        With ``name``, events about another file (``SOCKET_REMOVED`` of another name) are
+        not delivered: after a kubelet restart unlinks every socket, each resource hears
+        of its own socket only, not of every resource's (quadratic in resources).
+        """
         key = self._next_key
         self._next_key += 1
-        self._subscribers[key] = callback
+        if name is None:
+            self._subscribers[key] = callback
+        else:
+            self._by_name.setdefault(name, {})[key] = callback
         if self._task is None or self._task.done():
             self._kubelet_identity = socket_identity(self.kubelet_socket)
             self._task = asyncio.get_running_loop().create_task(
@@ -101,7 +110,12 @@ class PluginDirWatcher:
 
         def unsubscribe() -> None:
             self._subscribers.pop(key, None)
-            if not self._subscribers and self._task is not None:
+            if name is not None:
+                named = self._by_name.get(name, {})
+                named.pop(key, None)
+                if not named:
+                    self._by_name.pop(name, None)
+            if not self._subscribers and not self._by_name and self._task is not None:
                 self._task.cancel()
                 self._task = None
 
@@ -112,7 +126,13 @@ class PluginDirWatcher:
         return socket_identity(self.kubelet_socket)
 
     def _emit(self, event: WatchEvent) -> None:
-        for callback in list(self._subscribers.values()):
+        if event.name is None:
+            callbacks = [*self._subscribers.values()]
+            for named in self._by_name.values():
+                callbacks.extend(named.values())
+        else:
+            callbacks = [*self._subscribers.values(), *self._by_name.get(event.name, {}).values()]
+        for callback in callbacks:
             try:
                 callback(event)
             except Exception:  # one subscriber's bug must not starve the others

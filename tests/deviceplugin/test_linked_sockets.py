@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from host.deviceplugin._socketfile import (
     private_socket_path,
     remove_stale_private_sockets,
 )
-from host.deviceplugin._watcher import socket_identity
+from host.deviceplugin._watcher import PluginDirWatcher, WatchEvent, WatchEventKind, socket_identity
 from host.testing import FakeKubelet
 
 from .conftest import QueueScanner, ServeFn
@@ -199,3 +200,40 @@ class TestWithoutLink:
             await server.stop()
         assert sockets_in(short_dir) == set()
         assert sockets_in(short_dir / PRIVATE_DIR) == set()
+
+
+class TestWatchByName:
+    async def test_a_named_subscriber_hears_only_its_own_socket(self, short_dir: Path) -> None:
+        """After a kubelet restart each resource hears of its own socket, not of all."""
+        watcher = PluginDirWatcher(short_dir)
+        everything: list[WatchEvent] = []
+        mine: list[WatchEvent] = []
+        changed = asyncio.Event()
+
+        def hear(events: list[WatchEvent]) -> Callable[[WatchEvent], None]:
+            def on_event(event: WatchEvent) -> None:
+                events.append(event)
+                changed.set()
+
+            return on_event
+
+        async def until(predicate: Callable[[], bool]) -> None:
+            async with asyncio.timeout(5):
+                while not predicate():
+                    changed.clear()
+                    await changed.wait()
+
+        stops = [watcher.subscribe(hear(everything)), watcher.subscribe(hear(mine), name="a.sock")]
+        try:
+            for name in ("a.sock", "b.sock", "c.sock"):
+                dead_socket(short_dir / name)
+            await until(lambda: any(e.kind is WatchEventKind.RESYNC for e in everything))
+            for name in ("b.sock", "a.sock", "c.sock"):
+                (short_dir / name).unlink()
+            removed = WatchEventKind.SOCKET_REMOVED
+            await until(lambda: sum(e.kind is removed for e in everything) == 3)
+            assert [e.name for e in mine if e.kind is removed] == ["a.sock"]
+            assert any(e.kind is WatchEventKind.RESYNC for e in mine)  # unnamed events: all
+        finally:
+            for stop in stops:
+                stop()
