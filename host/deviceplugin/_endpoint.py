@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -374,6 +375,18 @@ class ResourceEndpoint:
         # before dialing may have been a dead socket that a restarting kubelet replaced
         # while the call was retrying. A restart seen meanwhile is this kubelet's.
         answered = self.watcher.kubelet_identity() or kubelet_id
+        if answered != kubelet_id and not self._dialed_back_by_current_kubelet():
+            # Or the kubelet that stopped meanwhile took the call and will never open
+            # the stream; its successor has not heard of us: register with it now.
+            log.info(
+                "%s: kubelet restarted while registering, and the registration reached "
+                "the one that stopped; registering with the new one",
+                self.service.resource_name,
+            )
+            self._registering_with = None
+            self._need_register = True
+            self._wake.set()
+            return True
         if self._need_register and self._restarted_as == answered:
             self._need_register = False
         self._registered_with = self._registering_with = answered
@@ -403,6 +416,21 @@ class ResourceEndpoint:
                 self.socket_path.name,
             )
         return True
+
+    def _dialed_back_by_current_kubelet(self) -> bool:
+        """Whether kubelet's dial back (GetDevicePluginOptions) came since its socket was made.
+
+        Kubelet (1.25+) dials back and asks for the options inside Register, so the
+        kubelet that took our call asked after its socket appeared; a kubelet that
+        stopped before the current ``kubelet.sock`` was made asked before. The socket's
+        change time comes from the kernel's coarse clock, never later than the truth.
+        """
+        try:
+            made = os.stat(self.watcher.kubelet_socket).st_ctime_ns
+        except OSError:
+            return False
+        asked = self.service.options_asked_at
+        return asked is not None and asked >= made
 
     async def _serve_once_connected(self) -> None:
         """Connect to kubelet, then check our socket (re-created if it went).

@@ -72,6 +72,8 @@ class DevicePluginService(DeviceListServer, api_pb2_grpc.DevicePluginServicer):
             observer=observer,
         )
         self._caller = caller or PluginCaller(resource_name)
+        self.options_asked_at: int | None = None
+        """Wall-clock ns of the last GetDevicePluginOptions (kubelet's dial back in Register)."""
         self._failures = _FailureLog(resource_name)
         self._allocate = getattr(scanner, "allocate", None)
         self._post_allocate = getattr(scanner, "post_allocate", None)
@@ -182,6 +184,7 @@ class DevicePluginService(DeviceListServer, api_pb2_grpc.DevicePluginServicer):
         self, request: pluginapi.Empty, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pluginapi.DevicePluginOptions:
         """Tell kubelet which optional calls this resource supports."""
+        self.options_asked_at = time.time_ns()
         return self.options
 
     @observed_rpc("Allocate")

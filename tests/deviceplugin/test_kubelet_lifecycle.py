@@ -7,9 +7,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
-from host.deviceplugin import UNHEALTHY
+from host._api import api_pb2
+from host.deviceplugin import UNHEALTHY, _endpoint
 from host.testing import FakeKubelet
 
 from .conftest import QueueScanner, ServeFn
@@ -127,3 +129,63 @@ class TestSecondRegistrationSameSocket:
             assert manager.resources["ex.com/a"].registered
             assert kubelet.resources["ex.com/a"].registrations == 1
             assert len(kubelet.rejected) == 1  # no retry loop
+
+
+class TestRestartDuringRegister:
+    async def test_a_registration_taken_by_the_stopped_kubelet_is_sent_again(
+        self, serve: ServeFn, short_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The old kubelet took Register (dial back included) and stopped; the new one hears.
+
+        The new ``kubelet.sock`` appears while the call is outstanding, and the answer
+        comes after it; only the dial back's time tells the two kubelets apart. The
+        stream check (STREAM_WAIT) is put out of reach: it must not be what recovers.
+        """
+        monkeypatch.setattr(_endpoint, "STREAM_WAIT", 600.0)
+        arrived, proceed = asyncio.Event(), asyncio.Event()
+
+        async def register(request: api_pb2.RegisterRequest, context: object) -> api_pb2.Empty:
+            # As kubelet's Register: dial back, ask for the options; then stop short.
+            target = f"unix:{short_dir / request.endpoint}"
+            async with grpc.aio.insecure_channel(target) as channel:
+                options = channel.unary_unary(
+                    "/v1beta1.DevicePlugin/GetDevicePluginOptions",
+                    request_serializer=api_pb2.Empty.SerializeToString,
+                    response_deserializer=api_pb2.DevicePluginOptions.FromString,
+                )
+                await options(api_pb2.Empty(), timeout=5)
+            arrived.set()
+            await proceed.wait()
+            return api_pb2.Empty()
+
+        old = grpc.aio.server()
+        old.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "v1beta1.Registration",
+                    {
+                        "Register": grpc.unary_unary_rpc_method_handler(
+                            register,
+                            request_deserializer=api_pb2.RegisterRequest.FromString,
+                            response_serializer=api_pb2.Empty.SerializeToString,
+                        )
+                    },
+                )
+            ]
+        )
+        old.add_insecure_port(f"unix:{short_dir / 'kubelet.sock'}")
+        await old.start()
+        new = FakeKubelet(short_dir)
+        try:
+            await serve("ex.com", QueueScanner(tree_of({"a": {"a0": info()}})))
+            async with asyncio.timeout(10):
+                await arrived.wait()
+            await new.start()  # unlinks the old kubelet.sock and ours, serves a new one
+            await new.wait_for(lambda: (short_dir / "ex.com-a.sock").exists())
+            proceed.set()
+            await new.wait_for_resource("ex.com/a", count=1, healthy=1, timeout=10)
+            assert len(new.registrations) == 1
+        finally:
+            proceed.set()
+            await new.stop()
+            await old.stop(None)
