@@ -330,26 +330,15 @@ def _settings(params: dict[str, Any], **defaults: Any) -> HostSettings:
     given["plugin_modules"] = tuple(given.get("plugin_modules") or ())
     config = read_config_file(given["config"]) if given.get("config") else None
     sources = _given_sources(ctx)
-    if given.get("instance_id") is not None:
-        problem = check_instance_id(given["instance_id"])
-        if problem is not None:
+    checks: list[tuple[str, str, Callable[[Any], str | None]]] = [
+        ("instance_id", "--instance-id", check_instance_id),
+        ("node_name", "--node-name", check_node_name),
+        ("dra_publish_grace", "--dra-publish-grace", check_seconds),
+    ]
+    for name, option, check in checks:
+        if given.get(name) is not None and (problem := check(given[name])) is not None:
             raise ConfigError(
-                f"{sources.get('instance_id', '--instance-id')} {given['instance_id']!r} "
-                f"cannot be used: {problem}"
-            )
-    if given.get("node_name") is not None:
-        problem = check_node_name(given["node_name"])
-        if problem is not None:
-            raise ConfigError(
-                f"{sources.get('node_name', '--node-name')} {given['node_name']!r} "
-                f"cannot be used: {problem}"
-            )
-    if given.get("dra_publish_grace") is not None:
-        problem = check_seconds(given["dra_publish_grace"])
-        if problem is not None:
-            raise ConfigError(
-                f"{sources.get('dra_publish_grace', '--dra-publish-grace')} "
-                f"{given['dra_publish_grace']!r} cannot be used: {problem}"
+                f"{sources.get(name, option)} {given[name]!r} cannot be used: {problem}"
             )
     return resolve_settings(
         given,
