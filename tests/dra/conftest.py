@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import lightkube
 import pytest
 import pytest_asyncio
 
 from host.testing import FakeClaims, FakeDraKubelet
 from host.testing._apiserver_fixtures import apiserver, apiserver_kubeconfig
-from tests.dra.helpers import Dirs, DriverRunner, client
+from tests.dra.helpers import Dirs, DriverRunner, PluginRunner, client
 
 
 @pytest.fixture
@@ -32,11 +33,16 @@ async def dra_kubelet(dirs: Dirs) -> AsyncIterator[FakeDraKubelet]:
 @pytest_asyncio.fixture
 async def drivers(dirs: Dirs, claims: FakeClaims) -> AsyncIterator[DriverRunner]:
     runner = DriverRunner(dirs, claims)
-    try:
-        yield runner
-    finally:
-        for driver in list(runner.tasks):
-            await runner.stop(driver)
+    yield runner
+    await runner.stop_all()
+
+
+@pytest_asyncio.fixture
+async def dra_plugins(dirs: Dirs, client: lightkube.AsyncClient) -> AsyncIterator[PluginRunner]:
+    """DraPlugins of the test, against the fake API server; stopped at its end."""
+    runner = PluginRunner(dirs, client)
+    yield runner
+    await runner.stop_all()
 
 
 __all__ = ["apiserver", "apiserver_kubeconfig", "client"]

@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import lightkube
 import pytest_asyncio
 
 from host.deviceplugin import HEALTHY, DeviceInfo, DeviceSpec, DeviceTree
 from host.deviceplugin._cdi import validate_cdi_spec
-from host.dra import ClaimSource, DraDriver, kube_client
-from host.testing import FakeApiServer, FakeClaims, allocated_claim
+from host.deviceplugin._tasks import cancel_and_wait
+from host.dra import ClaimSource, DraDriver, DraPlugin, kube_client
+from host.testing import (
+    DraClaimResult,
+    FakeApiServer,
+    FakeClaims,
+    FakeDraKubelet,
+    allocated_claim,
+)
+
+_Served = TypeVar("_Served")
 
 DRIVER = "gpu.example.com"
 NODE = "node-a"
+PLUGIN_SPEC: Mapping[str, Any] = {
+    "cdiVersion": "0.5.0",
+    "kind": "example.com/gpu",
+    "devices": [{"name": "card0", "containerEdits": {"env": ["OWN=1"]}}],
+}
+"""A plugin's own CDI spec for its card0, ``example.com/gpu=card0``."""
+PLUGIN_SPEC_FILE = "example.com-gpu-card0.json"
+"""The file :data:`PLUGIN_SPEC` is written to."""
 
 
 @pytest_asyncio.fixture
@@ -71,6 +87,20 @@ def result(
     return {"request": request, "driver": driver, "pool": pool, "device": device}
 
 
+async def prepare_on_api(
+    apiserver: FakeApiServer, kubelet: FakeDraKubelet, device: str, name: str = "c0"
+) -> tuple[str, DraClaimResult]:
+    """Allocate ``device`` to a new claim on the API server and have kubelet prepare it.
+
+    Returns the claim's UID and its (successful) result.
+    """
+    claim = apiserver.add_claim(
+        "default", name, allocation={"devices": {"results": [result(device)]}}
+    )
+    uid: str = claim["metadata"]["uid"]
+    return uid, (await prepare_ok(kubelet, ("default", name, uid)))[uid]
+
+
 @dataclass
 class Dirs:
     root: Path
@@ -115,20 +145,53 @@ def cdi_files(cdi_dir: Path) -> list[str]:
     return sorted(p.name for p in cdi_dir.glob("*.json")) if cdi_dir.exists() else []
 
 
-class DriverRunner:
-    """Starts drivers as tasks; stop() cancels one and waits for it to finish."""
+def without_version(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` but its ``cdiVersion``: the writer stores the lowest one a spec needs."""
+    return {key: value for key, value in spec.items() if key != "cdiVersion"}
+
+
+async def prepare_ok(
+    kubelet: FakeDraKubelet, *claims: tuple[str, str, str]
+) -> dict[str, DraClaimResult]:
+    """Prepare ``claims`` through ``kubelet``; every one must succeed. Results by UID."""
+    results = await kubelet.prepare(DRIVER, claims)
+    errors = {uid: outcome.error for uid, outcome in results.items() if outcome.error}
+    assert not errors, errors
+    return results
+
+
+class _Runner(Generic[_Served]):
+    """What a runner serves, each as a task; stop() cancels one and waits for it."""
+
+    def __init__(self, dirs: Dirs) -> None:
+        self.dirs = dirs
+        self.tasks: dict[_Served, asyncio.Task[None]] = {}
+
+    async def stop(self, served: _Served) -> None:
+        await cancel_and_wait(self.tasks.pop(served))
+
+    async def stop_all(self) -> None:
+        for served in list(self.tasks):
+            await self.stop(served)
+
+
+class DriverRunner(_Runner[DraDriver]):
+    """Starts drivers as tasks on the test's dirs, reading claims from ``claims``."""
 
     def __init__(self, dirs: Dirs, claims: ClaimSource) -> None:
-        self.dirs = dirs
+        super().__init__(dirs)
         self.claims = claims
-        self.tasks: dict[DraDriver, asyncio.Task[None]] = {}
 
     async def start(
         self,
         scanner: object = None,
         devices: Mapping[str, Mapping[str, DeviceInfo]] | None = None,
+        *,
+        kubelet: FakeDraKubelet | None = None,
         **kwargs: Any,
     ) -> DraDriver:
+        """Serve a driver of ``devices`` (default: :func:`snapshot`); with ``kubelet``,
+        return once that kubelet has registered it."""
         kwargs.setdefault("plugin_dir", self.dirs.plugins)
         kwargs.setdefault("registry_dir", self.dirs.registry)
         kwargs.setdefault("cdi_dir", self.dirs.cdi)
@@ -143,13 +206,41 @@ class DriverRunner:
             del self.tasks[driver]
             task.result()
         assert driver.serving
+        if kubelet is not None:
+            await kubelet.wait_for_driver(DRIVER)
         return driver
 
-    async def stop(self, driver: DraDriver) -> None:
-        task = self.tasks.pop(driver)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+
+class PluginRunner(_Runner[DraPlugin]):
+    """Builds DraPlugins (scanner feed, slices, kubelet plugin) on the test's dirs and
+    API server, and serves them as tasks."""
+
+    def __init__(self, dirs: Dirs, client: lightkube.AsyncClient) -> None:
+        super().__init__(dirs)
+        self.client = client
+
+    def build(self, scanner: object, **kwargs: Any) -> DraPlugin:
+        """Plugin ``gpu`` serving ``scanner`` as driver :data:`DRIVER` on :data:`NODE`."""
+        return DraPlugin(
+            "gpu",
+            DRIVER,
+            scanner,  # type: ignore[arg-type]
+            self.client,
+            node_name=NODE,
+            plugin_dir=self.dirs.plugins,
+            registry_dir=self.dirs.registry,
+            cdi_dir=self.dirs.cdi,
+            **kwargs,
+        )
+
+    def serve(self, plugin: DraPlugin) -> DraPlugin:
+        """Run ``plugin.serve()`` as a task until :meth:`stop` (or the test's end)."""
+        self.tasks[plugin] = asyncio.create_task(plugin.serve())
+        return plugin
+
+    def start(self, scanner: object, **kwargs: Any) -> DraPlugin:
+        """:meth:`build` then :meth:`serve`."""
+        return self.serve(self.build(scanner, **kwargs))
 
 
 class QueueScanner:

@@ -13,18 +13,23 @@ from host.deviceplugin._cdi import LEDGER_DIR, CdiSpecWriter, LedgerEntry
 from host.deviceplugin._cdi_store import DevicesInUse
 from host.dra._checkpoint import ClaimCheckpoint
 from host.testing import FakeClaims, FakeDraKubelet
-from tests.dra.helpers import DRIVER, Dirs, DriverRunner, add_claim, cdi_files, gpu, result
+from tests.dra.helpers import (
+    DRIVER,
+    PLUGIN_SPEC,
+    PLUGIN_SPEC_FILE,
+    Dirs,
+    DriverRunner,
+    add_claim,
+    cdi_files,
+    gpu,
+    prepare_ok,
+    result,
+)
 
 pytestmark = pytest.mark.asyncio
 
 UID1 = "11111111-1111-4111-8111-111111111111"
 UID2 = "22222222-2222-4222-8222-222222222222"
-OWN = {
-    "cdiVersion": "0.5.0",
-    "kind": "example.com/gpu",
-    "devices": [{"name": "card0", "containerEdits": {"env": ["OWN=1"]}}],
-}
-OWN_FILE = "example.com-gpu-card0.json"
 
 
 def _claim_file(uid: str, device: str) -> str:
@@ -50,16 +55,10 @@ class TestClaimSpecsAtStart:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims, dirs: Dirs
     ) -> None:
         """A per-claim spec no recorded claim names (a host killed mid-prepare) goes at start."""
-        old = await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        old = await drivers.start(kubelet=dra_kubelet)
         c1 = add_claim(claims, "c1", UID1, result("i915-card0"))
         c2 = add_claim(claims, "c2", UID2, result("i915-card1"))
-        assert {
-            uid: r.error for uid, r in (await dra_kubelet.prepare(DRIVER, [c1, c2])).items()
-        } == {
-            UID1: "",
-            UID2: "",
-        }
+        await prepare_ok(dra_kubelet, c1, c2)
         await drivers.stop(old)
         # As if the host died after writing c2's spec, before recording c2.
         checkpoint = ClaimCheckpoint(dirs.checkpoint, DRIVER)
@@ -75,7 +74,7 @@ class TestClaimSpecsAtStart:
         await dra_kubelet.wait_for_driver(DRIVER, after=since)
         assert cdi_files(dirs.cdi) == sorted([_claim_file(UID1, "i915-card0"), *foreign])
         # kubelet never got c2's answer: it asks again, and the spec is back
-        assert (await dra_kubelet.prepare(DRIVER, [c2]))[UID2].error == ""
+        await prepare_ok(dra_kubelet, c2)
         assert _claim_file(UID2, "i915-card1") in cdi_files(dirs.cdi)
         assert await dra_kubelet.unprepare(DRIVER, [c1, c2]) == {UID1: "", UID2: ""}
         assert cdi_files(dirs.cdi) == sorted(foreign)
@@ -84,8 +83,7 @@ class TestClaimSpecsAtStart:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims, dirs: Dirs
     ) -> None:
         """With the checkpoint moved aside nobody knows what kubelet holds: specs stay."""
-        old = await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        old = await drivers.start(kubelet=dra_kubelet)
         c1 = add_claim(claims, "c1", UID1, result("i915-card0"))
         await dra_kubelet.prepare(DRIVER, [c1])
         await drivers.stop(old)
@@ -112,11 +110,11 @@ class TestPluginSpecs:
     ) -> Any:
         in_use = InUse()
         driver = await drivers.start(
-            devices={"i915": {"card0": gpu(0, cdi_spec=OWN), "card1": gpu(1)}},
+            devices={"i915": {"card0": gpu(0, cdi_spec=PLUGIN_SPEC), "card1": gpu(1)}},
             cdi_in_use=in_use,
             cdi_check_interval=3600,
+            kubelet=dra_kubelet,
         )
-        await dra_kubelet.wait_for_driver(DRIVER)
         return driver, in_use, add_claim(claims, "c1", UID1, result("i915-card0"))
 
     async def test_collected_once_nothing_holds_it(
@@ -125,14 +123,14 @@ class TestPluginSpecs:
         """Recorded in the ledger; kept while a claim or a container holds it; then removed."""
         driver, in_use, c1 = setup
         collect = driver.cdi_collector.collect
-        assert (await dra_kubelet.prepare(DRIVER, [c1]))[UID1].error == ""
+        await prepare_ok(dra_kubelet, c1)
         ledger = CdiSpecWriter(dirs.cdi, DRIVER).ledger_read()
-        assert ledger[OWN_FILE].name == "example.com/gpu=card0"
+        assert ledger[PLUGIN_SPEC_FILE].name == "example.com/gpu=card0"
         for _ in range(2):  # a prepared claim names it
             assert await collect() == []
 
         await dra_kubelet.unprepare(DRIVER, [c1])
-        assert OWN_FILE in cdi_files(dirs.cdi)
+        assert PLUGIN_SPEC_FILE in cdi_files(dirs.cdi)
         in_use.answer = DevicesInUse(cdi_names=frozenset({"example.com/gpu=card0"}))
         for _ in range(2):  # a container holds it
             assert await collect() == []
@@ -141,13 +139,13 @@ class TestPluginSpecs:
             assert await collect() == []
         in_use.answer = DevicesInUse()
         assert await collect() == []  # first pass: a suspect
-        assert [p.name for p in await collect()] == [OWN_FILE]
+        assert [p.name for p in await collect()] == [PLUGIN_SPEC_FILE]
         assert cdi_files(dirs.cdi) == []
-        assert OWN_FILE not in CdiSpecWriter(dirs.cdi, DRIVER).ledger_read()
+        assert PLUGIN_SPEC_FILE not in CdiSpecWriter(dirs.cdi, DRIVER).ledger_read()
 
-        (device,) = (await dra_kubelet.prepare(DRIVER, [c1]))[UID1].devices
+        (device,) = (await prepare_ok(dra_kubelet, c1))[UID1].devices
         assert "example.com/gpu=card0" in device.cdi_device_ids
-        assert OWN_FILE in cdi_files(dirs.cdi)  # named again: written again
+        assert PLUGIN_SPEC_FILE in cdi_files(dirs.cdi)  # named again: written again
         assert (dirs.cdi / LEDGER_DIR / f"{DRIVER}.json").exists()
 
     async def test_device_plugin_holder_keeps_it(
@@ -158,10 +156,10 @@ class TestPluginSpecs:
         await dra_kubelet.prepare(DRIVER, [c1])
         await dra_kubelet.unprepare(DRIVER, [c1])
         writer = CdiSpecWriter(dirs.cdi, DRIVER)
-        entry = writer.ledger_read()[OWN_FILE]
+        entry = writer.ledger_read()[PLUGIN_SPEC_FILE]
         holder = (f"{DRIVER}/i915", "card0")
-        writer.ledger_add({OWN_FILE: LedgerEntry(entry.name, frozenset({holder}))})
+        writer.ledger_add({PLUGIN_SPEC_FILE: LedgerEntry(entry.name, frozenset({holder}))})
         in_use.answer = DevicesInUse(device_ids=frozenset({holder}))
         for _ in range(3):
             assert await driver.cdi_collector.collect() == []
-        assert OWN_FILE in cdi_files(dirs.cdi)
+        assert PLUGIN_SPEC_FILE in cdi_files(dirs.cdi)

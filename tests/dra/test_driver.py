@@ -20,14 +20,17 @@ from host.testing import FakeClaims, FakeDraKubelet
 from tests.dra.helpers import (
     DRIVER,
     NODE,
+    PLUGIN_SPEC,
     Dirs,
     DriverRunner,
     add_claim,
     cdi_files,
     gpu,
+    prepare_ok,
     resolve_cdi,
     result,
     snapshot,
+    without_version,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -61,8 +64,7 @@ class TestRegistration:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
     ) -> None:
         """A restarted kubelet finds the socket again and the driver hears of it."""
-        driver = await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        driver = await drivers.start(kubelet=dra_kubelet)
         async with asyncio.timeout(5):
             await driver.registration.wait_for_status()
         reports = driver.registration.status_count
@@ -71,7 +73,7 @@ class TestRegistration:
         async with asyncio.timeout(5):
             assert await driver.registration.wait_for_status(after=reports) is True
         claim = add_claim(claims, "c1", UID1, result("i915-card0"))
-        assert (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].error == ""
+        await prepare_ok(dra_kubelet, claim)
 
     async def test_refusal_reported(self, drivers: DriverRunner, dirs: Dirs) -> None:
         """A kubelet speaking none of our services refuses; the driver hears why."""
@@ -86,8 +88,7 @@ class TestRegistration:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, dirs: Dirs
     ) -> None:
         """Stopping removes both sockets; kubelet deregisters the driver."""
-        driver = await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        driver = await drivers.start(kubelet=dra_kubelet)
         await drivers.stop(driver)
         assert not driver.socket_path.exists()
         assert not driver.registration_socket_path.exists()
@@ -166,8 +167,7 @@ class TestPrepare:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims, dirs: Dirs
     ) -> None:
         """Devices come back with CDI IDs whose spec files exist; unprepare removes them."""
-        driver = await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        driver = await drivers.start(kubelet=dra_kubelet)
         claim = add_claim(
             claims, "c1", UID1, result("i915-card1"), result("i915-card2", request="gpu/big")
         )
@@ -196,27 +196,21 @@ class TestPrepare:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims, dirs: Dirs
     ) -> None:
         """Mounts and envs become edits; the plugin's own CDI device is named as it is."""
-        own = {
-            "cdiVersion": "0.5.0",
-            "kind": "example.com/gpu",
-            "devices": [{"name": "card0", "containerEdits": {"env": ["OWN=1"]}}],
-        }
         info = gpu(
             0,
             mounts=[pluginapi.Mount(host_path="/opt/x", container_path="/x", read_only=True)],
             envs={"GPU": "0"},
-            cdi_spec=own,
+            cdi_spec=PLUGIN_SPEC,
         )
-        await drivers.start(devices={"i915": {"card0": info}})
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(devices={"i915": {"card0": info}}, kubelet=dra_kubelet)
         claim = add_claim(claims, "c1", UID1, result("i915-card0"))
-        (device,) = (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].devices
+        (device,) = (await prepare_ok(dra_kubelet, claim))[UID1].devices
         assert device.cdi_device_ids == (
             "example.com/gpu=card0",
             f"{DRIVER}/dra=claim-{UID1}-i915-card0",
         )
-        assert _without_version(resolve_cdi(dirs.cdi, "example.com/gpu=card0")) == _without_version(
-            own
+        assert without_version(resolve_cdi(dirs.cdi, "example.com/gpu=card0")) == without_version(
+            PLUGIN_SPEC
         )
         edits = resolve_cdi(dirs.cdi, device.cdi_device_ids[1])["devices"][0]["containerEdits"]
         assert edits["env"] == ["GPU=0"]
@@ -237,8 +231,7 @@ class TestPrepare:
     ) -> None:
         """A device named as the ResourceSlices name it (hashed for awkward IDs) prepares."""
         devices = {"af-AbC_1": {"Port_0": gpu(0)}}
-        await drivers.start(devices=devices)
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(devices=devices, kubelet=dra_kubelet)
         (published,) = [
             d["name"]
             for s in build_slices(
@@ -256,19 +249,17 @@ class TestPrepare:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
     ) -> None:
         """A result's shareID comes back as share_id (v1)."""
-        await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(kubelet=dra_kubelet)
         share = "5a1e0d4c-0000-4000-8000-000000000001"
         claim = add_claim(claims, "c1", UID1, {**result("i915-card0"), "shareID": share})
-        (device,) = (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].devices
+        (device,) = (await prepare_ok(dra_kubelet, claim))[UID1].devices
         assert device.share_id == share
 
     async def test_claims_fetched_concurrently(
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
     ) -> None:
         """Every claim of one call is fetched at the same time as the others."""
-        await drivers.start(devices=snapshot(8))
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(devices=snapshot(8), kubelet=dra_kubelet)
         claims.together = 8  # no fetch answered before all 8 are in flight
         batch = [add_claim(claims, f"c{i}", f"uid-{i}", result(f"i915-card{i}")) for i in range(8)]
         results = await dra_kubelet.prepare(DRIVER, batch)
@@ -280,8 +271,7 @@ class TestPrepare:
     ) -> None:
         """Every claim has its own spec file; none keeps a lock once unprepared."""
         writer = CdiSpecWriter(dirs.cdi, DRIVER)
-        await drivers.start(devices=snapshot(8), cdi_writer=writer)
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(devices=snapshot(8), cdi_writer=writer, kubelet=dra_kubelet)
         for round_ in range(5):
             batch = [
                 add_claim(claims, f"c{round_}-{i}", f"uid-{round_}-{i}", result(f"i915-card{i}"))
@@ -300,8 +290,7 @@ class TestClaimErrors:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
     ) -> None:
         """Each bad claim carries its own error; the good one is prepared."""
-        await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(kubelet=dra_kubelet)
         good = add_claim(claims, "good", "uid-good", result("i915-card0"))
         replaced = add_claim(claims, "replaced", "uid-new", result("i915-card1"))
         replaced = (replaced[0], replaced[1], "uid-old")
@@ -329,8 +318,7 @@ class TestClaimErrors:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
     ) -> None:
         """An API server failure fails the claims, not the call; a retry succeeds."""
-        await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(kubelet=dra_kubelet)
         claim = add_claim(claims, "c1", UID1, result("i915-card0"))
         claims.failure = ConnectionError("connection refused")
         results = await dra_kubelet.prepare(DRIVER, [claim])
@@ -338,14 +326,13 @@ class TestClaimErrors:
             results[UID1].error
         )
         claims.failure = None
-        assert (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].error == ""
+        await prepare_ok(dra_kubelet, claim)
 
     async def test_unhealthy_and_failed_scanner(
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
     ) -> None:
         """Unhealthy devices and a failed scanner refuse new claims until they recover."""
-        driver = await drivers.start(devices=snapshot(state="Unhealthy"))
-        await dra_kubelet.wait_for_driver(DRIVER)
+        driver = await drivers.start(devices=snapshot(state="Unhealthy"), kubelet=dra_kubelet)
         claim = add_claim(claims, "c1", UID1, result("i915-card0"))
         error = (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].error
         assert "the device is unhealthy" in error
@@ -353,17 +340,16 @@ class TestClaimErrors:
         driver.update(snapshot(), scan_failed=True)
         assert "scanner failed" in (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].error
         driver.update(snapshot())
-        assert (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].error == ""
+        await prepare_ok(dra_kubelet, claim)
 
     async def test_tolerated_unhealthy_device(
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
     ) -> None:
         """A result tolerating the unhealthy taint gets the device prepared."""
-        await drivers.start(devices=snapshot(state="Unhealthy"))
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(devices=snapshot(state="Unhealthy"), kubelet=dra_kubelet)
         toleration = {"key": f"{DRIVER}/unhealthy", "operator": "Exists", "effect": "NoSchedule"}
         claim = add_claim(claims, "c1", UID1, {**result("i915-card0"), "tolerations": [toleration]})
-        assert (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].error == ""
+        await prepare_ok(dra_kubelet, claim)
 
     async def test_claim_without_uid_fails_the_call(
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet
@@ -371,8 +357,7 @@ class TestClaimErrors:
         """A claim without UID cannot be answered per claim: INVALID_ARGUMENT."""
         import grpc
 
-        await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(kubelet=dra_kubelet)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await dra_kubelet.prepare(DRIVER, [("default", "c1", "")])
         assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -384,8 +369,7 @@ class TestIdempotence:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims, dirs: Dirs
     ) -> None:
         """A repeated prepare answers the same without fetching; unprepare may repeat."""
-        await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(kubelet=dra_kubelet)
         claim = add_claim(claims, "c1", UID1, result("i915-card0"))
         first = await dra_kubelet.prepare(DRIVER, [claim])
         gets = claims.gets
@@ -401,8 +385,7 @@ class TestIdempotence:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
     ) -> None:
         """Two calls racing for the same claim fetch it once and answer the same."""
-        await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(kubelet=dra_kubelet)
         claims.latency = 0.02
         claim = add_claim(claims, "c1", UID1, result("i915-card0"))
         first, second = await asyncio.gather(
@@ -417,11 +400,10 @@ class TestRestart:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims, dirs: Dirs
     ) -> None:
         """A new driver on the same dirs knows the claims prepared before it."""
-        old = await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        old = await drivers.start(kubelet=dra_kubelet)
         c1 = add_claim(claims, "c1", UID1, result("i915-card0"))
         c2 = add_claim(claims, "c2", UID2, result("i915-card1"))
-        before = await dra_kubelet.prepare(DRIVER, [c1, c2])
+        before = await prepare_ok(dra_kubelet, c1, c2)
         files = cdi_files(dirs.cdi)
         assert len(files) == 2
         await drivers.stop(old)
@@ -482,10 +464,9 @@ class TestPluginMethods:
             async def post_allocate(self, response: Any) -> None:
                 response.container_responses[0].envs["POST"] = "1"
 
-        await drivers.start(Scanner())
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(Scanner(), kubelet=dra_kubelet)
         claim = add_claim(claims, "c1", UID1, result("i915-card0"), result("i915-card3"))
-        devices = (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].devices
+        devices = (await prepare_ok(dra_kubelet, claim))[UID1].devices
         assert seen == [["card0", "card3"]]
         cdi_id = f"{DRIVER}/dra=claim-{UID1}-i915"
         assert [d.cdi_device_ids for d in devices] == [(cdi_id,), (cdi_id,)]
@@ -506,10 +487,9 @@ class TestPluginMethods:
                     len(response.container_responses[0].devices)
                 )
 
-        await drivers.start(Scanner())
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(Scanner(), kubelet=dra_kubelet)
         claim = add_claim(claims, "c1", UID1, result("i915-card0", "a"), result("i915-card1", "b"))
-        devices = (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].devices
+        devices = (await prepare_ok(dra_kubelet, claim))[UID1].devices
         # different requests: different containers may get them, so one CDI device each
         assert [d.cdi_device_ids for d in devices] == [
             (f"{DRIVER}/dra=claim-{UID1}-i915-1",),
@@ -530,8 +510,7 @@ class TestPluginMethods:
                     raise RuntimeError("card1 is on fire")
                 raise UseDefaultMethodError
 
-        await drivers.start(Scanner())
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(Scanner(), kubelet=dra_kubelet)
         good = add_claim(claims, "good", UID1, result("i915-card0"))
         bad = add_claim(claims, "bad", UID2, result("i915-card1"))
         results = await dra_kubelet.prepare(DRIVER, [good, bad])
@@ -548,8 +527,7 @@ class TestPluginMethods:
             def post_allocate(self, response: Any) -> None:
                 response.container_responses[0].envs[""] = "nameless"
 
-        await drivers.start(Scanner())
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(Scanner(), kubelet=dra_kubelet)
         claim = add_claim(claims, "c1", UID1, result("i915-card0"))
         error = (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].error
         assert "claim default/c1: invalid CDI spec" in error
@@ -565,8 +543,7 @@ class TestPluginMethods:
             async def post_allocate(self, response: Any) -> None:
                 raise SystemExit(3)
 
-        await drivers.start(Scanner())
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(Scanner(), kubelet=dra_kubelet)
         claim = add_claim(claims, "c1", UID1, result("i915-card0"))
         assert "post_allocate raised SystemExit" in (
             (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].error
@@ -577,30 +554,25 @@ class TestPluginMethods:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims, dirs: Dirs
     ) -> None:
         """CDI names in the Allocate answer become CDI IDs; known specs are written."""
-        own = {
-            "cdiVersion": "0.5.0",
-            "kind": "example.com/gpu",
-            "devices": [{"name": "card0", "containerEdits": {"env": ["OWN=1"]}}],
-        }
 
         class Scanner:
             def post_allocate(self, response: Any) -> None:
                 del response.container_responses[0].devices[:]
 
-        await drivers.start(Scanner(), devices={"i915": {"card0": gpu(0, cdi_spec=own)}})
-        await dra_kubelet.wait_for_driver(DRIVER)
+        await drivers.start(
+            Scanner(),
+            devices={"i915": {"card0": gpu(0, cdi_spec=PLUGIN_SPEC)}},
+            kubelet=dra_kubelet,
+        )
         claim = add_claim(claims, "c1", UID1, result("i915-card0"))
-        (device,) = (await dra_kubelet.prepare(DRIVER, [claim]))[UID1].devices
-        assert device.cdi_device_ids == (qualified_name(own),)
-        assert _without_version(resolve_cdi(dirs.cdi, qualified_name(own))) == _without_version(own)
+        (device,) = (await prepare_ok(dra_kubelet, claim))[UID1].devices
+        assert device.cdi_device_ids == (qualified_name(PLUGIN_SPEC),)
+        assert without_version(
+            resolve_cdi(dirs.cdi, qualified_name(PLUGIN_SPEC))
+        ) == without_version(PLUGIN_SPEC)
 
 
 def _ref(triple: tuple[str, str, str]) -> Any:
     from host.dra import ClaimRef
 
     return ClaimRef(*triple)
-
-
-def _without_version(spec: Any) -> dict[str, Any]:
-    # The writer stores the lowest cdiVersion a spec needs, not the one it was given.
-    return {key: value for key, value in spec.items() if key != "cdiVersion"}

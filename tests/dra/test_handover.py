@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import lightkube
 import pytest
-import pytest_asyncio
 
 from host.dra import DraPlugin
 from host.dra._handover import PUBLISHER_FILE, PublisherHandover
 from host.testing import FakeApiServer
-from tests.dra.helpers import DRIVER, NODE, Dirs, QueueScanner, gpu
+from tests.dra.helpers import DRIVER, Dirs, PluginRunner, QueueScanner, gpu
 from tests.dra.helpers import gpu_tree as tree
 from tests.dra.helpers import published_devices as device_names
 
@@ -47,45 +43,25 @@ def generations(apiserver: FakeApiServer) -> list[int]:
 
 
 class Instances:
-    """Driver instances of the test, each serving as a task; all stopped at the end."""
+    """Driver instances of the test (rolling update), each serving as a task."""
 
-    def __init__(self, dirs: Dirs, client: lightkube.AsyncClient) -> None:
-        self.dirs, self.client = dirs, client
-        self.tasks: dict[DraPlugin, asyncio.Task[None]] = {}
+    def __init__(self, plugins: PluginRunner) -> None:
+        self.plugins = plugins
 
     async def start(self, instance_id: str, *cards: int, **kwargs: Any) -> DraPlugin:
-        plugin = DraPlugin(
-            "gpu",
-            DRIVER,
-            QueueScanner(tree(*cards)),  # type: ignore[arg-type]
-            self.client,
-            node_name=NODE,
-            plugin_dir=self.dirs.plugins,
-            registry_dir=self.dirs.registry,
-            cdi_dir=self.dirs.cdi,
-            instance_id=instance_id,
-            **kwargs,
-        )
-        self.tasks[plugin] = asyncio.create_task(plugin.serve())
+        """Serve an instance of cards ``cards``; return once its DRA socket listens."""
+        plugin = self.plugins.start(QueueScanner(tree(*cards)), instance_id=instance_id, **kwargs)
         async with asyncio.timeout(10):
             await plugin.driver.wait_serving()
         return plugin
 
     async def stop(self, plugin: DraPlugin) -> None:
-        task = self.tasks.pop(plugin)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await self.plugins.stop(plugin)
 
 
-@pytest_asyncio.fixture
-async def instances(dirs: Dirs, client: lightkube.AsyncClient) -> AsyncIterator[Instances]:
-    running = Instances(dirs, client)
-    try:
-        yield running
-    finally:
-        for plugin in list(running.tasks):
-            await running.stop(plugin)
+@pytest.fixture
+def instances(dra_plugins: PluginRunner) -> Instances:
+    return Instances(dra_plugins)
 
 
 async def publisher_checked(plugin: DraPlugin, snapshot: dict[str, Any]) -> bool:

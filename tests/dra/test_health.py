@@ -7,10 +7,8 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
-import lightkube
 import pytest
 
 from host._api import (
@@ -27,13 +25,16 @@ from tests.dra.helpers import (
     NODE,
     Dirs,
     DriverRunner,
+    PluginRunner,
     QueueScanner,
     add_claim,
     gpu,
+    gpu_tree,
+    prepare_ok,
+    prepare_on_api,
     result,
     snapshot,
 )
-from tests.dra.test_serving import serve, stop, tree
 
 pytestmark = pytest.mark.asyncio
 
@@ -54,19 +55,7 @@ async def prepared(kubelet: FakeDraKubelet, claims: FakeClaims, device: str = "i
     """Prepare claim UID holding ``device``; return the device's resource ID (first CDI ID)."""
     await kubelet.wait_for_driver(DRIVER)
     claim = add_claim(claims, "c0", UID, result(device))
-    outcome = (await kubelet.prepare(DRIVER, [claim]))[UID]
-    assert outcome.error == ""
-    return outcome.devices[0].cdi_device_ids[0]
-
-
-class PeriodicScanner:
-    """A scanner that promises a notify every ``check_interval`` s (the test notifies)."""
-
-    def __init__(self, check_interval: float) -> None:
-        self.check_interval = check_interval
-
-    async def scan(self, notifier: Any) -> None:
-        await asyncio.Event().wait()
+    return (await prepare_ok(kubelet, claim))[UID].devices[0].cdi_device_ids[0]
 
 
 class TestKubeletSeesHealth:
@@ -140,7 +129,7 @@ class TestKubeletSeesHealth:
     ) -> None:
         """A scanner silent past its check_interval: Unknown with a reason; a notify heals."""
         caplog.set_level(logging.INFO, "host.dra.health")
-        driver = await drivers.start(scanner=PeriodicScanner(0.2))
+        driver = await drivers.start(scanner=QueueScanner(check_interval=0.2))
         assert driver.health.check_interval == 0.2
         await prepared(dra_kubelet, claims)
         driver.update(snapshot())  # a notify, whatever happened before the claim
@@ -162,41 +151,29 @@ class TestKubeletSeesHealth:
         assert "the scanner notified again" in caplog.text
 
     async def test_scanner_crash_makes_devices_unhealthy_with_its_error(
-        self,
-        apiserver: FakeApiServer,
-        client: lightkube.AsyncClient,
-        dirs: Dirs,
-        dra_kubelet: FakeDraKubelet,
+        self, apiserver: FakeApiServer, dra_plugins: PluginRunner, dra_kubelet: FakeDraKubelet
     ) -> None:
         """A failed scan: Unhealthy with the plugin's exception; its next notify heals."""
-        scanner = QueueScanner(tree(0, 1))
-        plugin = serve(dirs, client, scanner)
-        task = asyncio.create_task(plugin.serve())
-        try:
-            await dra_kubelet.wait_for_driver(DRIVER)
-            await dra_kubelet.wait_for(lambda: "i915-card1" in plugin.driver.devices)
-            claim = apiserver.add_claim(
-                "default", "c0", allocation={"devices": {"results": [result("i915-card1")]}}
-            )
-            uid = claim["metadata"]["uid"]
-            assert (await dra_kubelet.prepare(DRIVER, [("default", "c0", uid)]))[uid].error == ""
+        scanner = QueueScanner(gpu_tree(0, 1))
+        plugin = dra_plugins.start(scanner)
+        await dra_kubelet.wait_for_driver(DRIVER)
+        await dra_kubelet.wait_for(lambda: "i915-card1" in plugin.driver.devices)
+        uid, _ = await prepare_on_api(apiserver, dra_kubelet, "i915-card1")
 
-            scanner.trees.put_nowait(RuntimeError("sysfs vanished"))
-            await dra_kubelet.wait_for(
-                lambda: now(dra_kubelet, uid) == ["Unhealthy"],
-                what="unhealthy",
-            )
-            (status,) = dra_kubelet.health.claim_health(uid)
-            assert "plugin 'gpu': scan raised RuntimeError: sysfs vanished" in status.message
+        scanner.trees.put_nowait(RuntimeError("sysfs vanished"))
+        await dra_kubelet.wait_for(
+            lambda: now(dra_kubelet, uid) == ["Unhealthy"],
+            what="unhealthy",
+        )
+        (status,) = dra_kubelet.health.claim_health(uid)
+        assert "plugin 'gpu': scan raised RuntimeError: sysfs vanished" in status.message
 
-            scanner.trees.put_nowait(tree(0, 1))  # the restarted scanner notifies again
-            await dra_kubelet.wait_for(
-                lambda: now(dra_kubelet, uid) == ["Healthy"],
-                what="healthy",
-            )
-            assert dra_kubelet.health.claim_health(uid)[0].message == ""
-        finally:
-            await stop(task)
+        scanner.trees.put_nowait(gpu_tree(0, 1))  # the restarted scanner notifies again
+        await dra_kubelet.wait_for(
+            lambda: now(dra_kubelet, uid) == ["Healthy"],
+            what="healthy",
+        )
+        assert dra_kubelet.health.claim_health(uid)[0].message == ""
 
 
 class TestStream:
@@ -287,8 +264,9 @@ class TestStream:
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet
     ) -> None:
         """The same list goes out again every resend interval, so kubelet keeps trusting it."""
-        driver = await drivers.start(health=DeviceHealthService(DRIVER, NODE, resend_interval=0.05))
-        await dra_kubelet.wait_for_driver(DRIVER)
+        driver = await drivers.start(
+            health=DeviceHealthService(DRIVER, NODE, resend_interval=0.05), kubelet=dra_kubelet
+        )
         await dra_kubelet.wait_for(
             lambda: sum(s.messages for s in dra_kubelet.health.streams(DRIVER)) >= 4,
             what="resends",

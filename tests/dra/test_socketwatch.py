@@ -7,7 +7,7 @@ import time
 import pytest
 
 from host.testing import FakeClaims, FakeDraKubelet
-from tests.dra.helpers import DRIVER, DriverRunner, add_claim, result
+from tests.dra.helpers import DRIVER, DriverRunner, add_claim, prepare_ok, result
 
 pytestmark = pytest.mark.asyncio
 
@@ -25,18 +25,17 @@ class TestSocketsKept:
         await dra_kubelet.wait_for_driver(DRIVER, after=first.registered_at)
         assert driver.registration_socket_path.is_socket()
         claim = add_claim(claims, "c1", UID, result("i915-card0"))
-        assert (await dra_kubelet.prepare(DRIVER, [claim]))[UID].error == ""
+        await prepare_ok(dra_kubelet, claim)
 
     async def test_dra_socket_put_back(
         self, drivers: DriverRunner, dra_kubelet: FakeDraKubelet, claims: FakeClaims
     ) -> None:
         """The DRA socket unlinked: served again at the next check, then registered anew."""
-        driver = await drivers.start()
-        await dra_kubelet.wait_for_driver(DRIVER)
+        driver = await drivers.start(kubelet=dra_kubelet)
         before = time.monotonic()
         driver.socket_path.unlink()
         # Found by the safety-net check (every 5 s): the watch is on the registry only.
         await dra_kubelet.wait_for_driver(DRIVER, after=before, timeout=15)
         assert driver.socket_path.is_socket()
         claim = add_claim(claims, "c1", UID, result("i915-card0"))
-        assert (await dra_kubelet.prepare(DRIVER, [claim]))[UID].error == ""
+        await prepare_ok(dra_kubelet, claim)

@@ -31,7 +31,7 @@ from host.testing import (
     RunHost,
 )
 from host.testing._apiserver_fixtures import apiserver, apiserver_kubeconfig
-from tests.dra.helpers import QueueScanner, client, gpu
+from tests.dra.helpers import Dirs, PluginRunner, QueueScanner, client, gpu
 from tests.observe.helpers import (
     HEALTHY,
     RESOURCE,
@@ -134,20 +134,10 @@ class Fakes:
     client: lightkube.AsyncClient
     root: Path
 
-    def dra_plugin(
-        self, registry: Path, scanner: QueueScanner, *, publish_grace: float = 60.0
-    ) -> DraPlugin:
-        return DraPlugin(
-            "gpu",
-            DRIVER,
-            scanner,  # type: ignore[arg-type]
-            self.client,
-            node_name=NODE,
-            plugin_dir=self.root / "plugins",
-            registry_dir=registry,
-            cdi_dir=self.root / "cdi",
-            publish_grace=publish_grace,
-        )
+    def dra_plugin(self, scanner: QueueScanner, *, publish_grace: float = 60.0) -> DraPlugin:
+        """A DRA plugin on this host's directories (kubelet's registry: ``<root>/reg``)."""
+        runner = PluginRunner(Dirs(self.root), self.client)
+        return runner.build(scanner, publish_grace=publish_grace)
 
 
 @pytest.fixture
@@ -174,7 +164,8 @@ async def serve_both(
     await fakes.kubelet.wait_for_resource(RESOURCE, count=2)
     await fakes.kubelet.wait_for(lambda: host.resources[RESOURCE].ready, what="the stream open")
     scanner = QueueScanner(cards(*(states or (HEALTHY, HEALTHY))), check_interval=check_interval)
-    plugin = fakes.dra_plugin(dra_kubelet.registry_dir, scanner, publish_grace=publish_grace)
+    assert dra_kubelet.registry_dir == Dirs(fakes.root).registry
+    plugin = fakes.dra_plugin(scanner, publish_grace=publish_grace)
     assert host.metrics is not None
     host.metrics.add_dra_plugin(plugin)
     task = asyncio.create_task(plugin.serve())
@@ -267,7 +258,7 @@ class TestStatus:
         healthy, _ = both.device_names()
         uid = await both.prepare("train-gpu", healthy, reserved_for=[POD])
         await stop(both.task)
-        again = fakes.dra_plugin(both.dra_kubelet.registry_dir, QueueScanner(cards(HEALTHY)))
+        again = fakes.dra_plugin(QueueScanner(cards(HEALTHY)))
         both.task = asyncio.create_task(again.serve())
         async with asyncio.timeout(10):
             await again.driver.wait_serving()
