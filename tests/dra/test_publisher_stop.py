@@ -10,7 +10,7 @@ import pytest
 
 from host.dra import ResourceSlicePublisher
 from host.testing import FakeApiServer
-from tests.dra.test_publisher import DRIVER, NODE, failures, gpus, node, synced
+from tests.dra.publishing import DRIVER, NODE, failures, gpus, node, synced
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.usefixtures("node")]
 __all__ = ["node"]  # the fixture, imported
