@@ -16,33 +16,36 @@ just before kubelet.sock is bound), ``{"ev": "ready"}`` (it serves), ``{"ev": "r
 (a Register arrived), ``{"ev": "dialed", "res"}`` (the dial back connected),
 ``{"ev": "reg", "res"}`` (GetDevicePluginOptions answered, Register returns),
 ``{"ev": "list", "res", "n", "unhealthy"}`` (``t``: as the message arrived),
-``{"ev": "end", "res", "why"}``. Stdin commands: ``restart``, ``quit``.
+``{"ev": "end", "res", "why"}``. Stdin commands: ``restart``, ``quit``. Lines are written
+a few milliseconds after their events, in batches (see ``common.EventLines``): the
+trace is the benchmark's, not kubelet's work, and a write per event cost this process
+more CPU than decoding the lists.
+
+``BENCH_KUBELET_PROFILE=FILE`` runs the process under cProfile and writes the
+statistics to FILE when it ends (then SIGTERM ends it through its cleanup).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
+import signal
 import stat
 import sys
 import time
 from typing import Any
 
 import grpc
+from common import EventLines
 
 from host._api import api_pb2, api_pb2_grpc
 
 KUBELET_MAX_MESSAGE = 4 * 1024 * 1024
-
-
-def emit(event: str, t: int | None = None, **fields: Any) -> None:
-    """Write one event line (blocking: the parent reads promptly)."""
-    fields["ev"] = event
-    fields["t"] = time.monotonic_ns() if t is None else t
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
+GET_OPTIONS = "/v1beta1.DevicePlugin/GetDevicePluginOptions"
+LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
+EVENTS = EventLines()
+emit = EVENTS.emit
 
 
 class BenchKubelet(api_pb2_grpc.RegistrationServicer):
@@ -104,8 +107,14 @@ class BenchKubelet(api_pb2_grpc.RegistrationServicer):
             async with asyncio.timeout(10):
                 await channel.channel_ready()
             emit("dialed", res=name)
-            stub = api_pb2_grpc.DevicePluginStub(channel)
-            await stub.GetDevicePluginOptions(api_pb2.Empty())
+            # The two methods kubelet calls at registration, not the whole stub: each
+            # multicallable costs a little, and a Register here would build five.
+            get_options = channel.unary_unary(
+                GET_OPTIONS,
+                request_serializer=api_pb2.Empty.SerializeToString,
+                response_deserializer=api_pb2.DevicePluginOptions.FromString,
+            )
+            await get_options(api_pb2.Empty())
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
             await channel.close()
             await context.abort(grpc.StatusCode.UNKNOWN, f"cannot reach {path}: {exc}")
@@ -113,14 +122,19 @@ class BenchKubelet(api_pb2_grpc.RegistrationServicer):
         if old is not None:
             old[1].cancel()
             await old[0].close()
-        self.clients[name] = (channel, asyncio.create_task(self.watch(name, stub)))
+        self.clients[name] = (channel, asyncio.create_task(self.watch(name, channel)))
         emit("reg", res=name)
         return api_pb2.Empty()
 
-    async def watch(self, name: str, stub: api_pb2_grpc.DevicePluginStub) -> None:
+    async def watch(self, name: str, channel: grpc.aio.Channel) -> None:
         why = "EOF"
+        list_and_watch = channel.unary_stream(
+            LIST_AND_WATCH,
+            request_serializer=api_pb2.Empty.SerializeToString,
+            response_deserializer=api_pb2.ListAndWatchResponse.FromString,
+        )
         try:
-            async for response in stub.ListAndWatch(api_pb2.Empty()):
+            async for response in list_and_watch(api_pb2.Empty()):
                 arrived = time.monotonic_ns()
                 unhealthy = sum(d.health != "Healthy" for d in response.devices)
                 emit("list", arrived, res=name, n=len(response.devices), unhealthy=unhealthy)
@@ -147,8 +161,30 @@ async def main(plugin_dir: str) -> None:
                 break
     finally:
         await kubelet.stop()
+        EVENTS.flush()
+
+
+def profiled(plugin_dir: str, profile: str) -> None:
+    """Serve under cProfile; write the statistics to ``profile`` at the end.
+
+    The benchmarks stop their children with SIGTERM: here it ends the process as
+    Ctrl-C would, through ``main``'s cleanup, so that the statistics are written.
+    """
+    import cProfile
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    profiler = cProfile.Profile()
+    with contextlib.suppress(KeyboardInterrupt), profiler:
+        asyncio.run(main(plugin_dir))
+    profiler.dump_stats(profile)
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main(sys.argv[1]))
+    if os.environ.get("BENCH_KUBELET_PROFILE"):
+        profiled(sys.argv[1], os.environ["BENCH_KUBELET_PROFILE"])
+    else:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main(sys.argv[1]))

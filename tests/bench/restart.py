@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_DIR, Child, Kubelet, cpu_ns_between, percentile, thread_cpu_ns
 
 STEPS = ("clean", "ready", "watch", "served", "rsend", "rin", "dialed", "reg", "list")
-CPU = ("rsend->rin", "host cpu", "kubelet cpu")
+CPU = ("rsend->rin", "host cpu", "kubelet cpu", "kubelet loop", "bench cpu")
 TARGET_MS = {10: 50, 100: 150}
 
 
@@ -79,12 +79,22 @@ async def measure(types: int, restarts: int) -> dict[str, list[float]]:
         await kubelet.wait_all_listed(resources, 0, 60)
         for _ in range(restarts):
             start = len(kubelet.events)
-            cpu = thread_cpu_ns(host.pid), thread_cpu_ns(kubelet.pid)
+            cpu = thread_cpu_ns(host.pid), thread_cpu_ns(kubelet.pid), thread_cpu_ns(os.getpid())
             sent = time.monotonic_ns()
             up = await kubelet.restart()
             await kubelet.wait_all_listed(resources, start, 60)
             steps["host cpu"].append(cpu_ns_between(cpu[0], thread_cpu_ns(host.pid)) / 1e6)
-            steps["kubelet cpu"].append(cpu_ns_between(cpu[1], thread_cpu_ns(kubelet.pid)) / 1e6)
+            kubelet_cpu = thread_cpu_ns(kubelet.pid)
+            steps["kubelet cpu"].append(cpu_ns_between(cpu[1], kubelet_cpu) / 1e6)
+            loop_ns = kubelet_cpu[kubelet.pid] - cpu[1].get(kubelet.pid, 0)
+            steps["kubelet loop"].append(loop_ns / 1e6)
+            steps["bench cpu"].append(cpu_ns_between(cpu[2], thread_cpu_ns(os.getpid())) / 1e6)
+            # The children write their trace lines a few ms late (common.EventLines).
+            await host.wait_for(
+                lambda up=up: last_of(host.events, "rsend", names, up) is not None,
+                10,
+                "the Registers",
+            )
             host_events = [e for e in host.events if e["t"] >= sent]
             watched = [
                 e["t"]

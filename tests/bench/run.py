@@ -404,6 +404,7 @@ async def scale_and_recovery(work: Path, sizes: Sizes) -> list[Row]:
     host = await Child.spawn("scale host", BENCH_DIR / "host_proc.py", _json(spec))
     try:
         registered = await kubelet.wait_all_listed(resources, 0, 120)
+        await host.wait_event(lambda e: e["ev"] == "serving", 10, "the serving event")
         phases = {e["ev"]: e["t"] for e in host.events}
         await asyncio.sleep(1)  # let start-up garbage go before reading RSS
         rss = rss_bytes(host.pid)
