@@ -196,15 +196,23 @@ class Child:
         return self.process.pid
 
     async def _read_stdout(self) -> None:
+        # Whatever the pipe holds at once, parsed and announced together: one wake-up
+        # of the waiters per read, not per line (a restart of 100 resources sends ~400).
         assert self.process.stdout is not None
-        async for line in self.process.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            async with self._changed:
-                self.events.append(event)
-                self._changed.notify_all()
+        partial = b""
+        while True:
+            chunk = await self.process.stdout.read(1 << 16)
+            *lines, partial = (partial + chunk).split(b"\n") if chunk else (partial, b"")
+            events = []
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    events.append(json.loads(line))
+            if events:
+                async with self._changed:
+                    self.events.extend(events)
+                    self._changed.notify_all()
+            if not chunk:
+                break
         async with self._changed:
             self._changed.notify_all()
 

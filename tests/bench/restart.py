@@ -18,8 +18,10 @@ as the last resource reaches it:
 * ``list``: every resource's first complete ListAndWatch message received (the figure).
 
 Also the longest time one Register took from the host to the kubelet (``rsend->rin``)
-and the CPU time the host and the kubelet process spent per restart (from the
-restart command to the last list). Prints p50 / p99 / max of each step, the target
+and the CPU time spent per restart (from the restart command to the last list) by the
+host, by the kubelet process, by the kubelet's event-loop thread alone (``kubelet
+loop``; the rest is grpcio's own threads) and by this benchmark process (``bench
+cpu``: reading the trace, on the same CPUs). Prints p50 / p99 / max of each step, the target
 (p99 of ``list``: 50 ms at 10 resources, 150 ms at 100) and the load average.
 """
 
