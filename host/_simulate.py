@@ -391,8 +391,10 @@ class _Simulation:
     async def _restart_periodically(self, every: float) -> None:
         restarts = 0
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ended.wait(), every)
+                async with asyncio.timeout(every):
+                    await self._ended.wait()
             if self._ended.is_set():
                 return
             before = {name: s.registrations for name, s in self.kubelet.resources.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -205,11 +206,32 @@ def _root_options(command: F) -> F:
     )(command)
 
 
+class _Seconds(click.ParamType):
+    """A number of seconds: finite and greater than 0 (``nan`` and ``inf`` are refused)."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        """Return ``value`` as a float, or fail with a one-line message."""
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a finite number of seconds greater than 0", param, ctx)
+        return seconds
+
+
+SECONDS = _Seconds()
+
+
 def _timeout_option(help_text: str) -> Callable[[F], F]:
     return _option(
         "--timeout",
         envvar="DEVPLUGIN_TIMEOUT",
-        type=click.FloatRange(min=0, min_open=True),
+        type=SECONDS,
         default=10.0,
         show_default=True,
         help=help_text,
@@ -674,7 +696,7 @@ KUBELET_MODES = ("1.24", "1.25", "1.36")
     "--restart-kubelet-every",
     "restart_every",
     envvar="DEVPLUGIN_RESTART_KUBELET_EVERY",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     metavar="SECONDS",
     help="Restart the fake kubelet this often (after the first registrations) to show "
     "re-registration. Not with --once.",
@@ -682,7 +704,7 @@ KUBELET_MODES = ("1.24", "1.25", "1.36")
 @_option(
     "--duration",
     envvar="DEVPLUGIN_DURATION",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     metavar="SECONDS",
     help="Stop after this many seconds. Default: run until SIGINT (Ctrl-C) or SIGTERM.",
 )

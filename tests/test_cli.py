@@ -244,6 +244,30 @@ class TestScan:
 
 
 class TestUsageErrors:
+    @pytest.mark.parametrize(
+        ("args", "shown"),
+        [
+            (
+                ["scan", "--timeout", "nan"],
+                "'nan' is not a finite number of seconds greater than 0",
+            ),
+            (
+                ["scan", "--timeout", "inf"],
+                "'inf' is not a finite number of seconds greater than 0",
+            ),
+            (["scan", "--timeout", "0"], "'0' is not a finite number of seconds greater than 0"),
+            (["status", "--timeout", "soon"], "'soon' is not a number of seconds"),
+            (["simulate", "--duration", "-1"], "'-1' is not a finite number of seconds"),
+            (["simulate", "--restart-kubelet-every", "nan"], "'nan' is not a finite number"),
+        ],
+    )
+    def test_seconds_must_be_finite_and_positive(self, args: list[str], shown: str) -> None:
+        """A number of seconds that is nan, inf, 0, negative or no number: exit 2, one line."""
+        result = invoke(*args)
+        assert result.exit_code == 2
+        assert shown in result.output
+        assert "Traceback" not in result.output
+
     @pytest.mark.parametrize("command", ["plugins", "scan", "run"])
     def test_unknown_enable(self, plugin_site: PluginSite, command: str) -> None:
         """--enable nosuch: exit 2, listing the available plugins."""
