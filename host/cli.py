@@ -206,32 +206,27 @@ def _root_options(command: F) -> F:
     )(command)
 
 
-class _Seconds(click.ParamType):
-    """A number of seconds: finite and greater than 0 (``nan`` and ``inf`` are refused)."""
-
-    name = "seconds"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        """Return ``value`` as a float, or fail with a one-line message."""
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not math.isfinite(seconds) or seconds <= 0:
-            self.fail(f"{value!r} is not a finite number of seconds greater than 0", param, ctx)
-        return seconds
+def _finite_seconds(
+    ctx: click.Context, param: click.Parameter, value: float | None
+) -> float | None:
+    """Refuse ``nan`` and ``inf``, which ``FloatRange`` lets through (they compare false)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number of seconds greater than 0")
+    return value
 
 
-SECONDS = _Seconds()
+SECONDS: dict[str, Any] = {
+    "type": click.FloatRange(min=0, min_open=True),
+    "callback": _finite_seconds,
+}
+"""How a number of seconds is declared: finite and greater than 0."""
 
 
 def _timeout_option(help_text: str) -> Callable[[F], F]:
     return _option(
         "--timeout",
         envvar="DEVPLUGIN_TIMEOUT",
-        type=SECONDS,
+        **SECONDS,
         default=10.0,
         show_default=True,
         help=help_text,
@@ -696,7 +691,7 @@ KUBELET_MODES = ("1.24", "1.25", "1.36")
     "--restart-kubelet-every",
     "restart_every",
     envvar="DEVPLUGIN_RESTART_KUBELET_EVERY",
-    type=SECONDS,
+    **SECONDS,
     metavar="SECONDS",
     help="Restart the fake kubelet this often (after the first registrations) to show "
     "re-registration. Not with --once.",
@@ -704,7 +699,7 @@ KUBELET_MODES = ("1.24", "1.25", "1.36")
 @_option(
     "--duration",
     envvar="DEVPLUGIN_DURATION",
-    type=SECONDS,
+    **SECONDS,
     metavar="SECONDS",
     help="Stop after this many seconds. Default: run until SIGINT (Ctrl-C) or SIGTERM.",
 )

@@ -247,18 +247,12 @@ class TestUsageErrors:
     @pytest.mark.parametrize(
         ("args", "shown"),
         [
-            (
-                ["scan", "--timeout", "nan"],
-                "'nan' is not a finite number of seconds greater than 0",
-            ),
-            (
-                ["scan", "--timeout", "inf"],
-                "'inf' is not a finite number of seconds greater than 0",
-            ),
-            (["scan", "--timeout", "0"], "'0' is not a finite number of seconds greater than 0"),
-            (["status", "--timeout", "soon"], "'soon' is not a number of seconds"),
-            (["simulate", "--duration", "-1"], "'-1' is not a finite number of seconds"),
-            (["simulate", "--restart-kubelet-every", "nan"], "'nan' is not a finite number"),
+            (["scan", "--timeout", "nan"], "nan is not a finite number of seconds greater than 0"),
+            (["scan", "--timeout", "inf"], "inf is not a finite number of seconds greater than 0"),
+            (["scan", "--timeout", "0"], "0.0 is not in the range x>0"),
+            (["status", "--timeout", "soon"], "'soon' is not a valid float"),
+            (["simulate", "--duration", "-1"], "-1.0 is not in the range x>0"),
+            (["simulate", "--restart-kubelet-every", "nan"], "nan is not a finite number"),
         ],
     )
     def test_seconds_must_be_finite_and_positive(self, args: list[str], shown: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest_asyncio
 
-from host.deviceplugin import DeviceTree, Manager
+from host.deviceplugin import Manager
 from host.testing import FakeKubelet
 
 
@@ -49,19 +49,3 @@ async def serve(short_dir: Path) -> AsyncIterator[ServeFn]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-class QueueScanner:
-    """A scanner driven by the test: every tree put on ``trees`` is notified."""
-
-    def __init__(self, *trees: DeviceTree) -> None:
-        self.trees: asyncio.Queue[DeviceTree | BaseException] = asyncio.Queue()
-        for tree in trees:
-            self.trees.put_nowait(tree)
-
-    async def scan(self, notifier: Any) -> None:
-        while True:
-            item = await self.trees.get()
-            if isinstance(item, BaseException):
-                raise item
-            notifier.notify(item)

@@ -9,8 +9,9 @@ import pytest
 
 from host.deviceplugin import UNHEALTHY, DeviceSpec, Mount, UseDefaultMethodError, pluginapi
 from host.testing import FakeKubelet
+from tests.scanners import QueueScanner
 
-from .conftest import QueueScanner, ServeFn
+from .conftest import ServeFn
 from .helpers import info, node, plugin_stub, tree_of
 
 pytestmark = pytest.mark.asyncio

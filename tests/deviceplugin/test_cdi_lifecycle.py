@@ -15,8 +15,9 @@ from host.deviceplugin import Manager
 from host.deviceplugin._cdi import CdiSpecWriter, LedgerEntry, spec_file_name
 from host.deviceplugin._cdi_store import DevicesInUse
 from host.testing import FakeKubelet
+from tests.scanners import QueueScanner
 
-from .conftest import QueueScanner, ServeFn
+from .conftest import ServeFn
 from .helpers import info, tree_of
 
 

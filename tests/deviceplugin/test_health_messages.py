@@ -10,8 +10,9 @@ import pytest
 from host._host import device_json
 from host.deviceplugin import HEALTHY, UNHEALTHY
 from host.testing import FakeKubelet
+from tests.scanners import QueueScanner
 
-from .conftest import QueueScanner, ServeFn
+from .conftest import ServeFn
 from .helpers import info, tree_of
 
 

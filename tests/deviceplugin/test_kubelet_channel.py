@@ -16,8 +16,9 @@ from host.deviceplugin import DeviceTree
 from host.deviceplugin._kubelet_channel import KubeletChannel
 from host.deviceplugin._watcher import PluginDirWatcher, WatchEvent, WatchEventKind
 from host.testing import FakeKubelet
+from tests.scanners import QueueScanner
 
-from .conftest import QueueScanner, ServeFn
+from .conftest import ServeFn
 from .helpers import info
 
 pytestmark = pytest.mark.asyncio

@@ -13,8 +13,9 @@ import pytest
 from host._api import api_pb2
 from host.deviceplugin import UNHEALTHY, _endpoint
 from host.testing import FakeKubelet
+from tests.scanners import QueueScanner
 
-from .conftest import QueueScanner, ServeFn
+from .conftest import ServeFn
 from .helpers import info, tree_of
 
 pytestmark = pytest.mark.asyncio

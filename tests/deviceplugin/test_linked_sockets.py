@@ -24,8 +24,9 @@ from host.deviceplugin._socketfile import (
 )
 from host.deviceplugin._watcher import PluginDirWatcher, WatchEvent, WatchEventKind, socket_identity
 from host.testing import FakeKubelet
+from tests.scanners import QueueScanner
 
-from .conftest import QueueScanner, ServeFn
+from .conftest import ServeFn
 from .helpers import info, tree_of
 
 pytestmark = pytest.mark.asyncio

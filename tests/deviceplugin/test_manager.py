@@ -17,8 +17,9 @@ import pytest
 
 from host.deviceplugin import DeviceSpec, pluginapi
 from host.testing import FakeKubelet
+from tests.scanners import QueueScanner
 
-from .conftest import QueueScanner, ServeFn
+from .conftest import ServeFn
 from .helpers import info, node, tree_of
 
 pytestmark = pytest.mark.asyncio

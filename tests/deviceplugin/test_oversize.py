@@ -9,8 +9,9 @@ import pytest
 from host.deviceplugin import DeviceInfo, Manager
 from host.deviceplugin._service import KUBELET_MAX_MESSAGE, DevicePluginService
 from host.testing import FakeKubelet
+from tests.scanners import QueueScanner
 
-from .conftest import QueueScanner, ServeFn
+from .conftest import ServeFn
 from .helpers import info, tree_of
 
 HUGE = 45_000  # devices with 100-character IDs: about 4.8 MB of device list

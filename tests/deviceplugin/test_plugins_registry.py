@@ -20,8 +20,9 @@ from host._pluginwatcher import DEVICE_PLUGIN_TYPE, DRA_PLUGIN_TYPE, Registratio
 from host.deviceplugin import Manager
 from host.deviceplugin._watcher import PluginDirWatcher
 from host.testing import FakeKubelet, KubeletMode
+from tests.scanners import QueueScanner
 
-from .conftest import QueueScanner, ServeFn
+from .conftest import ServeFn
 from .helpers import info, tree_of
 
 pytestmark = pytest.mark.asyncio

@@ -13,8 +13,9 @@ import pytest_asyncio
 from host._api import podresources_pb2, podresources_pb2_grpc
 from host.deviceplugin import DeviceHolder, PodResourcesClient
 from host.testing import FakeKubelet, KubeletMode
+from tests.scanners import QueueScanner
 
-from .conftest import QueueScanner, ServeFn
+from .conftest import ServeFn
 from .helpers import info, tree_of
 
 

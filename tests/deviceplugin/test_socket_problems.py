@@ -13,8 +13,9 @@ import pytest
 from host.deviceplugin._endpoint import MAX_SOCKET_PATH
 from host.deviceplugin._names import socket_name
 from host.testing import FakeKubelet
+from tests.scanners import QueueScanner
 
-from .conftest import QueueScanner, ServeFn
+from .conftest import ServeFn
 from .helpers import info, tree_of
 
 pytestmark = pytest.mark.asyncio

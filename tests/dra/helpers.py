@@ -241,23 +241,3 @@ class PluginRunner(_Runner[DraPlugin]):
     def start(self, scanner: object, **kwargs: Any) -> DraPlugin:
         """:meth:`build` then :meth:`serve`."""
         return self.serve(self.build(scanner, **kwargs))
-
-
-class QueueScanner:
-    """A scanner driven by the test: each tree put on ``trees`` is notified, an exception raised.
-
-    ``check_interval``: the seconds between notifies it promises (None: no promise).
-    """
-
-    def __init__(self, *trees: DeviceTree, check_interval: float | None = None) -> None:
-        self.check_interval = check_interval
-        self.trees: asyncio.Queue[DeviceTree | BaseException] = asyncio.Queue()
-        for tree in trees:
-            self.trees.put_nowait(tree)
-
-    async def scan(self, notifier: Any) -> None:
-        while True:
-            item = await self.trees.get()
-            if isinstance(item, BaseException):
-                raise item
-            notifier.notify(item)

@@ -10,7 +10,8 @@ import pytest
 from host.deviceplugin import DeviceTree
 from host.deviceplugin._feed import ScannerFeed
 from host.testing import FakeClaims, FakeDraKubelet
-from tests.dra.helpers import DRIVER, DriverRunner, QueueScanner, add_claim, gpu, result
+from tests.dra.helpers import DRIVER, DriverRunner, add_claim, gpu, result
+from tests.scanners import QueueScanner
 
 pytestmark = pytest.mark.asyncio
 

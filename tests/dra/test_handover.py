@@ -11,9 +11,10 @@ import pytest
 from host.dra import DraPlugin
 from host.dra._handover import PUBLISHER_FILE, PublisherHandover
 from host.testing import FakeApiServer
-from tests.dra.helpers import DRIVER, Dirs, PluginRunner, QueueScanner, gpu
+from tests.dra.helpers import DRIVER, Dirs, PluginRunner, gpu
 from tests.dra.helpers import gpu_tree as tree
 from tests.dra.helpers import published_devices as device_names
+from tests.scanners import QueueScanner
 
 pytestmark = pytest.mark.asyncio
 

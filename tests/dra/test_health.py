@@ -26,7 +26,6 @@ from tests.dra.helpers import (
     Dirs,
     DriverRunner,
     PluginRunner,
-    QueueScanner,
     add_claim,
     gpu,
     gpu_tree,
@@ -35,6 +34,7 @@ from tests.dra.helpers import (
     result,
     snapshot,
 )
+from tests.scanners import QueueScanner
 
 pytestmark = pytest.mark.asyncio
 

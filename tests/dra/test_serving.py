@@ -14,13 +14,13 @@ from tests.dra.helpers import (
     NODE,
     Dirs,
     PluginRunner,
-    QueueScanner,
     prepare_on_api,
     resolve_cdi,
 )
 from tests.dra.helpers import gpu_tree as tree
 from tests.dra.helpers import published_devices as device_names
 from tests.dra.schema import assert_schema_valid
+from tests.scanners import QueueScanner
 
 pytestmark = pytest.mark.asyncio
 

@@ -31,7 +31,7 @@ from host.testing import (
     RunHost,
 )
 from host.testing._apiserver_fixtures import apiserver, apiserver_kubeconfig
-from tests.dra.helpers import Dirs, PluginRunner, QueueScanner, client, gpu
+from tests.dra.helpers import Dirs, PluginRunner, client, gpu
 from tests.observe.helpers import (
     HEALTHY,
     RESOURCE,
@@ -42,6 +42,7 @@ from tests.observe.helpers import (
     value,
 )
 from tests.observe.test_cli import cli
+from tests.scanners import QueueScanner
 
 pytest_plugins = ["host.testing"]
 pytestmark = pytest.mark.asyncio

@@ -17,8 +17,9 @@ import pytest
 from host.dra import DraPlugin
 from host.testing import FakeApiServer, FakeDraKubelet
 from host.testing._apiserver_fixtures import apiserver, apiserver_kubeconfig
-from tests.dra.helpers import DRIVER, NODE, Dirs, QueueScanner, client, gpu
+from tests.dra.helpers import DRIVER, NODE, Dirs, client, gpu
 from tests.reliability.dra_rolling import describe, roll_instances
+from tests.scanners import QueueScanner
 
 pytestmark = pytest.mark.asyncio
 
