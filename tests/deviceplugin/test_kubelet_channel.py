@@ -19,7 +19,7 @@ from host.testing import FakeKubelet
 from tests.scanners import QueueScanner
 
 from .conftest import ServeFn
-from .helpers import info
+from .helpers import info, registration_server
 
 pytestmark = pytest.mark.asyncio
 
@@ -95,23 +95,7 @@ class TestRegisterAfterKubeletCleanup:
             arrived.set()
             return api_pb2.Empty()
 
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers(
-            [
-                grpc.method_handlers_generic_handler(
-                    "v1beta1.Registration",
-                    {
-                        "Register": grpc.unary_unary_rpc_method_handler(
-                            register,
-                            request_deserializer=api_pb2.RegisterRequest.FromString,
-                            response_serializer=api_pb2.Empty.SerializeToString,
-                        )
-                    },
-                )
-            ]
-        )
-        server.add_insecure_port(f"unix:{registry / 'k.sock'}")
-        await server.start()
+        server = await registration_server(registry / "k.sock", register)
         accepted, release = asyncio.Event(), asyncio.Event()
         pipes: list[asyncio.Task[None]] = []
         writers: list[asyncio.StreamWriter] = []

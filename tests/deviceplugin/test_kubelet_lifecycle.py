@@ -16,7 +16,7 @@ from host.testing import FakeKubelet
 from tests.scanners import QueueScanner
 
 from .conftest import ServeFn
-from .helpers import info, tree_of
+from .helpers import info, registration_server, tree_of
 
 pytestmark = pytest.mark.asyncio
 
@@ -159,23 +159,7 @@ class TestRestartDuringRegister:
             await proceed.wait()
             return api_pb2.Empty()
 
-        old = grpc.aio.server()
-        old.add_generic_rpc_handlers(
-            [
-                grpc.method_handlers_generic_handler(
-                    "v1beta1.Registration",
-                    {
-                        "Register": grpc.unary_unary_rpc_method_handler(
-                            register,
-                            request_deserializer=api_pb2.RegisterRequest.FromString,
-                            response_serializer=api_pb2.Empty.SerializeToString,
-                        )
-                    },
-                )
-            ]
-        )
-        old.add_insecure_port(f"unix:{short_dir / 'kubelet.sock'}")
-        await old.start()
+        old = await registration_server(short_dir / "kubelet.sock", register)
         new = FakeKubelet(short_dir)
         try:
             await serve("ex.com", QueueScanner(tree_of({"a": {"a0": info()}})))
