@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import grpc
 
+from host._cancellation import cancel_requests, raise_lost_cancellation
 from host.deviceplugin._watcher import SocketIdentity, socket_identity
 
 __all__ = [
@@ -289,9 +290,11 @@ class UnixSocketServer:
         # as the server begins to stop; a link to it goes at the same moment.
         if private is not None:
             self._unlink_if_ours(self.path)
-        await server.stop(self.stop_grace if grace is None else grace)
+        requests = cancel_requests()
+        await server.stop(self.stop_grace if grace is None else grace)  # see host._cancellation
         self._unlink_if_ours(private or self.path)
         self._identity = None
+        raise_lost_cancellation(requests)  # the stop may have swallowed ours
 
     def _unlink_if_ours(self, path: Path) -> None:
         if self._identity is not None and socket_identity(path) == self._identity:
