@@ -7,7 +7,9 @@ in which the awaited thing completes (cpython gh-86296; 3.12 rebuilt ``wait_for`
 (waiting out a backoff) once waited that way: the cancellation was lost and the task
 ran on, so ``Manager.serve()`` never returned and a watcher outlived its last
 subscriber (``asyncio.run`` then waited for it forever at exit). Both now wait with
-``asyncio.timeout``; these tests fail if either goes back to ``wait_for``.
+``asyncio.timeout``; these tests fail if either goes back to ``wait_for``. grpc.aio's
+``Server.stop(grace)`` waits with ``wait_for`` too: an endpoint cancelled while it
+re-creates its socket must raise the cancellation that stop swallowed.
 """
 
 from __future__ import annotations
@@ -74,3 +76,34 @@ class TestCancellationIsNeverLost:
         manager._endpoints["a"]._wake.set()
         serve.cancel()
         assert await ended(serve), "Manager.serve() did not end after its cancellation"
+
+    async def test_manager_stops_when_cancelled_as_an_endpoint_stops_its_old_server(
+        self, short_dir: Path
+    ) -> None:
+        """Cancelling serve() while an endpoint re-creates its socket stops it."""
+        lost: list[int] = []
+        # The cancellation is lost only when it comes in the loop iteration in which
+        # grpc's stop completes, a few iterations after the wake-up: try each of them.
+        for attempt in range(36):
+            plugin_dir = short_dir / str(attempt)
+            manager = Manager(
+                "ex.com",
+                SteadyScanner(tree_of({"a": {"a0": info()}})),
+                plugin_dir=plugin_dir,
+                cdi_dir=plugin_dir / "cdi",
+                register_backoff=(5.0, 5.0),
+            )
+            serve = asyncio.create_task(manager.serve())
+            # No kubelet: serving, and waiting out the backoff of a failed registration.
+            await until(
+                lambda m=manager: "a" in m._endpoints and m._endpoints["a"].problem is not None,
+                "the first registration attempt",
+            )
+            os.unlink(plugin_dir / "ex.com-a.sock")
+            manager._endpoints["a"]._wake.set()  # what the watcher's event does
+            for _ in range(attempt % 12):
+                await asyncio.sleep(0)
+            serve.cancel()
+            if not await ended(serve):
+                lost.append(attempt)
+        assert lost == [], f"Manager.serve() outlived its cancellation in attempts {lost}"
