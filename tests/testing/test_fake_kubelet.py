@@ -110,6 +110,9 @@ class FakePlugin(api_pb2_grpc.DevicePluginServicer):
         for queue in self._queues:
             queue.put_nowait(_End(code))
 
+    async def wait_stream_opened(self) -> None:
+        await asyncio.wait_for(self.stream_opened.wait(), 5)
+
     async def wait_stream_closed(self) -> None:
         await asyncio.wait_for(self.stream_closed.wait(), 5)
 
@@ -452,7 +455,7 @@ class TestListAndWatch:
         """A registered resource is absent from the node status until its first message."""
         plugin = await plugins(devices=TWO, send_initial=False)
         await plugin.register(kubelet)
-        await asyncio.wait_for(plugin.stream_opened.wait(), 5)
+        await plugin.wait_stream_opened()
         assert RESOURCE not in kubelet.resources
         plugin.send([dev("d1")])
         state = await kubelet.wait_for_resource(RESOURCE)
@@ -634,13 +637,16 @@ class TestReRegistration:
     async def test_125_old_stream_end_disconnects_new_client(
         self, kubelet: FakeKubelet, plugins: PluginFactory
     ) -> None:
-        """1.25: when the old instance's stream ends, kubelet drops the NEW one (#121994)."""
+        """1.25: when the old instance's stream ends, kubelet drops the NEW one (runClient)."""
         old = await plugins("a.sock", TWO)
         await old.register(kubelet)
         await kubelet.wait_for_resource(RESOURCE, healthy=2)
         new = await plugins("b.sock", TWO)
         await new.register(kubelet)
         await kubelet.wait_for_registrations(2)
+        # Register returns before kubelet's client opens ListAndWatch (it runs in its own
+        # goroutine): dropped before that, the new instance would never see a stream.
+        await new.wait_stream_opened()
         old.end_streams()
         await new.wait_stream_closed()
         state = await kubelet.wait_for_resource(RESOURCE, count=2, healthy=0)
