@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,8 @@ import pytest_asyncio
 from host._api import pluginregistration_pb2, pluginregistration_pb2_grpc
 from host._pluginwatcher import DEVICE_PLUGIN_TYPE, DRA_PLUGIN_TYPE, RegistrationServicer
 from host.deviceplugin import Manager
+from host.deviceplugin._endpoint import API_VERSION
+from host.deviceplugin._service import DevicePluginService
 from host.deviceplugin._watcher import PluginDirWatcher
 from host.testing import FakeKubelet, KubeletMode
 from tests.scanners import QueueScanner
@@ -145,12 +148,39 @@ class TestRegistration:
         assert status_now.not_ready_reason == f"kubelet refused the registration: {reason}"
 
 
-async def _serve_registration(socket: Path, servicer: RegistrationServicer) -> grpc.aio.Server:
+async def _serve_registration(
+    socket: Path, servicer: RegistrationServicer, *handlers: grpc.GenericRpcHandler
+) -> grpc.aio.Server:
     server = grpc.aio.server()
     servicer.add_to_server(server)
+    server.add_generic_rpc_handlers(handlers)
     server.add_insecure_port(f"unix:{socket}")
     await server.start()
     return server
+
+
+@asynccontextmanager
+async def older_instance(socket: Path) -> AsyncIterator[None]:
+    """An older instance of ex.com/a (2 devices) that does not look after its socket.
+
+    A Manager re-creates its socket when the file goes, and kubelet's plugin watcher
+    registers it again: a test that removes an older instance's socket for good needs
+    an instance that leaves it gone. Its device list stream stays open until it stops.
+    """
+    service = DevicePluginService("ex.com/a", object())
+    service.update({"a0": info(), "a1": info()})
+    servicer = RegistrationServicer(
+        plugin_type=DEVICE_PLUGIN_TYPE,
+        name="ex.com/a",
+        endpoint=str(socket),
+        supported_versions=[API_VERSION],
+    )
+    server = await _serve_registration(socket, servicer, service.rpc_handler())
+    try:
+        yield
+    finally:
+        service.close()
+        await server.stop(None)
 
 
 class TestFakePluginWatcher:
@@ -212,10 +242,16 @@ class TestFakePluginWatcher:
     ) -> None:
         """DeRegisterPlugin by name (1.25: the newer instance goes) or by socket (1.36)."""
         registry = short_dir / "reg"
-        async with FakeKubelet(
-            short_dir / "dp", mode=mode, registry_dir=registry, reconcile_interval=INTERVAL
-        ) as kubelet:
-            old = await serve_registry(serve, short_dir, instance_id="old")
+        registry.mkdir()
+        old_socket = registry / "old.sock"
+        # The older instance stops after the kubelet: the end of its stream is not
+        # what this test is about (1.25 would drop the newer instance for it too).
+        async with (
+            older_instance(old_socket),
+            FakeKubelet(
+                short_dir / "dp", mode=mode, registry_dir=registry, reconcile_interval=INTERVAL
+            ) as kubelet,
+        ):
             await kubelet.wait_for_resource("ex.com/a", healthy=2)
             new = await serve_registry(serve, short_dir, instance_id="new")
             await kubelet.wait_for(lambda: "ex.com/a" in new.resources, what="new serving")
@@ -224,7 +260,6 @@ class TestFakePluginWatcher:
                 lambda: kubelet.resources["ex.com/a"].socket_path == new_socket,
                 what="the new instance connected",
             )
-            old_socket = old.resources["ex.com/a"].socket_path
             old_socket.unlink()  # kubelet sees the old instance's socket go
             # 1.25 disconnects the new instance too: it re-creates its socket and is
             # registered again. 1.36 leaves it alone.
@@ -247,10 +282,14 @@ class TestFakePluginWatcher:
     ) -> None:
         """With kubelet.sock at hand, the instance 1.25 drops calls Register at once."""
         registry = short_dir / "reg"
-        async with FakeKubelet(
-            short_dir / "dp", mode="1.25", registry_dir=registry, reconcile_interval=INTERVAL
-        ) as kubelet:
-            old = await serve_registry(serve, short_dir, instance_id="old")
+        registry.mkdir()
+        old_socket = registry / "old.sock"
+        async with (
+            older_instance(old_socket),
+            FakeKubelet(
+                short_dir / "dp", mode="1.25", registry_dir=registry, reconcile_interval=INTERVAL
+            ) as kubelet,
+        ):
             await kubelet.wait_for_resource("ex.com/a", healthy=2)
             new = await serve_registry(serve, short_dir, instance_id="new", knows_kubelet_sock=True)
             await kubelet.wait_for(lambda: "ex.com/a" in new.resources, what="new serving")
@@ -260,7 +299,7 @@ class TestFakePluginWatcher:
                 what="the new instance connected",
             )
             served = socket.stat().st_ino
-            old.resources["ex.com/a"].socket_path.unlink()
+            old_socket.unlink()
             await kubelet.wait_for(
                 lambda: (
                     kubelet.resources["ex.com/a"].allocatable == 2
