@@ -86,20 +86,21 @@ class TestCancellationIsNeverLost:
         # grpc's stop completes, a few iterations after the wake-up: try each of them.
         for attempt in range(36):
             plugin_dir = short_dir / str(attempt)
+            registry = plugin_dir / "reg"
+            # Through the plugins registry a removed socket is served by a new server
+            # (kubelet's plugin watcher registers a new socket only), so the old one stops.
             manager = Manager(
                 "ex.com",
                 SteadyScanner(tree_of({"a": {"a0": info()}})),
                 plugin_dir=plugin_dir,
                 cdi_dir=plugin_dir / "cdi",
-                register_backoff=(5.0, 5.0),
+                registration="plugins-registry",
+                plugins_registry_dir=registry,
             )
             serve = asyncio.create_task(manager.serve())
-            # No kubelet: serving, and waiting out the backoff of a failed registration.
-            await until(
-                lambda m=manager: "a" in m._endpoints and m._endpoints["a"].problem is not None,
-                "the first registration attempt",
-            )
-            os.unlink(plugin_dir / "ex.com-a.sock")
+            socket = registry / "ex.com-a.sock"
+            await until(socket.exists, "the socket served for the plugin watcher")
+            os.unlink(socket)
             manager._endpoints["a"]._wake.set()  # what the watcher's event does
             for _ in range(attempt % 12):
                 await asyncio.sleep(0)
