@@ -414,7 +414,7 @@ class DraDriver:
             self.socket_path,
             self._add_services,
             stop_grace=DRAIN_GRACE,
-            end_streams=self.health.stop,  # health streams never finish by themselves
+            end_streams=self.health.close,  # health streams never finish by themselves
         )
         registrar = UnixSocketServer(self.registration_socket_path, self.registration.add_to_server)
         try:

@@ -32,6 +32,7 @@ state and ``DeviceInfo.health_message``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -90,6 +91,13 @@ _WIRE = {HEALTHY: health_pb2.HEALTHY, UNHEALTHY: health_pb2.UNHEALTHY, UNKNOWN: 
 
 DeviceEntries = Mapping[str, tuple[str, str, DeviceInfo]]
 """Published device name -> ``(device type, device id, DeviceInfo)``, as the driver keeps them."""
+
+
+@dataclass(slots=True)
+class _Serving:
+    """Whether the server of one set of handlers still serves new streams."""
+
+    open: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +160,8 @@ class DeviceHealthService:
         self._encoder: asyncio.Task[None] | None = None
         self._streams: dict[asyncio.Event, int] = {}
         self._epoch = 0
+        self._servings: list[_Serving] = []
+        """One per handler set that :meth:`close` has not closed yet."""
 
     def __repr__(self) -> str:
         return f"DeviceHealthService({self.driver_name!r}, devices={len(self._health)})"
@@ -190,7 +200,7 @@ class DeviceHealthService:
         self._judge_all()
 
     def stop(self) -> None:
-        """End every stream and the silence timer (the server is going away, or restarting).
+        """End every stream and the silence timer; the server goes on.
 
         The next :meth:`update` arms the timer again; new streams are served as before.
         """
@@ -201,6 +211,19 @@ class DeviceHealthService:
             self._timer.cancel()
             self._timer = None
         # An encoding under way goes on: the service may serve again (a restarted socket).
+
+    def close(self) -> None:
+        """:meth:`stop`, for servers that are stopping: their handlers serve no more streams.
+
+        A stream kubelet opened just before the server stopped may reach its handler
+        only after this call: it ends at once instead of holding the server's stop for
+        its whole grace period. Handlers made after this call (a restarted socket's)
+        serve as before.
+        """
+        for serving in self._servings:
+            serving.open = False
+        self._servings.clear()
+        self.stop()
 
     # -- health ----------------------------------------------------------------------
 
@@ -323,9 +346,18 @@ class DeviceHealthService:
     # -- the RPC ---------------------------------------------------------------------
 
     def rpc_handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
-        """``v1.DRAResourceHealth`` and ``v1alpha1.DRAResourceHealth`` for a gRPC server."""
+        """``v1.DRAResourceHealth`` and ``v1alpha1.DRAResourceHealth`` for a gRPC server.
+
+        One set per server: :meth:`close` ends the streams of the sets made before it.
+        """
+        serving = _Serving()
+        self._servings.append(serving)
         method = grpc.unary_stream_rpc_method_handler(
-            self._watch, request_deserializer=_ignore, response_serializer=_pass_bytes
+            # A partial of an async generator function is still one to grpc (inspect
+            # unwraps partials), so it is served as a stream of yielded messages.
+            functools.partial(self._watch, serving=serving),
+            request_deserializer=_ignore,
+            response_serializer=_pass_bytes,
         )
         return tuple(
             # The short names are the gRPC service names (proto packages v1, v1alpha1).
@@ -334,8 +366,14 @@ class DeviceHealthService:
         )
 
     async def _watch(
-        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request: bytes,
+        context: grpc.aio.ServicerContext[Any, Any],
+        *,
+        serving: _Serving,
     ) -> AsyncIterator[bytes]:
+        if not serving.open:
+            return  # its server is stopping (see close)
         if len(self._streams) >= self.max_streams:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,

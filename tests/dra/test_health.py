@@ -224,6 +224,45 @@ class TestStream:
             for call in calls:
                 call.cancel()
 
+    async def test_a_stream_reaching_a_stopping_server_ends_at_once(self, short_dir: Path) -> None:
+        """After close() the handlers made before it end new streams; new handlers serve."""
+        service = DeviceHealthService(DRIVER, NODE)
+        service.update({"d0": ("t", "0", gpu(0))})
+        servers: list[grpc.aio.Server] = []
+
+        async def serve(name: str) -> str:
+            server = grpc.aio.server()
+            server.add_generic_rpc_handlers(service.rpc_handlers())
+            server.add_insecure_port(f"unix:{short_dir}/{name}")
+            await server.start()
+            servers.append(server)
+            return f"unix:{short_dir}/{name}"
+
+        async def first_message(address: str) -> object:
+            async with grpc.aio.insecure_channel(address) as channel:
+                call = dra_health_v1_pb2_grpc.DRAResourceHealthStub(channel).NodeWatchResources(
+                    dra_health_v1_pb2.NodeWatchResourcesRequest()
+                )
+                async with asyncio.timeout(5):
+                    message = await call.read()
+                call.cancel()
+                return message
+
+        try:
+            stopping = await serve("old.sock")
+            # What the driver's stop does first; a stream kubelet opened just before
+            # reaches its handler only now (the server's grace would have held it).
+            service.close()
+            assert await first_message(stopping) is grpc.aio.EOF
+            restarted = await serve("new.sock")
+            message = await first_message(restarted)
+            assert message != grpc.aio.EOF
+        finally:
+            service.stop()
+            for server in servers:
+                await server.stop(None)
+        assert service.stream_count == 0
+
     async def test_a_slow_reader_gets_only_the_newest_list(self, short_dir: Path) -> None:
         """Changes made while a stream is not read are never queued: the newest is sent."""
         service = DeviceHealthService(DRIVER, NODE)
