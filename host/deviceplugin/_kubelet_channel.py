@@ -111,10 +111,12 @@ class KubeletChannel:
             async with asyncio.timeout(REGISTER_TIMEOUT):
                 state = channel.get_state(try_to_connect=True)
                 while state is not grpc.ChannelConnectivity.READY:
-                    successor = self._channel
                     shut = state is grpc.ChannelConnectivity.SHUTDOWN
-                    if shut and successor is not None and successor is not channel:
-                        channel = successor
+                    if channel is not self._channel:
+                        # Replaced meanwhile (a new kubelet.sock, or another resource's
+                        # call failed on it): it is being closed, and waiting on a
+                        # closing channel raises UsageError. Follow the current one.
+                        channel = self.channel()
                     elif shut or state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
                         self.failed(channel)
                         if retried:

@@ -50,6 +50,29 @@ class TestKubeletChannel:
         assert KubeletChannel.of(watcher) is not shared
         assert second.get_state() is grpc.ChannelConnectivity.SHUTDOWN
 
+    async def test_connect_follows_a_channel_replaced_while_it_waits(self, short_dir: Path) -> None:
+        """A channel closing under a waiting connect() (another's call failed) is left."""
+        watcher = PluginDirWatcher(short_dir)
+        shared = KubeletChannel.of(watcher)
+        shared.acquire()
+        first = shared.channel()
+        # A call in flight keeps the replaced channel closing (not shut down) meanwhile.
+        held = first.unary_unary("/v1beta1.Registration/Register")(b"", wait_for_ready=True)
+        try:
+            connecting = asyncio.create_task(shared.connect())
+            await asyncio.sleep(0)  # one loop pass: it waits for the channel to connect
+            shared.failed(first)  # another resource's Register failed on it
+            async with FakeKubelet(short_dir):
+                async with asyncio.timeout(5):
+                    # It ends connected (to the old channel if that one got there first,
+                    # which is harmless: calls take the current one), never in UsageError.
+                    connected = await connecting
+            assert isinstance(connected, grpc.aio.Channel)
+            assert shared.channel() is not first
+        finally:
+            held.cancel()
+            await shared.release()
+
     async def test_resources_register_over_it_across_restarts(
         self, kubelet: FakeKubelet, serve: ServeFn, short_dir: Path
     ) -> None:
