@@ -79,6 +79,18 @@ during the registration (``runClient`` disconnects the client it finds by name):
 then register again. Generous, so that a busy event loop is not taken for that.
 """
 
+UNSURE_STREAM_WAIT = 1.0
+"""STREAM_WAIT when the answer to Register may have come from a kubelet that then stopped.
+
+Kubelet opens ListAndWatch within milliseconds of answering; a stopped one never does.
+"""
+try:
+    COARSE_TICK_NS = int(time.clock_getres(getattr(time, "CLOCK_REALTIME_COARSE", 5)) * 1e9)
+except OSError:  # no coarse clock: assume the slowest common tick (HZ=100)
+    COARSE_TICK_NS = 10_000_000
+"""How much earlier than the truth a file's change time can be (one tick of the kernel's
+coarse clock, which stamps it)."""
+
 
 class Backoff:
     """Capped exponential backoff with +-20 % jitter."""
@@ -269,7 +281,11 @@ class ResourceEndpoint:
                         await self._wake.wait()
 
     def _check_stream(self, registration: int) -> None:
-        """STREAM_WAIT after a registration: register again if kubelet never opened a stream."""
+        """Soon after a registration: register again if kubelet never opened a stream.
+
+        STREAM_WAIT after it, or UNSURE_STREAM_WAIT when the kubelet that answered may
+        have stopped since.
+        """
         if (
             registration != self.registrations
             or self._need_register
@@ -292,7 +308,7 @@ class ResourceEndpoint:
             "%s: kubelet accepted the registration but opened no device list stream "
             "within %.1f s; registering again",
             self.service.resource_name,
-            STREAM_WAIT,
+            time.monotonic() - (self._registered_at or time.monotonic()),
         )
         self._lost_at = self._registered_at
         self._need_register = True
@@ -375,7 +391,10 @@ class ResourceEndpoint:
         # before dialing may have been a dead socket that a restarting kubelet replaced
         # while the call was retrying. A restart seen meanwhile is this kubelet's.
         answered = self.watcher.kubelet_identity() or kubelet_id
-        if answered != kubelet_id and not self._dialed_back_by_current_kubelet():
+        dialed_back_by_current = (
+            True if answered == kubelet_id else self._dialed_back_by_current_kubelet()
+        )
+        if dialed_back_by_current is False:
             # Or the kubelet that stopped meanwhile took the call and will never open
             # the stream; its successor has not heard of us: register with it now.
             log.info(
@@ -395,8 +414,10 @@ class ResourceEndpoint:
         self.registrations += 1
         if self._stream_check is not None:
             self._stream_check.cancel()
+        # Unsure which kubelet answered: if it was the one that stopped, no stream comes.
+        wait = STREAM_WAIT if dialed_back_by_current else UNSURE_STREAM_WAIT
         self._stream_check = asyncio.get_running_loop().call_later(
-            STREAM_WAIT, self._check_stream, self.registrations
+            wait, self._check_stream, self.registrations
         )
         self._last_problem = None
         self.service.observer.registered(self.service.resource_name, self.registrations)
@@ -417,20 +438,23 @@ class ResourceEndpoint:
             )
         return True
 
-    def _dialed_back_by_current_kubelet(self) -> bool:
+    def _dialed_back_by_current_kubelet(self) -> bool | None:
         """Whether kubelet's dial back (GetDevicePluginOptions) came since its socket was made.
 
         Kubelet (1.25+) dials back and asks for the options inside Register, so the
         kubelet that took our call asked after its socket appeared; a kubelet that
         stopped before the current ``kubelet.sock`` was made asked before. The socket's
-        change time comes from the kernel's coarse clock, never later than the truth.
+        change time comes from the kernel's coarse clock: up to one tick earlier than
+        the truth, so an answer within that tick after it is None (cannot tell).
         """
         try:
             made = os.stat(self.watcher.kubelet_socket).st_ctime_ns
         except OSError:
             return False
         asked = self.service.options_asked_at
-        return asked is not None and asked >= made
+        if asked is None or asked < made:
+            return False
+        return True if asked >= made + COARSE_TICK_NS else None
 
     async def _serve_once_connected(self) -> None:
         """Connect to kubelet, then check our socket (re-created if it went).

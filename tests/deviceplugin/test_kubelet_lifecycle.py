@@ -174,3 +174,17 @@ class TestRestartDuringRegister:
             proceed.set()
             await new.stop()
             await old.stop(None)
+
+    async def test_which_kubelet_asked_for_the_options(
+        self, kubelet: FakeKubelet, serve: ServeFn, short_dir: Path
+    ) -> None:
+        """Before kubelet.sock's change time: the old one; a coarse tick after: the new one."""
+        manager = await serve("ex.com", QueueScanner(tree_of({"a": {"a0": info()}})))
+        await kubelet.wait_for_resource("ex.com/a", count=1, healthy=1)
+        endpoint = manager._endpoints["a"]
+        made = (short_dir / "kubelet.sock").stat().st_ctime_ns
+        verdicts = []
+        for asked in (made - 1, made, made + _endpoint.COARSE_TICK_NS, None):
+            endpoint.service.options_asked_at = asked
+            verdicts.append(endpoint._dialed_back_by_current_kubelet())
+        assert verdicts == [False, None, True, False]
