@@ -1,4 +1,9 @@
-"""Cancellations that an awaited library call swallows, given back to the task.
+"""Cancellations kept where they belong: the caller's never lost, the task's never leaked.
+
+:func:`cancel_and_wait` stops a background task without swallowing a cancellation of
+the task that stops it.
+
+The rest is for cancellations that an awaited library call swallows, given back to the task.
 
 Python 3.11's ``asyncio.wait_for`` returns the inner result instead of raising when
 the task is cancelled in the loop iteration in which the awaited thing completes
@@ -21,8 +26,9 @@ after it (once its own clean-up is done)::
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-__all__ = ["cancel_requests", "raise_lost_cancellation"]
+__all__ = ["cancel_and_wait", "cancel_requests", "raise_lost_cancellation"]
 
 
 def cancel_requests() -> int:
@@ -40,3 +46,23 @@ def raise_lost_cancellation(requests_before: int) -> None:
     """
     if cancel_requests() > requests_before:
         raise asyncio.CancelledError
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended; the caller's own cancellation propagates.
+
+    ``task.cancel()`` then ``with contextlib.suppress(asyncio.CancelledError): await task``
+    cannot tell the task's CancelledError from one meant for the caller: cancelling a
+    task that awaits another cancels the awaited one and hands its CancelledError
+    back, so a caller cancelled while the task is still ending (an HTTP request
+    closing its connection) swallows its own cancellation and carries on.
+    ``asyncio.wait`` never raises the task's outcome, only the caller's cancellation.
+    An exception the task ended with, other than its cancellation, is raised here as
+    ``await task`` would. The task is cancelled even if the caller is cancelled
+    meanwhile; it may then still be ending when this returns.
+    """
+    task.cancel()
+    if not task.done():
+        await asyncio.wait((task,))
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        raise exc

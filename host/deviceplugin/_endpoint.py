@@ -134,7 +134,7 @@ class ResourceEndpoint:
         self._backoff = backoff or Backoff()
         self._socket = UnixSocketServer(
             socket_path,
-            lambda server: self._add_services(server),
+            self._add_services,  # bound: a subclass's override is the one called
             stop_grace=SERVER_STOP_GRACE,
             # GetPreferredAllocation carries every available ID, and kubelet only knows
             # IDs that fit in its 4 MiB ListAndWatch limit: twice that covers any real

@@ -35,7 +35,7 @@ import lightkube
 from lightkube.resources.core_v1 import Node
 from lightkube.resources.resource_v1 import ResourceSlice
 
-from host.deviceplugin._tasks import cancel_and_wait
+from host._cancellation import cancel_and_wait
 from host.dra._client import api_error_code, kube_client
 from host.dra._slices import DEFAULT_DEVICES_PER_SLICE, BuildResult, Snapshot, build_slices
 

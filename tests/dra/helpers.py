@@ -12,9 +12,9 @@ from typing import Any, Generic, TypeVar
 import lightkube
 import pytest_asyncio
 
+from host._cancellation import cancel_and_wait
 from host.deviceplugin import HEALTHY, DeviceInfo, DeviceSpec, DeviceTree
 from host.deviceplugin._cdi import validate_cdi_spec
-from host.deviceplugin._tasks import cancel_and_wait
 from host.dra import ClaimSource, DraDriver, DraPlugin, kube_client
 from host.testing import (
     DraClaimResult,

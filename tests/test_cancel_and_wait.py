@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from host.deviceplugin._tasks import cancel_and_wait
+from host._cancellation import cancel_and_wait
 
 pytestmark = pytest.mark.asyncio
 
